@@ -1,0 +1,21 @@
+# Zhang et al. (ICLR 2017), "Understanding deep learning requires rethinking generalization".
+# Thin on purpose: configuration and wiring live in workflow/rules/, logic in src/rethink/.
+from snakemake.utils import min_version
+
+min_version("9.27")
+
+
+# A --configfile replaces the embedded default instead of being deep-merged into it.
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.data_shards.input,

@@ -1,0 +1,155 @@
+"""The paper's data randomizations (section 3 / PAPER.md "the noise axis"), seeded and per shard.
+
+Names (the `noise` wildcard and config values):
+  true_labels       nothing changes (cells read the clean shards)
+  corrupt_p<p>      each training label, with probability p, is replaced by a class drawn
+                    uniformly from all classes (it may equal the true one: ~0.9p change)
+  random_labels     the same at p = 1 (corrupt_p0 is true_labels, corrupt_p1 is random_labels)
+  shuffled_pixels   ONE permutation of pixel positions for every train and test image
+  random_pixels     an independent permutation per training image
+  gaussian          training images replaced by Gaussian noise with the clean training set's
+                    per-channel mean and standard deviation
+
+Channels move together under both pixel permutations (a position's C values stay together).
+
+Seeding: every draw comes from numpy's PCG64 seeded with (seed, stream, split, shard). Label
+corruptions at every level share the "labels" stream, so with one seed the samples corrupted
+at p = 0.2 are a subset of those at p = 0.4 (a coupling that makes the p-curve smoother, not
+a different distribution: each level alone is exactly the paper's process).
+"""
+
+import dataclasses
+import re
+import zlib
+
+import numpy as np
+
+from rethink.errors import RethinkError
+
+NAMED = ("true_labels", "random_labels", "shuffled_pixels", "random_pixels", "gaussian")
+LABEL_NOISES = ("true_labels", "corrupt", "random_labels")
+_CORRUPT = re.compile(r"corrupt_p(?P<level>\d+(?:\.\d+)?)")
+# Snakemake wildcard constraint for the noise part of a shard path (clean data is not a noise).
+WILDCARD_PATTERN = "|".join(["random_labels", "shuffled_pixels", "random_pixels", "gaussian"]) + (
+    r"|corrupt_p\d+(?:\.\d+)?"
+)
+_CHUNK = 1024  # images per block when drawing per-image noise (bounds memory for big images)
+
+
+@dataclasses.dataclass(frozen=True)
+class Noise:
+    kind: str  # one of NAMED or "corrupt"
+    level: float  # label-corruption probability; 1.0 for the image randomizations
+
+    @property
+    def name(self):
+        return f"corrupt_p{format_level(self.level)}" if self.kind == "corrupt" else self.kind
+
+    @property
+    def changes_labels(self):
+        return self.kind in ("corrupt", "random_labels")
+
+    @property
+    def changes_images(self):
+        return self.kind in ("shuffled_pixels", "random_pixels", "gaussian")
+
+    @property
+    def splits(self):
+        """The splits this noise rewrites; the others are read from the clean shards."""
+        if self.kind == "shuffled_pixels":
+            return ("train", "test")
+        return ("train",) if self.changes_labels or self.changes_images else ()
+
+
+def format_level(level):
+    return f"{round(float(level), 6):g}"
+
+
+def label_corruption(level):
+    """The canonical noise for label corruption at level p (0 -> true, 1 -> random labels)."""
+    level = float(level)
+    if not 0.0 <= level <= 1.0:
+        raise RethinkError(f"label corruption level {level} is outside [0, 1]")
+    level = round(level, 6)
+    if level == 0.0:
+        return Noise("true_labels", 0.0)
+    if level == 1.0:
+        return Noise("random_labels", 1.0)
+    return Noise("corrupt", level)
+
+
+def parse_noise(name):
+    """A noise name -> Noise; unknown names and levels outside [0, 1] are errors."""
+    if name in NAMED:
+        return Noise(name, 0.0 if name == "true_labels" else 1.0)
+    match = _CORRUPT.fullmatch(str(name))
+    if match is None:
+        raise RethinkError(
+            f"unknown noise {name!r}; known: {', '.join(NAMED)}, or corrupt_p<level> with "
+            "level in [0, 1] (e.g. corrupt_p0.2)"
+        )
+    return label_corruption(match["level"])
+
+
+def _rng(seed, stream, split="", shard=0):
+    words = [int(seed), zlib.crc32(stream.encode()), zlib.crc32(split.encode()), int(shard)]
+    return np.random.default_rng(words)
+
+
+def randomize_shard(noise, seed, split, shard, images, labels, num_classes, stats=None):
+    """Apply `noise` to one clean shard -> dict of the arrays that change plus `changed`.
+
+    `changed` (uint8 per sample) marks samples whose label or image differs from the clean
+    one. `stats` (per-channel `mean` and `std` of the clean training set) is needed for
+    gaussian only.
+    """
+    if split not in noise.splits:
+        raise RethinkError(f"noise {noise.name} leaves the {split} split clean; nothing to write")
+    if noise.changes_labels:
+        rng = _rng(seed, "labels", split, shard)
+        redraw = rng.random(len(labels)) < noise.level
+        drawn = rng.integers(0, num_classes, size=len(labels))
+        new = np.where(redraw, drawn, labels).astype(np.int64)
+        return {"labels": new, "changed": (new != labels).astype(np.uint8)}
+
+    n, c, h, w = images.shape
+    flat = images.reshape(n, c, h * w)
+    if noise.kind == "shuffled_pixels":
+        permutation = _rng(seed, "shuffled_pixels").permutation(h * w)  # shared by all shards
+        new = flat[:, :, permutation].reshape(images.shape)
+    elif noise.kind == "random_pixels":
+        rng = _rng(seed, "random_pixels", split, shard)
+        new = np.empty_like(images)
+        for start in range(0, n, _CHUNK):
+            block = flat[start : start + _CHUNK]
+            order = rng.permuted(np.tile(np.arange(h * w), (len(block), 1)), axis=1)
+            new[start : start + _CHUNK] = np.take_along_axis(block, order[:, None, :], axis=2).reshape(
+                (len(block), c, h, w)
+            )
+    elif noise.kind == "gaussian":
+        if stats is None:
+            raise RethinkError("gaussian noise needs the clean training set's channel statistics")
+        rng = _rng(seed, "gaussian", split, shard)
+        mean = np.asarray(stats["mean"], dtype=np.float64)[:, None, None]
+        std = np.asarray(stats["std"], dtype=np.float64)[:, None, None]
+        new = np.empty(images.shape, dtype=np.float32)
+        for start in range(0, n, _CHUNK):
+            size = (min(_CHUNK, n - start), c, h, w)
+            new[start : start + _CHUNK] = rng.normal(0.0, 1.0, size=size) * std + mean
+    else:
+        raise RethinkError(f"noise {noise.name} does not change images")
+    changed = (new.reshape(n, -1) != images.reshape(n, -1)).any(axis=1).astype(np.uint8)
+    return {"images": new, "changed": changed}
+
+
+def channel_stats(image_blocks):
+    """Per-channel mean and standard deviation over all pixels of all images (float64)."""
+    total = total_sq = count = 0
+    for block in image_blocks:
+        values = block.astype(np.float64)
+        total = total + values.sum(axis=(0, 2, 3))
+        total_sq = total_sq + (values**2).sum(axis=(0, 2, 3))
+        count += values.shape[0] * values.shape[2] * values.shape[3]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    return {"mean": mean.tolist(), "std": std.tolist(), "pixels_per_channel": int(count)}

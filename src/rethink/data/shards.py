@@ -1,0 +1,195 @@
+"""HDF5 shards: atomic writes, a content checksum in every file, a verifying reader.
+
+A shard holds up to `shard_size` consecutive samples of one split:
+  images       N x C x H x W, uint8 (float32 for gaussian noise), chunked and compressed
+  labels       N, int64
+  true_labels  N, int64 (randomized shards only)
+  changed      N, uint8, 1 where the sample differs from the clean one (randomized only)
+Randomized shards never copy what did not change: label noises link `images`, image noises
+link `labels`, and both link `true_labels`, as HDF5 external links (relative paths) to the
+clean shard's datasets. Plain h5py users see a complete file; disk grows only with what the
+randomization wrote.
+
+`content_sha256` (a file attribute) hashes every dataset's name, dtype, shape and bytes, every
+other attribute, and for each link its target plus the target's own checksum (recorded as
+`linked_sha256`). The reader recomputes it, verifies linked shards the same way, and names the
+file on any mismatch, so a flipped byte, a hand-edited label or a clean shard rebuilt under a
+randomized one is caught before training sees it.
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+
+import h5py
+import numpy as np
+
+from rethink import __version__
+from rethink.errors import RethinkError
+
+COMPRESSIONS = ("lzf", "gzip", "none")
+
+
+class ShardError(RethinkError):
+    """A shard is missing, unreadable, tampered with, or does not belong with its neighbours."""
+
+
+def _rebuild_hint(path):
+    return f"delete {path} and rerun snakemake to rebuild it"
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_shard(path, arrays, attrs, links=None, compression="lzf", chunk_samples=256):
+    """Write one shard atomically (temp file in the same directory, then rename).
+
+    `arrays`: name -> array stored in this file. `links`: name -> (clean shard path, dataset
+    name there) for datasets this file links to instead of copying.
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    links = links or {}
+    attrs = dict(attrs, package_version=__version__, numpy_version=np.__version__,
+                 h5py_version=h5py.__version__, hdf5_version=h5py.version.hdf5_version)
+    targets = {}
+    if links:
+        linked_sums = {_stored_checksum(target) for target, _ in links.values()}
+        if len(linked_sums) != 1:
+            raise ShardError(f"{path}: links must point at one clean shard, got {links}")
+        attrs["linked_sha256"] = linked_sums.pop()
+        targets = {
+            name: (os.path.relpath(target, path.parent), dataset)
+            for name, (target, dataset) in links.items()
+        }
+    attrs["content_sha256"] = _checksum(arrays, targets, attrs)
+
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            for name, array in arrays.items():
+                array = np.ascontiguousarray(array)
+                chunks = (max(1, min(chunk_samples, len(array))),) + array.shape[1:]
+                f.create_dataset(
+                    name, data=array, chunks=chunks,
+                    compression=None if compression == "none" else compression,
+                )
+            for name, (target, dataset) in targets.items():
+                f[name] = h5py.ExternalLink(target, f"/{dataset}")
+            for key, value in attrs.items():
+                f.attrs[key] = value
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return attrs["content_sha256"]
+
+
+def _checksum(arrays, targets, attrs):
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(memoryview(array).cast("B"))
+    for name in sorted(targets):
+        target, dataset = targets[name]
+        digest.update(f"{name}->{target}:{dataset}|".encode())
+    plain = {k: _plain(v) for k, v in attrs.items() if k != "content_sha256"}
+    digest.update(json.dumps(plain, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _open(path):
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ShardError(f"{path}: shard not found; rerun snakemake to build it")
+    try:
+        # No HDF5 file locks: shards are immutable once renamed into place, and locking
+        # fails on some cluster file systems.
+        return h5py.File(path, "r", locking=False)
+    except OSError as err:
+        raise ShardError(f"{path}: not a readable HDF5 shard ({err}); {_rebuild_hint(path)}") from None
+
+
+def _stored_checksum(path):
+    with _open(path) as f:
+        return str(f.attrs.get("content_sha256", ""))
+
+
+def read_shard(path, verify=True, _verified=None):
+    """Read one shard -> (arrays dict, attrs dict), following links to the clean shard."""
+    path = pathlib.Path(path)
+    try:
+        with _open(path) as f:
+            attrs = {k: _plain(v) for k, v in f.attrs.items()}
+            arrays, targets = {}, {}
+            for name in f:
+                link = f.get(name, getlink=True)
+                if isinstance(link, h5py.ExternalLink):
+                    targets[name] = (link.filename, link.path.lstrip("/"))
+                else:
+                    arrays[name] = f[name][...]
+    except (OSError, KeyError, ValueError, RuntimeError) as err:
+        raise ShardError(f"{path}: damaged HDF5 shard ({err}); {_rebuild_hint(path)}") from None
+
+    if verify and _checksum(arrays, targets, attrs) != attrs.get("content_sha256"):
+        raise ShardError(f"{path}: content checksum mismatch (corrupted or edited); {_rebuild_hint(path)}")
+    if targets:
+        filenames = {filename for filename, _ in targets.values()}
+        if len(filenames) != 1:
+            raise ShardError(f"{path}: links to several files {sorted(filenames)}; {_rebuild_hint(path)}")
+        target = path.parent / filenames.pop()
+        cache = {} if _verified is None else _verified
+        if target not in cache:
+            cache[target] = read_shard(target, verify)
+        linked_arrays, linked_attrs = cache[target]
+        if verify and linked_attrs.get("content_sha256") != attrs.get("linked_sha256"):
+            raise ShardError(
+                f"{path}: was built from a different version of {target} (recorded checksum "
+                f"{attrs.get('linked_sha256', '')[:12]}, now {linked_attrs.get('content_sha256', '')[:12]}); "
+                f"{_rebuild_hint(path)}"
+            )
+        for name, (_, dataset) in targets.items():
+            arrays[name] = linked_arrays[dataset]
+    return arrays, attrs
+
+
+def read_split(paths, verify=True):
+    """Read the shards of one split, in order -> (arrays dict concatenated, attrs of shard 0).
+
+    Checks that the shards belong together: same dataset/split/noise/seed, indices 0..n-1.
+    """
+    paths = [pathlib.Path(p) for p in paths]
+    if not paths:
+        raise ShardError("no shard paths given")
+    verified, parts, first = {}, [], None
+    for position, path in enumerate(paths):
+        arrays, attrs = read_shard(path, verify, verified)
+        first = first or attrs
+        identity = {k: attrs.get(k) for k in ("dataset", "split", "noise", "seed", "n_shards")}
+        expected = {k: first.get(k) for k in identity}
+        if identity != expected or attrs.get("shard_index") != position or first["n_shards"] != len(paths):
+            raise ShardError(
+                f"{path}: shard {attrs.get('shard_index')} of {attrs.get('n_shards')} for {identity} "
+                f"does not fit position {position} of {len(paths)} shards of {expected}; "
+                "the shard list is incomplete or mixes datasets"
+            )
+        parts.append(arrays)
+    if len(parts) == 1:
+        return parts[0], first
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}, first
+
+
+def read_split_tensors(paths, verify=True):
+    """The whole split as torch tensors (images keep their stored dtype, labels int64)."""
+    import torch
+
+    arrays, attrs = read_split(paths, verify)
+    return {name: torch.from_numpy(array) for name, array in arrays.items()}, attrs

@@ -1,0 +1,284 @@
+"""Raw datasets in their real on-disk formats -> (uint8 images N x C x H x W, int64 labels).
+
+Supported sources:
+- `fashion_mnist`, `mnist`: the idx files (gzipped or not), either flat in `root` (the Debian
+  package `dataset-fashion-mnist` layout) or in torchvision's `root/<Name>/raw/` layout;
+- `cifar10`: torchvision's `cifar-10-batches-py` pickles under `root`;
+- `synthetic`: a seeded CIFAR-shaped dataset with class structure, for tests and benchmarks.
+
+Downloads go through torchvision (which verifies its own checksums) and only when the
+dataset's config says `download: true`. Everything a Snakefile needs at parse time (split
+sizes, whether files are present) works without torch and without reading the data.
+"""
+
+import gzip
+import hashlib
+import json
+import pathlib
+import pickle
+
+import numpy as np
+
+from rethink.errors import RethinkError
+
+SPLITS = ("train", "test")
+NUM_CLASSES = 10
+
+# Facts about the real datasets: a loaded split must have exactly this many samples unless
+# the config asks for a subset (a shorter file is a truncated download, not a smaller dataset).
+FULL_SIZES = {
+    "fashion_mnist": {"train": 60000, "test": 10000},
+    "mnist": {"train": 60000, "test": 10000},
+    "cifar10": {"train": 50000, "test": 10000},
+}
+SHAPES = {"fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+DEFAULT_ROOTS = {
+    "fashion_mnist": "/usr/share/datasets/fashion-mnist",
+    "mnist": "data/mnist",
+    "cifar10": "data/cifar10",
+}
+SOURCES = ("fashion_mnist", "mnist", "cifar10", "synthetic")
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_TORCHVISION_CLASS = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST", "cifar10": "CIFAR10"}
+_CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+_HOW_TO_GET = {
+    "fashion_mnist": "install the Debian package (apt-get install dataset-fashion-mnist), "
+    "point `root` at a directory holding the four idx .gz files, or set `download: true`",
+    "mnist": "point `root` at torchvision's MNIST directory (or the four idx files), "
+    "or set `download: true` where there is internet",
+    "cifar10": "point `root` at the directory that holds torchvision's `cifar-10-batches-py` "
+    "folder, or set `download: true` where there is internet",
+}
+
+
+# ----------------------------------------------------------------------------- parse time
+
+
+def shape(spec):
+    """(C, H, W) of a dataset spec's images."""
+    if spec["source"] == "synthetic":
+        return tuple(spec["synthetic"]["shape"])
+    return SHAPES[spec["source"]]
+
+
+def num_classes(spec):
+    return spec["synthetic"]["classes"] if spec["source"] == "synthetic" else NUM_CLASSES
+
+
+def split_size(spec, split):
+    """Number of samples a split has after subsetting, known without reading any file."""
+    if spec["source"] == "synthetic":
+        full = spec["synthetic"][f"n_{split}"]
+    else:
+        full = FULL_SIZES[spec["source"]][split]
+    wanted = (spec.get("subset") or {}).get(split)
+    return full if wanted is None else min(int(wanted), full)
+
+
+def root_of(spec):
+    return pathlib.Path(spec.get("root") or DEFAULT_ROOTS.get(spec["source"], "."))
+
+
+def source_files(spec, split):
+    """The raw files that hold one split, or a RethinkError saying where we looked."""
+    source, root = spec["source"], root_of(spec)
+    if source == "synthetic":
+        return []
+    if source == "cifar10":
+        folder = root / "cifar-10-batches-py"
+        files = [folder / name for name in _CIFAR_FILES[split]]
+        if all(f.is_file() for f in files):
+            return files
+        looked = [str(folder)]
+    else:
+        looked, files = [], []
+        for folder in (root, root / _TORCHVISION_CLASS[source] / "raw"):
+            looked.append(str(folder))
+            found = [_first_existing(folder, name) for name in _IDX_FILES[split]]
+            if all(found):
+                return found
+    names = _CIFAR_FILES[split] if source == "cifar10" else list(_IDX_FILES[split])
+    raise RethinkError(
+        f"dataset {spec['name']!r} (source {source}): the {split} files {names} were not found "
+        f"in {' or '.join(looked)}; {_HOW_TO_GET[source]}."
+    )
+
+
+def _first_existing(folder, name):
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def check_available(spec):
+    """Fail early (before any job runs) when a dataset cannot be read or downloaded."""
+    if spec["source"] == "synthetic" or spec.get("download"):
+        return
+    for split in SPLITS:
+        source_files(spec, split)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_split(spec, split):
+    """Load one split -> (images uint8 N x C x H x W, labels int64 N, provenance dict)."""
+    if split not in SPLITS:
+        raise RethinkError(f"split {split!r} is not one of {list(SPLITS)}")
+    source = spec["source"]
+    if source == "synthetic":
+        images, labels = synthetic_split(spec["synthetic"], split)
+        provenance = {"source_sha256": _sha256_bytes(canonical_json(spec["synthetic"]).encode())}
+    else:
+        if spec.get("download"):
+            _download(spec)
+        files = source_files(spec, split)
+        images, labels = (_read_cifar if source == "cifar10" else _read_idx_pair)(files)
+        _check_loaded(spec, split, images, labels, files)
+        provenance = {
+            "source_files": json.dumps([str(f) for f in files]),
+            "source_sha256": _sha256_files(files),
+        }
+    index = subset_indices(labels, spec.get("subset"), split)
+    if index is not None:
+        images, labels = images[index], labels[index]
+    return np.ascontiguousarray(images), labels.astype(np.int64), provenance
+
+
+def _check_loaded(spec, split, images, labels, files):
+    expected_shape, full = SHAPES[spec["source"]], FULL_SIZES[spec["source"]][split]
+    where = f"dataset {spec['name']!r} {split} split ({files[0].parent})"
+    if images.shape[1:] != expected_shape or len(images) != len(labels):
+        raise RethinkError(
+            f"{where}: images {images.shape} / labels {labels.shape} do not match the "
+            f"expected N x {expected_shape}"
+        )
+    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+        raise RethinkError(f"{where}: labels outside 0..{NUM_CLASSES - 1}")
+    needed = split_size(spec, split)
+    subset = (spec.get("subset") or {}).get(split)
+    if len(labels) < needed or (subset is None and len(labels) != full):
+        raise RethinkError(
+            f"{where}: holds {len(labels)} samples, expected {full}; the files look "
+            "truncated (download again), or configure `subset` to use fewer samples"
+        )
+
+
+def _read_idx_pair(files):
+    images, labels = (read_idx(f) for f in files)
+    return images[:, None, :, :], labels.astype(np.int64)
+
+
+def read_idx(path):
+    """Read an idx file (the MNIST format), gzipped or not."""
+    path = pathlib.Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise RethinkError(f"{path}: not an unsigned-byte idx file (bad magic {raw[:4]!r})")
+    ndim = raw[3]
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise RethinkError(f"{path}: header says {dims} but holds {data.size} bytes of data")
+    return data.reshape(dims)
+
+
+def _read_cifar(files):
+    images, labels = [], []
+    for path in files:
+        with open(path, "rb") as fh:
+            try:
+                batch = pickle.load(fh, encoding="latin1")
+            except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
+                raise RethinkError(f"{path}: not a CIFAR-10 python batch ({err})") from None
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch["labels"], dtype=np.int64))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _download(spec):
+    """torchvision's real download path (with its checksums) into `root`."""
+    from rethink.torchvision_guard import torchvision
+
+    root = root_of(spec)
+    root.mkdir(parents=True, exist_ok=True)
+    dataset_class = getattr(torchvision.datasets, _TORCHVISION_CLASS[spec["source"]])
+    for train in (True, False):
+        dataset_class(str(root), train=train, download=True)
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def synthetic_split(params, split):
+    """A seeded, learnable CIFAR-shaped dataset: per-class smooth templates plus noise.
+
+    Class templates are shared by both splits (so a model can generalize); the per-sample
+    noise and label order come from split-specific streams.
+    """
+    c, h, w = params["shape"]
+    n, classes = params[f"n_{split}"], params["classes"]
+    templates_rng = np.random.default_rng([params["seed"], 0])
+    coarse = templates_rng.uniform(0, 255, size=(classes, c, 4, 4))
+    templates = np.kron(coarse, np.ones((1, 1, -(-h // 4), -(-w // 4))))[:, :, :h, :w]
+    rng = np.random.default_rng([params["seed"], 1 + SPLITS.index(split)])
+    labels = rng.permutation(np.arange(n) % classes).astype(np.int64)
+    noise = rng.normal(0.0, params["noise_std"], size=(n, c, h, w))
+    images = np.clip(templates[labels] + noise, 0, 255).round().astype(np.uint8)
+    return images, labels
+
+
+# ----------------------------------------------------------------------------- subsetting
+
+
+def subset_indices(labels, subset, split):
+    """Indices of the configured subset of a split (sorted), or None for the whole split.
+
+    `first`: the first n samples. `stratified`: n samples whose class proportions match the
+    split's (largest-remainder rounding), drawn with the subset's seed.
+    """
+    n = (subset or {}).get(split)
+    if n is None or n >= len(labels):
+        return None
+    if subset.get("how", "stratified") == "first":
+        return np.arange(n)
+    rng = np.random.default_rng([subset.get("seed", 0), SPLITS.index(split)])
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * n / len(labels)
+    take = np.floor(exact).astype(int)
+    remainder_order = np.argsort(-(exact - take), kind="stable")
+    take[remainder_order[: n - take.sum()]] += 1
+    chosen = [
+        rng.choice(np.flatnonzero(labels == k), size=t, replace=False)
+        for k, t in zip(classes, take)
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def canonical_json(obj):
+    """The one JSON spelling of a value: sorted keys, no whitespace (decides reruns)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def _sha256_bytes(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sha256_files(files):
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(pathlib.Path(path).name.encode())
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

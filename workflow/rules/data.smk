@@ -1,0 +1,57 @@
+# Raw dataset -> clean HDF5 shards -> randomized shards per (noise, seed). One job per shard.
+
+
+wildcard_constraints:
+    dataset=r"[a-z][a-z0-9_]*",
+    split="train|test",
+    shard=r"\d{5}",
+    seed=r"\d+",
+    noise=randomize.WILDCARD_PATTERN,
+
+
+rule data_clean:
+    output:
+        paths.CLEAN_SHARD,
+    params:
+        spec=shard_spec,
+    log:
+        paths.DATA_LOG.replace("{stage}", "clean"),
+    shell:
+        "python -m rethink.data.prepare clean --spec {params.spec:q} --split {wildcards.split}"
+        " --shard {wildcards.shard} --out {output} > {log} 2>&1"
+
+
+rule data_channel_stats:
+    input:
+        clean_train_shards,
+    output:
+        paths.CHANNEL_STATS,
+    params:
+        spec=shard_spec,
+    log:
+        paths.DATA_LOG.replace("{stage}", "clean").replace("{split}-{shard}", "train-stats"),
+    shell:
+        "python -m rethink.data.prepare stats --spec {params.spec:q} --shards {input}"
+        " --out {output} > {log} 2>&1"
+
+
+rule data_randomize:
+    input:
+        clean=clean_shard,
+        stats=gaussian_stats,
+    output:
+        paths.NOISE_SHARD,
+    params:
+        spec=shard_spec,
+        stats=lambda wildcards, input: f"--stats {input.stats}" if input.stats else "",
+    log:
+        paths.DATA_LOG.replace("{stage}", "{noise}/s{seed}"),
+    shell:
+        "python -m rethink.data.prepare randomize --spec {params.spec:q} --noise {wildcards.noise}"
+        " --seed {wildcards.seed} --split {wildcards.split} --shard {wildcards.shard}"
+        " --clean {input.clean} {params.stats} --out {output} > {log} 2>&1"
+
+
+rule data_shards:
+    input:
+        data_targets(),
