@@ -49,6 +49,11 @@ def shard_spec(wildcards):
     return sources.canonical_json({"dataset": dataset_spec(wildcards.dataset), "shards": SHARDS})
 
 
+def randomize_spec(wildcards):
+    spec = {"dataset": dataset_spec(wildcards.dataset), "shards": SHARDS, "randomization": config["randomization"]}
+    return sources.canonical_json(spec)
+
+
 def clean_train_shards(wildcards):
     return paths.clean_shards(dataset_spec(wildcards.dataset), SHARDS, "train")
 

@@ -42,7 +42,7 @@ rule data_randomize:
     output:
         paths.NOISE_SHARD,
     params:
-        spec=shard_spec,
+        spec=randomize_spec,
         stats=lambda wildcards, input: f"--stats {input.stats}" if input.stats else "",
     log:
         paths.DATA_LOG.replace("{stage}", "{noise}/s{seed}"),

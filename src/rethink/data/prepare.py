@@ -7,7 +7,8 @@ randomized shard. Each call writes exactly one file, atomically.
                                            --shard 0 --clean PATH [--stats PATH] --out PATH
 
 `--spec` is the canonical JSON {"dataset": <resolved dataset config>, "shards": <shards
-config>} that the workflow passes as a rule parameter, so editing it reruns the rule.
+config>, "randomization": <options>} that the workflow passes as a rule parameter, so editing
+it reruns the rule.
 """
 
 import argparse
@@ -23,7 +24,7 @@ from rethink.errors import RethinkError, cli_main
 def _spec(text):
     try:
         spec = json.loads(text)
-        return spec["dataset"], spec["shards"]
+        return spec["dataset"], spec["shards"], spec.get("randomization")
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise RethinkError(f"--spec must be JSON with 'dataset' and 'shards' ({err})") from None
 
@@ -54,7 +55,7 @@ def make_clean(dataset, shards_cfg, split, shard, out):
 def make_stats(shard_paths, out):
     checksums, blocks = [], []
     for path in shard_paths:
-        arrays, attrs = shards.read_shard(path)
+        arrays, attrs = shards.read_shard(path, ["images"])
         checksums.append(attrs["content_sha256"])
         blocks.append(arrays["images"])
     stats = dict(randomize.channel_stats(blocks), shard_sha256=checksums)
@@ -62,17 +63,18 @@ def make_stats(shard_paths, out):
     return stats
 
 
-def make_randomized(dataset, shards_cfg, noise_name, seed, split, shard, clean, stats, out):
+def make_randomized(dataset, shards_cfg, noise_name, seed, split, shard, clean, stats, out, options=None):
     noise = randomize.parse_noise(noise_name)
-    arrays, clean_attrs = shards.read_shard(clean)
+    # Label noises only need the clean labels: the images are linked, never read here.
+    arrays, clean_attrs = shards.read_shard(clean, None if noise.changes_images else ["labels"])
     if (clean_attrs["dataset"], clean_attrs["split"], clean_attrs["shard_index"]) != (
         dataset["name"], split, shard
     ):
         raise RethinkError(f"{clean} is not shard {shard} of {dataset['name']} {split}")
     channel_stats = json.loads(pathlib.Path(stats).read_text()) if stats else None
     new = randomize.randomize_shard(
-        noise, seed, split, shard, arrays["images"], arrays["labels"],
-        sources.num_classes(dataset), channel_stats,
+        noise, seed, split, shard, arrays.get("images"), arrays["labels"],
+        sources.num_classes(dataset), channel_stats, options,
     )
     # Whatever the randomization did not rewrite is linked to the clean shard, not copied.
     links = {"true_labels": (clean, "labels")}
@@ -81,10 +83,11 @@ def make_randomized(dataset, shards_cfg, noise_name, seed, split, shard, clean, 
         key: clean_attrs[key]
         for key in ("dataset", "source", "split", "shard_index", "n_shards", "offset", "split_samples")
     }
-    attrs.update(noise=noise.name, level=noise.level, seed=seed, clean_shard=str(clean))
+    options = {**randomize.DEFAULT_OPTIONS, **(options or {})}
+    attrs.update(noise=noise.name, level=noise.level, seed=seed, randomization=sources.canonical_json(options))
     if channel_stats:
-        attrs["gaussian_mean"] = json.dumps(channel_stats["mean"])
-        attrs["gaussian_std"] = json.dumps(channel_stats["std"])
+        mean, std = randomize.gaussian_moments(channel_stats, options["gaussian_stats"])
+        attrs["gaussian_mean"], attrs["gaussian_std"] = json.dumps(mean.tolist()), json.dumps(std.tolist())
     return shards.write_shard(
         out, new, attrs, links=links,
         compression=shards_cfg["compression"], chunk_samples=shards_cfg["chunk_samples"],
@@ -123,7 +126,7 @@ def _parser():
 @cli_main
 def main(argv=None):
     args = _parser().parse_args(argv)
-    dataset, shards_cfg = _spec(args.spec)
+    dataset, shards_cfg, options = _spec(args.spec)
     started = time.time()
     if args.command == "clean":
         digest = make_clean(dataset, shards_cfg, args.split, args.shard, args.out)
@@ -131,7 +134,7 @@ def main(argv=None):
         digest = make_stats(args.shards, args.out)["shard_sha256"][0]
     else:
         digest = make_randomized(dataset, shards_cfg, args.noise, args.seed, args.split,
-                                 args.shard, args.clean, args.stats, args.out)
+                                 args.shard, args.clean, args.stats, args.out, options)
     print(f"{args.command}: wrote {args.out} ({digest[:12]}) in {time.time() - started:.2f} s")
 
 

@@ -10,7 +10,10 @@ Names (the `noise` wildcard and config values):
   gaussian          training images replaced by Gaussian noise with the clean training set's
                     per-channel mean and standard deviation
 
-Channels move together under both pixel permutations (a position's C values stay together).
+Two choices the paper leaves open are options (config key `randomization`): whether pixel
+permutations move a position's C channel values together (`permute: positions`, default) or
+permute all C*H*W values (`permute: values`), and whether gaussian noise matches each
+channel's statistics (`gaussian_stats: per_channel`, default) or one global mean and std.
 
 Seeding: every draw comes from numpy's PCG64 seeded with (seed, stream, split, shard). Label
 corruptions at every level share the "labels" stream, so with one seed the samples corrupted
@@ -34,6 +37,7 @@ WILDCARD_PATTERN = "|".join(["random_labels", "shuffled_pixels", "random_pixels"
     r"|corrupt_p\d+(?:\.\d+)?"
 )
 _CHUNK = 1024  # images per block when drawing per-image noise (bounds memory for big images)
+DEFAULT_OPTIONS = {"permute": "positions", "gaussian_stats": "per_channel"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,13 +100,14 @@ def _rng(seed, stream, split="", shard=0):
     return np.random.default_rng(words)
 
 
-def randomize_shard(noise, seed, split, shard, images, labels, num_classes, stats=None):
+def randomize_shard(noise, seed, split, shard, images, labels, num_classes, stats=None, options=None):
     """Apply `noise` to one clean shard -> dict of the arrays that change plus `changed`.
 
     `changed` (uint8 per sample) marks samples whose label or image differs from the clean
     one. `stats` (per-channel `mean` and `std` of the clean training set) is needed for
-    gaussian only.
+    gaussian only. `options`: see DEFAULT_OPTIONS.
     """
+    options = {**DEFAULT_OPTIONS, **(options or {})}
     if split not in noise.splits:
         raise RethinkError(f"noise {noise.name} leaves the {split} split clean; nothing to write")
     if noise.changes_labels:
@@ -113,16 +118,18 @@ def randomize_shard(noise, seed, split, shard, images, labels, num_classes, stat
         return {"labels": new, "changed": (new != labels).astype(np.uint8)}
 
     n, c, h, w = images.shape
-    flat = images.reshape(n, c, h * w)
+    # Permute positions (C values travel together) or every value: view images as n x C' x P.
+    flat = images.reshape((n, c, h * w) if options["permute"] == "positions" else (n, 1, c * h * w))
+    positions = flat.shape[2]
     if noise.kind == "shuffled_pixels":
-        permutation = _rng(seed, "shuffled_pixels").permutation(h * w)  # shared by all shards
+        permutation = _rng(seed, "shuffled_pixels").permutation(positions)  # shared by all shards
         new = flat[:, :, permutation].reshape(images.shape)
     elif noise.kind == "random_pixels":
         rng = _rng(seed, "random_pixels", split, shard)
         new = np.empty_like(images)
         for start in range(0, n, _CHUNK):
             block = flat[start : start + _CHUNK]
-            order = rng.permuted(np.tile(np.arange(h * w), (len(block), 1)), axis=1)
+            order = rng.permuted(np.tile(np.arange(positions), (len(block), 1)), axis=1)
             new[start : start + _CHUNK] = np.take_along_axis(block, order[:, None, :], axis=2).reshape(
                 (len(block), c, h, w)
             )
@@ -130,8 +137,8 @@ def randomize_shard(noise, seed, split, shard, images, labels, num_classes, stat
         if stats is None:
             raise RethinkError("gaussian noise needs the clean training set's channel statistics")
         rng = _rng(seed, "gaussian", split, shard)
-        mean = np.asarray(stats["mean"], dtype=np.float64)[:, None, None]
-        std = np.asarray(stats["std"], dtype=np.float64)[:, None, None]
+        mean, std = gaussian_moments(stats, options["gaussian_stats"])
+        mean, std = mean[:, None, None], std[:, None, None]
         new = np.empty(images.shape, dtype=np.float32)
         for start in range(0, n, _CHUNK):
             size = (min(_CHUNK, n - start), c, h, w)
@@ -140,6 +147,16 @@ def randomize_shard(noise, seed, split, shard, images, labels, num_classes, stat
         raise RethinkError(f"noise {noise.name} does not change images")
     changed = (new.reshape(n, -1) != images.reshape(n, -1)).any(axis=1).astype(np.uint8)
     return {"images": new, "changed": changed}
+
+
+def gaussian_moments(stats, how):
+    """Per-channel (mean, std) arrays the gaussian noise is drawn with."""
+    mean, std = np.asarray(stats["mean"], np.float64), np.asarray(stats["std"], np.float64)
+    if how == "global":  # pool the channels (equal pixel counts): total mean and variance
+        pooled_mean = mean.mean()
+        pooled_var = (std**2 + mean**2).mean() - pooled_mean**2
+        mean, std = np.full_like(mean, pooled_mean), np.full_like(std, np.sqrt(pooled_var))
+    return mean, std
 
 
 def channel_stats(image_blocks):

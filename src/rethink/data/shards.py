@@ -10,11 +10,13 @@ link `labels`, and both link `true_labels`, as HDF5 external links (relative pat
 clean shard's datasets. Plain h5py users see a complete file; disk grows only with what the
 randomization wrote.
 
-`content_sha256` (a file attribute) hashes every dataset's name, dtype, shape and bytes, every
-other attribute, and for each link its target plus the target's own checksum (recorded as
-`linked_sha256`). The reader recomputes it, verifies linked shards the same way, and names the
-file on any mismatch, so a flipped byte, a hand-edited label or a clean shard rebuilt under a
-randomized one is caught before training sees it.
+Checksums: `dataset_sha256` (a JSON attribute) holds the sha256 of each stored dataset's
+dtype, shape and bytes; `content_sha256` hashes those, every other attribute, and each link's
+target plus the target's own `content_sha256` (recorded as `linked_sha256`). The reader checks
+`content_sha256` on every open and the sha256 of every dataset it actually reads, following
+links to the clean shard and checking that one too, and names the file on any mismatch: a
+flipped byte, a hand-edited label, or a clean shard rebuilt under a randomized one is caught
+before training sees it, and reading only the labels never touches the images.
 """
 
 import hashlib
@@ -63,7 +65,8 @@ def write_shard(path, arrays, attrs, links=None, compression="lzf", chunk_sample
             name: (os.path.relpath(target, path.parent), dataset)
             for name, (target, dataset) in links.items()
         }
-    attrs["content_sha256"] = _checksum(arrays, targets, attrs)
+    attrs["dataset_sha256"] = json.dumps({name: _array_sha256(a) for name, a in sorted(arrays.items())})
+    attrs["content_sha256"] = _content_checksum(targets, attrs)
 
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -85,12 +88,15 @@ def write_shard(path, arrays, attrs, links=None, compression="lzf", chunk_sample
     return attrs["content_sha256"]
 
 
-def _checksum(arrays, targets, attrs):
+def _array_sha256(array):
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256(f"{array.dtype.str}|{array.shape}|".encode())
+    digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+def _content_checksum(targets, attrs):
     digest = hashlib.sha256()
-    for name in sorted(arrays):
-        array = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
-        digest.update(memoryview(array).cast("B"))
     for name in sorted(targets):
         target, dataset = targets[name]
         digest.update(f"{name}->{target}:{dataset}|".encode())
@@ -123,45 +129,71 @@ def _stored_checksum(path):
         return str(f.attrs.get("content_sha256", ""))
 
 
-def read_shard(path, verify=True, _verified=None):
-    """Read one shard -> (arrays dict, attrs dict), following links to the clean shard."""
+def read_shard(path, names=None, verify=True, _linked=None):
+    """Read one shard -> (arrays dict, attrs dict), following links to the clean shard.
+
+    `names`: the datasets to read (default: all); only those are read and verified.
+    """
     path = pathlib.Path(path)
     try:
         with _open(path) as f:
             attrs = {k: _plain(v) for k, v in f.attrs.items()}
-            arrays, targets = {}, {}
-            for name in f:
-                link = f.get(name, getlink=True)
-                if isinstance(link, h5py.ExternalLink):
-                    targets[name] = (link.filename, link.path.lstrip("/"))
-                else:
-                    arrays[name] = f[name][...]
+            links = {
+                name: (link.filename, link.path.lstrip("/"))
+                for name in f
+                if isinstance(link := f.get(name, getlink=True), h5py.ExternalLink)
+            }
+            missing = [name for name in names or () if name not in f]
+            if missing:
+                raise ShardError(f"{path}: has no dataset {missing} (it has {sorted(f)})")
+            wanted = list(f) if names is None else list(names)
+            arrays = {name: f[name][...] for name in wanted if name not in links}
     except (OSError, KeyError, ValueError, RuntimeError) as err:
         raise ShardError(f"{path}: damaged HDF5 shard ({err}); {_rebuild_hint(path)}") from None
 
-    if verify and _checksum(arrays, targets, attrs) != attrs.get("content_sha256"):
-        raise ShardError(f"{path}: content checksum mismatch (corrupted or edited); {_rebuild_hint(path)}")
-    if targets:
-        filenames = {filename for filename, _ in targets.values()}
-        if len(filenames) != 1:
-            raise ShardError(f"{path}: links to several files {sorted(filenames)}; {_rebuild_hint(path)}")
-        target = path.parent / filenames.pop()
-        cache = {} if _verified is None else _verified
-        if target not in cache:
-            cache[target] = read_shard(target, verify)
-        linked_arrays, linked_attrs = cache[target]
-        if verify and linked_attrs.get("content_sha256") != attrs.get("linked_sha256"):
-            raise ShardError(
-                f"{path}: was built from a different version of {target} (recorded checksum "
-                f"{attrs.get('linked_sha256', '')[:12]}, now {linked_attrs.get('content_sha256', '')[:12]}); "
-                f"{_rebuild_hint(path)}"
-            )
-        for name, (_, dataset) in targets.items():
-            arrays[name] = linked_arrays[dataset]
+    if verify:
+        _verify(path, arrays, links, attrs)
+    wanted_links = {name: target for name, target in links.items() if name in wanted}
+    if wanted_links:
+        arrays.update(_read_linked(path, wanted_links, attrs, verify, _linked))
     return arrays, attrs
 
 
-def read_split(paths, verify=True):
+def _verify(path, arrays, targets, attrs):
+    problem = None
+    try:
+        expected = json.loads(attrs["dataset_sha256"])
+        if _content_checksum(targets, attrs) != attrs["content_sha256"]:
+            problem = "attributes or links"
+        else:
+            problem = next((n for n, a in arrays.items() if _array_sha256(a) != expected.get(n)), None)
+    except (KeyError, TypeError, json.JSONDecodeError):
+        problem = "checksum attributes"
+    if problem:
+        raise ShardError(f"{path}: checksum mismatch in {problem} (corrupted or edited); {_rebuild_hint(path)}")
+
+
+def _read_linked(path, targets, attrs, verify, cache):
+    """The linked datasets, read from the clean shard they point at (verified, cached per call)."""
+    filenames = {filename for filename, _ in targets.values()}
+    if len(filenames) != 1:
+        raise ShardError(f"{path}: links to several files {sorted(filenames)}; {_rebuild_hint(path)}")
+    target = path.parent / filenames.pop()
+    datasets = tuple(sorted({dataset for _, dataset in targets.values()}))
+    cache = {} if cache is None else cache
+    if (target, datasets) not in cache:
+        cache[(target, datasets)] = read_shard(target, datasets, verify)
+    linked_arrays, linked_attrs = cache[(target, datasets)]
+    if verify and linked_attrs.get("content_sha256") != attrs.get("linked_sha256"):
+        raise ShardError(
+            f"{path}: was built from a different version of {target} (recorded checksum "
+            f"{attrs.get('linked_sha256', '')[:12]}, now {linked_attrs.get('content_sha256', '')[:12]}); "
+            f"{_rebuild_hint(path)}"
+        )
+    return {name: linked_arrays[dataset] for name, (_, dataset) in targets.items()}
+
+
+def read_split(paths, names=None, verify=True):
     """Read the shards of one split, in order -> (arrays dict concatenated, attrs of shard 0).
 
     Checks that the shards belong together: same dataset/split/noise/seed, indices 0..n-1.
@@ -169,9 +201,9 @@ def read_split(paths, verify=True):
     paths = [pathlib.Path(p) for p in paths]
     if not paths:
         raise ShardError("no shard paths given")
-    verified, parts, first = {}, [], None
+    linked_cache, parts, first = {}, [], None
     for position, path in enumerate(paths):
-        arrays, attrs = read_shard(path, verify, verified)
+        arrays, attrs = read_shard(path, names, verify, linked_cache)
         first = first or attrs
         identity = {k: attrs.get(k) for k in ("dataset", "split", "noise", "seed", "n_shards")}
         expected = {k: first.get(k) for k in identity}
@@ -187,9 +219,9 @@ def read_split(paths, verify=True):
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}, first
 
 
-def read_split_tensors(paths, verify=True):
+def read_split_tensors(paths, names=None, verify=True):
     """The whole split as torch tensors (images keep their stored dtype, labels int64)."""
     import torch
 
-    arrays, attrs = read_split(paths, verify)
+    arrays, attrs = read_split(paths, names, verify)
     return {name: torch.from_numpy(array) for name, array in arrays.items()}, attrs

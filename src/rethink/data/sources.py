@@ -16,6 +16,7 @@ import hashlib
 import json
 import pathlib
 import pickle
+import zlib
 
 import numpy as np
 
@@ -47,11 +48,11 @@ _TORCHVISION_CLASS = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST", "cifar1
 _CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 _HOW_TO_GET = {
     "fashion_mnist": "install the Debian package (apt-get install dataset-fashion-mnist), "
-    "point `root` at a directory holding the four idx .gz files, or set `download: true`",
-    "mnist": "point `root` at torchvision's MNIST directory (or the four idx files), "
-    "or set `download: true` where there is internet",
-    "cifar10": "point `root` at the directory that holds torchvision's `cifar-10-batches-py` "
-    "folder, or set `download: true` where there is internet",
+    "set {key}.root to a directory holding the four idx .gz files, or set {key}.download: true",
+    "mnist": "set {key}.root to torchvision's MNIST root (or a directory with the four idx "
+    "files), or set {key}.download: true where there is internet",
+    "cifar10": "set {key}.root to the directory that holds torchvision's `cifar-10-batches-py` "
+    "folder, or set {key}.download: true where there is internet",
 }
 
 
@@ -104,7 +105,7 @@ def source_files(spec, split):
     names = _CIFAR_FILES[split] if source == "cifar10" else list(_IDX_FILES[split])
     raise RethinkError(
         f"dataset {spec['name']!r} (source {source}): the {split} files {names} were not found "
-        f"in {' or '.join(looked)}; {_HOW_TO_GET[source]}."
+        f"in {' or '.join(looked)}; {_HOW_TO_GET[source].format(key='datasets.' + spec['name'])}."
     )
 
 
@@ -158,14 +159,16 @@ def _check_loaded(spec, split, images, labels, files):
             f"{where}: images {images.shape} / labels {labels.shape} do not match the "
             f"expected N x {expected_shape}"
         )
-    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
-        raise RethinkError(f"{where}: labels outside 0..{NUM_CLASSES - 1}")
+    if len(labels) == 0 or labels.min() < 0 or labels.max() >= NUM_CLASSES:
+        raise RethinkError(f"{where}: no samples, or labels outside 0..{NUM_CLASSES - 1}")
     needed = split_size(spec, split)
     subset = (spec.get("subset") or {}).get(split)
+    if len(labels) > full:
+        raise RethinkError(f"{where}: holds {len(labels)} samples, more than the real dataset's {full}")
     if len(labels) < needed or (subset is None and len(labels) != full):
         raise RethinkError(
             f"{where}: holds {len(labels)} samples, expected {full}; the files look "
-            "truncated (download again), or configure `subset` to use fewer samples"
+            f"truncated (download again), or set datasets.{spec['name']}.subset to use fewer samples"
         )
 
 
@@ -178,11 +181,16 @@ def read_idx(path):
     """Read an idx file (the MNIST format), gzipped or not."""
     path = pathlib.Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError, zlib.error) as err:
+        raise RethinkError(f"{path}: cannot read ({err}); the file looks truncated or corrupt (download again)") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise RethinkError(f"{path}: not an unsigned-byte idx file (bad magic {raw[:4]!r})")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise RethinkError(f"{path}: shorter than its own idx header; the file looks truncated (download again)")
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
@@ -196,10 +204,10 @@ def _read_cifar(files):
         with open(path, "rb") as fh:
             try:
                 batch = pickle.load(fh, encoding="latin1")
-            except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
-                raise RethinkError(f"{path}: not a CIFAR-10 python batch ({err})") from None
-        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch["labels"], dtype=np.int64))
+                images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                labels.append(np.asarray(batch["labels"], dtype=np.int64))
+            except Exception as err:  # noqa: BLE001 - whatever fails here, the file is not a batch
+                raise RethinkError(f"{path}: not a CIFAR-10 python batch ({err!r})") from None
     return np.concatenate(images), np.concatenate(labels)
 
 

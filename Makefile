@@ -1,0 +1,44 @@
+# The two commands (see README): `make reproduce` runs the default pipeline, `make test` the tests.
+# Both build .venv/ with the pinned dependencies first and install the Fashion-MNIST package.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+CORES ?= 2
+PYTEST_ARGS ?=
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: reproduce test install datasets bench clean-results
+
+reproduce: install datasets
+	snakemake --cores $(CORES)
+
+test: install datasets
+	python -m pytest $(PYTEST_ARGS)
+
+install: $(VENV)/.installed
+
+# torch first and alone, so nothing can pull an unpinned (multi-GB CUDA) torch in its place.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+# The embedded default reads Debian's Fashion-MNIST package; install it where apt can.
+datasets:
+	@if [ ! -f $(FASHION_MNIST) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	  else \
+	    echo "note: $(FASHION_MNIST) is missing and apt is not usable here;" \
+	         "install dataset-fashion-mnist or set datasets.fashion_mnist.root (config/README.md)"; \
+	  fi; \
+	fi
+
+bench: install datasets
+	python bench/bench_read.py
+
+clean-results:
+	rm -rf results/data results/logs .snakemake

@@ -1,0 +1,104 @@
+"""The data rules through the real snakemake CLI, in a temporary copy of the workflow."""
+
+import hashlib
+
+import numpy as np
+import pytest
+from conftest import FASHION_MNIST_ROOT, needs_fashion_mnist
+
+from rethink.data import shards
+
+pytestmark = pytest.mark.workflow
+
+TINY = {
+    "datasets": {"synth": {"source": "synthetic", "synthetic": {"n_train": 120, "n_test": 40}}},
+    "shards": {"size": 50},
+    "experiments": {
+        "fig1a": {"dataset": "synth", "noises": ["true_labels", "random_labels", "shuffled_pixels",
+                                                 "random_pixels", "gaussian"]},
+        "fig1bc": {"dataset": "synth", "corruption_levels": [0.0, 0.5, 1.0]},
+    },
+}
+
+
+def shard_digests(root):
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((root / "results" / "data").rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_builds_every_shard_then_has_nothing_to_do_and_rebuilds_byte_identically(workflow):
+    config = workflow.write_config(TINY)
+    workflow.run("--configfile", config, "-c2", "data_shards")
+    data = workflow.root / "results" / "data" / "synth"
+    expected = {
+        "clean/train-00000.h5", "clean/train-00001.h5", "clean/train-00002.h5",
+        "clean/test-00000.h5", "clean/train-stats.json",
+        *(f"{noise}/s0/train-0000{i}.h5" for noise in ("random_labels", "corrupt_p0.5", "shuffled_pixels",
+                                                        "random_pixels", "gaussian") for i in range(3)),
+        "shuffled_pixels/s0/test-00000.h5",
+    }
+    assert {str(p.relative_to(data)) for p in data.rglob("*") if p.is_file()} == expected
+    for noise in ("random_labels", "shuffled_pixels", "gaussian"):
+        paths = sorted((data / noise / "s0").glob("train-*.h5"))
+        arrays, attrs = shards.read_split(paths)
+        assert len(arrays["labels"]) == 120 and attrs["noise"] == noise
+    assert (workflow.root / "results/logs/data/synth/gaussian/s0/train-00001.log").read_text().startswith("randomize: wrote")
+
+    again = workflow.run("--configfile", config, "-c2", "data_shards")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    before = shard_digests(workflow.root)
+    for path in (workflow.root / "results" / "data").rglob("*.h5"):
+        path.unlink()
+    workflow.run("--configfile", config, "-c2", "data_shards")
+    assert shard_digests(workflow.root) == before
+
+
+def test_editing_the_dataset_rebuilds_its_shards(workflow):
+    config = workflow.write_config(TINY)
+    workflow.run("--configfile", config, "-c2", "data_shards")
+    edited = {**TINY, "datasets": {"synth": {"source": "synthetic",
+                                             "synthetic": {"n_train": 120, "n_test": 40, "seed": 1}}}}
+    dry = workflow.run("--configfile", workflow.write_config(edited), "-n", "data_shards")
+    assert "data_clean" in dry.stdout and "data_randomize" in dry.stdout
+
+
+def test_a_bad_config_stops_before_any_job_naming_the_key(workflow):
+    bad = {**TINY, "experiments": {"fig1bc": {"dataset": "synth", "corruption_levels": [0.5, 1.5]}}}
+    proc = workflow.run("--configfile", workflow.write_config(bad), "-c2", check=False)
+    assert proc.returncode != 0
+    assert "experiments.fig1bc.corruption_levels[1]: 1.5 is greater than the maximum of 1" in proc.stderr
+    assert not (workflow.root / "results").exists()
+
+
+def test_a_missing_dataset_stops_before_any_job_saying_where_it_looked(workflow, tmp_path):
+    config = {
+        "datasets": {"cifar10": {"source": "cifar10", "root": str(tmp_path / "nothing-here")},
+                     "synth": {"source": "synthetic"}},
+        "experiments": {"a": {"dataset": "cifar10"}, "b": {"dataset": "synth"}},
+    }
+    proc = workflow.run("--configfile", workflow.write_config(config), "-c2", check=False)
+    assert proc.returncode != 0
+    assert f"were not found in {tmp_path / 'nothing-here'}/cifar-10-batches-py" in proc.stderr
+    assert "set datasets.cifar10.root to" in proc.stderr and "datasets.cifar10.download: true" in proc.stderr
+    assert not (workflow.root / "results" / "data").exists()  # not even the synthetic shards
+    # a dry run still shows the plan
+    dry = workflow.run("--configfile", workflow.write_config(config), "-n")
+    assert "data_clean" in dry.stdout
+
+
+@needs_fashion_mnist
+def test_default_config_builds_real_fashion_mnist_shards(workflow):
+    workflow.run("-c2")  # no --configfile: the embedded default
+    data = workflow.root / "results" / "data" / "fashion_mnist"
+    clean, attrs = shards.read_split([data / "clean" / "train-00000.h5"])
+    assert clean["images"].shape == (4000, 1, 28, 28)
+    assert np.bincount(clean["labels"]).tolist() == [400] * 10  # stratified subset
+    assert str(FASHION_MNIST_ROOT) in attrs["source_files"]
+    random, _ = shards.read_split([data / "random_labels" / "s0" / "train-00000.h5"])
+    assert 0.85 < random["changed"].mean() < 0.95
+    test_shuffled, _ = shards.read_split([data / "shuffled_pixels" / "s0" / "test-00000.h5"])
+    assert test_shuffled["images"].shape == (2000, 1, 28, 28)
