@@ -39,6 +39,7 @@ datasets:
 
 bench: install datasets
 	python bench/bench_read.py
+	python bench/bench_train.py
 
 clean-results:
 	rm -rf results/data results/logs .snakemake

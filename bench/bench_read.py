@@ -27,9 +27,9 @@ sys.path.insert(0, str(REPO / "tests"))  # the spec helpers the tests use
 
 from conftest import FASHION_MNIST_ROOT, synthetic_spec  # noqa: E402
 
-from rethink.data import prepare, shards, sources  # noqa: E402
+from report import write_section  # noqa: E402
 
-START, END = "<!-- bench_read:start -->", "<!-- bench_read:end -->"
+from rethink.data import prepare, shards, sources  # noqa: E402
 
 
 def best_of(repeats, fn):
@@ -86,7 +86,6 @@ def main():
         rows = [row for name, spec in datasets.items() for row in bench_dataset(name, spec, pathlib.Path(tmp), args.repeats)]
 
     lines = [
-        START,
         "## Shard reads (`bench/bench_read.py`)",
         "",
         f"{datetime.date.today()} on {machine()}. Whole training split, best of {args.repeats}, warm page cache.",
@@ -96,18 +95,10 @@ def main():
         "|---|---|---:|---:|---:|---:|---:|",
         *(f"| {d} | {m} | {mb:.0f} | {t:.3f} | {mb / t:.0f} | {size / 1e6:.0f} | {r:.2f}x |"
           for d, m, mb, t, size, r in rows),
-        END,
     ]
-    text = "\n".join(lines)
-    print(text)
+    print("\n".join(lines))
     if not args.no_write:
-        path = REPO / "docs" / "BENCHMARKS.md"
-        old = path.read_text() if path.exists() else "# Benchmarks\n\nEach section is rewritten by the script it names.\n"
-        if START in old:
-            new = old[: old.index(START)] + text + old[old.index(END) + len(END):]
-        else:
-            new = old.rstrip("\n") + "\n\n" + text + "\n"
-        path.write_text(new)
+        write_section("bench_read", lines)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ it reruns the rule.
 
 import argparse
 import json
-import os
 import pathlib
 import time
 
 from rethink.data import randomize, shards, sources
 from rethink.errors import RethinkError, cli_main
+from rethink.fileio import write_text_atomic
 
 
 def _spec(text):
@@ -44,6 +44,7 @@ def make_clean(dataset, shards_cfg, split, shard, out):
         provenance,
         dataset=dataset["name"], source=dataset["source"], split=split, noise="clean",
         level=0.0, seed=-1, shard_index=shard, n_shards=count, offset=start,
+        num_classes=sources.num_classes(dataset),
         split_samples=len(labels), dataset_spec=sources.canonical_json(dataset),
     )
     return shards.write_shard(
@@ -59,7 +60,7 @@ def make_stats(shard_paths, out):
         checksums.append(attrs["content_sha256"])
         blocks.append(arrays["images"])
     stats = dict(randomize.channel_stats(blocks), shard_sha256=checksums)
-    _write_text_atomic(out, json.dumps(stats, indent=2) + "\n")
+    write_text_atomic(out, json.dumps(stats, indent=2) + "\n")
     return stats
 
 
@@ -81,7 +82,8 @@ def make_randomized(dataset, shards_cfg, noise_name, seed, split, shard, clean, 
     links.update({name: (clean, name) for name in ("images", "labels") if name not in new})
     attrs = {
         key: clean_attrs[key]
-        for key in ("dataset", "source", "split", "shard_index", "n_shards", "offset", "split_samples")
+        for key in ("dataset", "source", "split", "shard_index", "n_shards", "offset", "split_samples",
+                    "num_classes")
     }
     options = {**randomize.DEFAULT_OPTIONS, **(options or {})}
     attrs.update(noise=noise.name, level=noise.level, seed=seed, randomization=sources.canonical_json(options))
@@ -92,14 +94,6 @@ def make_randomized(dataset, shards_cfg, noise_name, seed, split, shard, clean, 
         out, new, attrs, links=links,
         compression=shards_cfg["compression"], chunk_samples=shards_cfg["chunk_samples"],
     )
-
-
-def _write_text_atomic(path, text):
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _parser():

@@ -29,6 +29,7 @@ import numpy as np
 
 from rethink import __version__
 from rethink.errors import RethinkError
+from rethink.fileio import atomic_path
 
 COMPRESSIONS = ("lzf", "gzip", "none")
 
@@ -51,13 +52,12 @@ def write_shard(path, arrays, attrs, links=None, compression="lzf", chunk_sample
     name there) for datasets this file links to instead of copying.
     """
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     links = links or {}
     attrs = dict(attrs, package_version=__version__, numpy_version=np.__version__,
                  h5py_version=h5py.__version__, hdf5_version=h5py.version.hdf5_version)
     targets = {}
     if links:
-        linked_sums = {_stored_checksum(target) for target, _ in links.values()}
+        linked_sums = {stored_checksum(target) for target, _ in links.values()}
         if len(linked_sums) != 1:
             raise ShardError(f"{path}: links must point at one clean shard, got {links}")
         attrs["linked_sha256"] = linked_sums.pop()
@@ -68,23 +68,18 @@ def write_shard(path, arrays, attrs, links=None, compression="lzf", chunk_sample
     attrs["dataset_sha256"] = json.dumps({name: _array_sha256(a) for name, a in sorted(arrays.items())})
     attrs["content_sha256"] = _content_checksum(targets, attrs)
 
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            for name, array in arrays.items():
-                array = np.ascontiguousarray(array)
-                chunks = (max(1, min(chunk_samples, len(array))),) + array.shape[1:]
-                f.create_dataset(
-                    name, data=array, chunks=chunks,
-                    compression=None if compression == "none" else compression,
-                )
-            for name, (target, dataset) in targets.items():
-                f[name] = h5py.ExternalLink(target, f"/{dataset}")
-            for key, value in attrs.items():
-                f.attrs[key] = value
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for name, array in arrays.items():
+            array = np.ascontiguousarray(array)
+            chunks = (max(1, min(chunk_samples, len(array))),) + array.shape[1:]
+            f.create_dataset(
+                name, data=array, chunks=chunks,
+                compression=None if compression == "none" else compression,
+            )
+        for name, (target, dataset) in targets.items():
+            f[name] = h5py.ExternalLink(target, f"/{dataset}")
+        for key, value in attrs.items():
+            f.attrs[key] = value
     return attrs["content_sha256"]
 
 
@@ -124,7 +119,8 @@ def _open(path):
         raise ShardError(f"{path}: not a readable HDF5 shard ({err}); {_rebuild_hint(path)}") from None
 
 
-def _stored_checksum(path):
+def stored_checksum(path):
+    """The shard's recorded content_sha256, without reading its data (readers verify it)."""
     with _open(path) as f:
         return str(f.attrs.get("content_sha256", ""))
 

@@ -1,0 +1,17 @@
+"""docs/BENCHMARKS.md is made of sections, each rewritten by the benchmark that names it."""
+
+import pathlib
+
+PATH = pathlib.Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
+HEADER = "# Benchmarks\n\nEach section is rewritten by the script it names; numbers carry their machine and date.\n"
+
+
+def write_section(name, lines):
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = "\n".join([start, *lines, end])
+    old = PATH.read_text() if PATH.exists() else HEADER
+    if start in old:
+        new = old[: old.index(start)] + text + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + text + "\n"
+    PATH.write_text(new)

@@ -1,0 +1,83 @@
+"""Checkpoints that survive preemption: atomic writes, a tie to the inputs, signal-driven saves.
+
+A signal handler only records the signal; the loop saves at the next step boundary, where
+the model, optimizer and RNG states agree with each other.
+"""
+
+import os
+import pathlib
+import signal
+
+import torch
+
+from rethink.errors import RethinkError
+from rethink.fileio import atomic_path
+
+FORMAT = 1
+
+
+def save(path, state):
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(dict(state, format=FORMAT), f)
+        f.flush()
+        os.fsync(f.fileno())  # a node that dies after the rename must not leave a torn file
+
+
+def load(path, inputs_sha256, device_type):
+    """The checkpoint's state, or None when there is none; refuses one made for other inputs."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return None
+    hint = "delete it to start this cell from scratch, or pass another --checkpoint"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a truncated or foreign file
+        raise RethinkError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err}); {hint}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise RethinkError(f"{path}: not a checkpoint of this trainer (format {FORMAT}); {hint}")
+    if state.get("inputs_sha256") != inputs_sha256:
+        raise RethinkError(
+            f"{path}: checkpoint belongs to a different cell or different shards (inputs "
+            f"{str(state.get('inputs_sha256'))[:12]}, this run {inputs_sha256[:12]}); {hint}"
+        )
+    if state.get("device_type") != device_type:
+        raise RethinkError(
+            f"{path}: checkpoint was written on {state.get('device_type')}, this run uses {device_type} "
+            f"(RNG states do not transfer); rerun with --device {state.get('device_type')}, or {hint}"
+        )
+    return state
+
+
+class Signals:
+    """SIGTERM (save, then stop) and SIGUSR1 (save, then go on), handled at step boundaries."""
+
+    WATCHED = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.pending, self._previous = None, {}
+
+    def __enter__(self):
+        for sig in self.WATCHED:
+            try:
+                self._previous[sig] = signal.signal(sig, self._record)
+            except ValueError:  # not the main thread: leave signals to whoever owns them
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _record(self, signum, frame):
+        # SIGTERM wins over a pending SIGUSR1: both save, only one of them must stop the run
+        if self.pending != signal.SIGTERM:
+            self.pending = signal.Signals(signum)
+
+
+class Interrupted(Exception):
+    """Raised after the checkpoint was saved because a SIGTERM asked the run to stop."""
+
+    def __init__(self, signum, path):
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name}; checkpoint saved to {path}, rerun to resume")
+        self.signum = signum
