@@ -13,9 +13,14 @@ if not workflow.config_settings.configfiles:
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/analysis.smk"
 
 
+# Every cell is a target of its own (not only an input of the aggregation): a deleted cell is
+# then rebuilt even while the aggregated metrics are still present.
 rule all:
     default_target: True
     input:
-        rules.data_shards.input,
+        cell_outputs(CELLS),
+        rules.analysis_aggregate.output,

@@ -29,31 +29,70 @@ def synthetic_spec(name="synth", n_train=64, n_test=32, shape=(3, 32, 32), seed=
 SHARDS = {"size": 50000, "compression": "lzf", "chunk_samples": 256}
 
 
+def tiny_config(experiments, n_train=64, n_test=32, shard_size=50000, max_epochs=2):
+    """A workflow config small enough to train for real in seconds: synthetic 1x8x8 images,
+    a narrow MLP and a narrow AlexNet."""
+    return {
+        "datasets": {"synth": {"source": "synthetic", "synthetic": {
+            "n_train": n_train, "n_test": n_test, "shape": [1, 8, 8], "noise_std": 40.0}}},
+        "shards": {"size": shard_size},
+        "training": {"batch_size": 16, "max_epochs": max_epochs, "crop_size": 8, "device": "cpu"},
+        "architectures": {"mlp": {"model": "mlp_1x512", "width": 0.05, "runtime_minutes": 5, "mem_mb": 500},
+                          "alexnet": {"width": 0.1, "runtime_minutes": 5, "mem_mb": 500}},
+        "regularizers": {"none": {}, "wd": {"weight_decay": 0.0005}},
+        "experiments": experiments,
+    }
+
+
 class Workflow:
-    """A copy of the workflow in a temporary directory, driven through the snakemake CLI."""
+    """A copy of the workflow and of the package sources in a temporary directory, driven
+    through the snakemake CLI. The copied `src/` comes first on PYTHONPATH, so a test may edit
+    the package's code there without touching the repository."""
 
     def __init__(self, root):
         self.root = root
-        for item in ("Snakefile", "workflow", "config", "profiles"):
+        root.mkdir(parents=True, exist_ok=True)
+        for item in ("Snakefile", "workflow", "config", "profiles", "src", "environment.yml"):
             src = REPO / item
-            (shutil.copytree if src.is_dir() else shutil.copy)(src, root / item)
+            (shutil.copytree if src.is_dir() else shutil.copy)(
+                src, root / item, **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {})
+            )
+        self.env = dict(
+            os.environ,
+            PATH=f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            PYTHONPATH=os.pathsep.join([str(root / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        )
 
     def write_config(self, config, name="test.yaml"):
         path = self.root / "config" / name
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
 
-    def run(self, *args, check=True, timeout=600):
-        env = dict(os.environ, PATH=f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    def run(self, *args, check=True, timeout=600, env=None):
         proc = subprocess.run(
-            [sys.executable, "-m", "snakemake", *args], cwd=self.root, env=env,
+            [sys.executable, "-m", "snakemake", *args], cwd=self.root, env=env or self.env,
             capture_output=True, text=True, timeout=timeout,
         )
         if check and proc.returncode != 0:
-            raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+            raise AssertionError(f"snakemake {' '.join(map(str, args))} failed:\n{proc.stdout}\n{proc.stderr}")
         return proc
+
+
+    def planned_jobs(self, *args):
+        """The dry run's job list: {rule: count}, plus the cells whose training would run."""
+        out = self.run("-n", *args).stdout
+        counts, cells = {}, set()
+        for line in out.splitlines():
+            if line.startswith("rule ") and line.endswith(":"):
+                rule = line[5:-1]
+                counts[rule] = counts.get(rule, 0) + 1
+            if line.strip().startswith("output:") and "results/cells/" in line:
+                cells.add(line.split("results/cells/", 1)[1].split("/cell.json")[0])
+        if "Nothing to be done" in out:
+            assert not counts, out
+        return counts, cells
 
 
 @pytest.fixture
 def workflow(tmp_path):
-    return Workflow(tmp_path)
+    return Workflow(tmp_path / "wf")

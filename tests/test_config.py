@@ -12,7 +12,9 @@ from rethink.config import ConfigError
 
 MINIMAL = {
     "datasets": {"synth": {"source": "synthetic"}},
-    "experiments": {"fig1a": {"dataset": "synth", "noises": ["random_labels"]}},
+    "architectures": {"mlp_1x512": {}, "small": {"model": "inception", "width": 0.25, "hparams": {"lr": 0.1}}},
+    "regularizers": {"none": {}, "wd": {"weight_decay": 0.0005}},
+    "experiments": {"fig1a": {"dataset": "synth", "grid": [{"architectures": ["mlp_1x512"], "noises": ["random_labels"]}]}},
 }
 
 
@@ -21,7 +23,7 @@ def validated(changes=None):
     for key, value in (changes or {}).items():
         node, *path, last = [config, *key.split(".")]
         for part in path:
-            node = node[part]
+            node = node[int(part)] if isinstance(node, list) else node[part]
         node[last] = value
     return rconfig.validate(config, SCHEMA)
 
@@ -32,22 +34,38 @@ def test_defaults_are_filled_in():
     assert config["datasets"]["synth"]["synthetic"]["shape"] == [3, 32, 32]
     assert config["datasets"]["synth"]["subset"] == {"train": None, "test": None, "how": "stratified", "seed": 0}
     assert config["experiments"]["fig1a"]["seeds"] == [0]
+    assert config["experiments"]["fig1a"]["grid"][0]["regularizers"] == ["none"]
     assert config["datasets"]["synth"]["name"] == "synth"
+    assert config["training"]["batch_size"] == 128 and config["training"]["lr_decay"] == 0.95
+    assert config["architectures"]["mlp_1x512"] == {"width": 1.0, "hparams": {}, "runtime_minutes": 60,
+                                                    "mem_mb": 4000, "model": "mlp_1x512"}
 
 
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("experiments.fig1a.corruption_levels", [0.2, 1.5],
-         r"experiments\.fig1a\.corruption_levels\[1\]: 1\.5 is greater than the maximum of 1"),
-        ("experiments.fig1a.noises", ["random_labels", "blurred"],
-         r"experiments\.fig1a\.noises\[1\]: 'blurred' is not one of \['true_labels'"),
+        ("experiments.fig1a.grid.0.corruption_levels", [0.2, 1.5],
+         r"experiments\.fig1a\.grid\[0\]\.corruption_levels\[1\]: 1\.5 is greater than the maximum of 1"),
+        ("experiments.fig1a.grid.0.noises", ["random_labels", "blurred"],
+         r"experiments\.fig1a\.grid\[0\]\.noises\[1\]: 'blurred' is not one of \['true_labels'"),
+        ("experiments.fig1a.grid.0.architectures", ["mlp_1x512", "vgg"],
+         r"experiments\.fig1a\.grid\[0\]\.architectures\[1\]: 'vgg' is not a configured architecture "
+         r"\(configured: mlp_1x512, small\)"),
+        ("experiments.fig1a.grid.0.regularizers", ["dropout"],
+         r"experiments\.fig1a\.grid\[0\]\.regularizers\[0\]: 'dropout' is not a configured regularizer"),
+        ("regularizers.wd", {"weight_decay": -1}, r"regularizers\.wd\.weight_decay: -1 is less than the minimum of 0"),
+        ("regularizers.wd", {"wieght_decay": 0.1},
+         r"regularizers\.wd: Additional properties are not allowed \('wieght_decay' was unexpected\)"),
+        ("training", {"device": "tpu"}, r"training\.device: 'tpu' is not one of \['auto', 'cpu', 'cuda'\]"),
+        ("architectures.small.model", "resnet", r"architectures\.small\.model: 'resnet' is not one of"),
+        ("architectures.vgg", {}, r"architectures\.vgg: 'vgg' is not a model name, so set architectures\.vgg\.model"),
         ("datasets.synth.source", "imagenet21k",
-         r"datasets\.synth\.source: 'imagenet21k' is not one of \['fashion_mnist', 'mnist', 'cifar10', 'synthetic'\]"),
+         r"datasets\.synth\.source: 'imagenet21k' is not one of \['fashion_mnist', 'mnist', 'cifar10', 'synthetic', 'imagenet'\]"),
         ("experiments.fig1a.dataset", "cifar",
          r"experiments\.fig1a\.dataset: 'cifar' is not a configured dataset \(configured: synth\)"),
         ("experiments.fig1a.learning_rate", 0.1,
          r"experiments\.fig1a: Additional properties are not allowed \('learning_rate' was unexpected\)"),
+        ("experiments.fig1a.grid", [], r"experiments\.fig1a\.grid: \[\] should be non-empty"),
         ("shards", {"size": 0}, r"shards\.size: 0 is less than the minimum of 1"),
         ("experiments.fig1a.seeds", [], r"experiments\.fig1a\.seeds: \[\] should be non-empty"),
     ],
@@ -64,12 +82,30 @@ def test_shipped_configs_validate_and_expand(name):
     names = {noise.name for _, noise, _ in units}
     assert {"true_labels", "random_labels", "shuffled_pixels", "random_pixels", "gaussian"} <= names
     assert "corrupt_p0.2" in names
+    cells, experiments = grid.expand(config)
+    assert {"fig1a", "fig1b", "fig1c", "fig2b", "table1", "table4"} <= set(experiments)
+    assert experiments["fig1b"] == experiments["fig1c"]  # one set of cells serves both figures
+    assert len(experiments["table1"]) == 4 * 2 + 2 * 3 + 5  # crop x wd for two, wd for three, random labels
+
+
+def test_paper_config_is_the_papers_setup():
+    cells, experiments = grid.expand(rconfig.load(REPO / "config" / "paper.yaml", SCHEMA))
+    specs = {cell_id: spec for cell_id, (_, spec) in cells.items()}
+    assert len(specs) == 55
+    inception = specs["cifar10/inception/none/random_labels/s0"]
+    assert inception["width"] == 1.0 and inception["hparams"]["lr"] == 0.1
+    assert inception["hparams"]["lr_decay"] == 0.95 and inception["hparams"]["batch_size"] == 128
+    assert specs["cifar10/alexnet/none/true_labels/s0"]["hparams"]["lr"] == 0.01
+    assert specs["cifar10/inception/aug/random_labels/s0"]["hparams"]["lr_decay"] == 0.999
+    assert len(experiments["fig1b"]) == 33 and "fig2a" not in experiments  # ImageNet: disabled
 
 
 def test_grid_deduplicates_shared_units_and_canonicalizes_levels():
     config = validated({"experiments": {
-        "a": {"dataset": "synth", "noises": ["true_labels", "random_labels"], "seeds": [0, 1]},
-        "b": {"dataset": "synth", "corruption_levels": [0.0, 0.5, 1.0], "seeds": [1]},
+        "a": {"dataset": "synth", "seeds": [0, 1],
+              "grid": [{"architectures": ["mlp_1x512"], "noises": ["true_labels", "random_labels"]}]},
+        "b": {"dataset": "synth", "seeds": [1],
+              "grid": [{"architectures": ["mlp_1x512"], "corruption_levels": [0.0, 0.5, 1.0]}]},
     }})
     units = [(d, n.name, s) for d, n, s in grid.data_units(config)]
     assert units == [
@@ -77,6 +113,52 @@ def test_grid_deduplicates_shared_units_and_canonicalizes_levels():
         ("synth", "random_labels", 0), ("synth", "random_labels", 1),
         ("synth", "true_labels", 0), ("synth", "true_labels", 1),
     ]
+    cells, experiments = grid.expand(config)
+    assert len(cells) == 5 and experiments["b"] == [
+        "synth/mlp_1x512/none/true_labels/s1", "synth/mlp_1x512/none/corrupt_p0.5/s1",
+        "synth/mlp_1x512/none/random_labels/s1"]
+
+
+def test_hyperparameters_resolve_in_the_documented_order():
+    config = validated({
+        "training": {"lr": 0.5, "batch_size": 64, "max_epochs": 7, "dropout": 0.1},
+        "architectures": {"small": {"model": "inception", "width": 0.25, "hparams": {"lr": 0.2, "max_epochs": 8}}},
+        "regularizers": {"none": {}, "wd": {"weight_decay": 0.001, "max_epochs": 9}},
+        "experiments": {"e": {"dataset": "synth", "overrides": {"batch_size": 32},
+                              "grid": [{"architectures": ["small"], "regularizers": ["wd"],
+                                        "overrides": {"dropout": 0.3}}]}},
+    })
+    (cell, spec), = grid.expand(config)[0].values()
+    hp = spec["hparams"]
+    assert (hp["lr"], hp["max_epochs"], hp["weight_decay"], hp["batch_size"], hp["dropout"]) == (0.2, 9, 0.001, 32, 0.3)
+    assert hp["momentum"] == 0.9 and hp["lr_decay"] == 0.95  # untouched defaults
+    assert spec["arch"] == "inception" and spec["arch_name"] == "small" and spec["width"] == 0.25
+    assert cell.id == "synth/small/wd/true_labels/s0" and spec["cell"] == cell.id
+
+
+def test_one_cell_with_two_meanings_is_an_error():
+    config = copy.deepcopy(MINIMAL)
+    config["experiments"]["other"] = {"dataset": "synth", "grid": [
+        {"architectures": ["mlp_1x512"], "noises": ["random_labels"], "overrides": {"lr_decay": 0.999}}]}
+    with pytest.raises(ConfigError, match=r"experiments\.other\.grid\[0\]: cell synth/mlp_1x512/none/random_labels/s0 "
+                                          r"is also made by experiments\.fig1a\.grid\[0\] with other hyper-parameters "
+                                          r"\(lr_decay differ\)"):
+        rconfig.validate(config, SCHEMA)
+
+
+def test_model_enum_matches_the_registry():
+    from rethink.models import ARCHITECTURES
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    assert tuple(schema["properties"]["architectures"]["additionalProperties"]["properties"]["model"]["enum"]) \
+        == ARCHITECTURES == rconfig._MODELS
+
+
+def test_schema_hyperparameters_match_the_trainer():
+    from rethink.train.cell import HPARAMS
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    assert set(schema["$defs"]["hparams"]["properties"]) == set(HPARAMS) == set(schema["properties"]["training"]["properties"])
 
 
 def test_every_schema_key_is_documented():
@@ -84,12 +166,17 @@ def test_every_schema_key_is_documented():
     schema = yaml.safe_load(SCHEMA.read_text())
 
     def keys(node, prefix=""):
+        if "$ref" in node:  # hyper-parameter sets: documented once, under training.*
+            return
         for name, sub in node.get("properties", {}).items():
             yield prefix + name
             yield from keys(sub, prefix + name + ".")
         extra = node.get("additionalProperties")
         if isinstance(extra, dict):
             yield from keys(extra, prefix + "<name>.")
+        if isinstance(node.get("items"), dict):
+            yield from keys(node["items"], prefix[:-1] + "[i].")
 
-    missing = [key for key in keys(schema) if f"`{key}`" not in readme]
+    wanted = list(keys(schema)) + [f"training.{k}" for k in schema["$defs"]["hparams"]["properties"]]
+    missing = [key for key in wanted if f"`{key}`" not in readme]
     assert not missing, f"config/README.md does not document {missing}"

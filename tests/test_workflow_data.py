@@ -4,21 +4,18 @@ import hashlib
 
 import numpy as np
 import pytest
-from conftest import FASHION_MNIST_ROOT, needs_fashion_mnist
+from conftest import FASHION_MNIST_ROOT, needs_fashion_mnist, tiny_config
 
 from rethink.data import shards
 
 pytestmark = pytest.mark.workflow
 
-TINY = {
-    "datasets": {"synth": {"source": "synthetic", "synthetic": {"n_train": 120, "n_test": 40}}},
-    "shards": {"size": 50},
-    "experiments": {
-        "fig1a": {"dataset": "synth", "noises": ["true_labels", "random_labels", "shuffled_pixels",
-                                                 "random_pixels", "gaussian"]},
-        "fig1bc": {"dataset": "synth", "corruption_levels": [0.0, 0.5, 1.0]},
-    },
-}
+TINY = tiny_config({
+    "fig1a": {"dataset": "synth", "grid": [{"architectures": ["mlp"], "noises": [
+        "true_labels", "random_labels", "shuffled_pixels", "random_pixels", "gaussian"]}]},
+    "fig1bc": {"dataset": "synth", "grid": [{"architectures": ["mlp"], "corruption_levels": [0.0, 0.5, 1.0]}]},
+}, n_train=120, n_test=40, shard_size=50)
+TINY["datasets"]["synth"]["synthetic"]["shape"] = [3, 32, 32]
 
 
 def shard_digests(root):
@@ -60,26 +57,25 @@ def test_builds_every_shard_then_has_nothing_to_do_and_rebuilds_byte_identically
 def test_editing_the_dataset_rebuilds_its_shards(workflow):
     config = workflow.write_config(TINY)
     workflow.run("--configfile", config, "-c2", "data_shards")
-    edited = {**TINY, "datasets": {"synth": {"source": "synthetic",
-                                             "synthetic": {"n_train": 120, "n_test": 40, "seed": 1}}}}
+    edited = {**TINY, "datasets": {"synth": {"source": "synthetic", "synthetic": {
+        **TINY["datasets"]["synth"]["synthetic"], "seed": 1}}}}
     dry = workflow.run("--configfile", workflow.write_config(edited), "-n", "data_shards")
     assert "data_clean" in dry.stdout and "data_randomize" in dry.stdout
 
 
 def test_a_bad_config_stops_before_any_job_naming_the_key(workflow):
-    bad = {**TINY, "experiments": {"fig1bc": {"dataset": "synth", "corruption_levels": [0.5, 1.5]}}}
+    bad = {**TINY, "experiments": {"fig1bc": {"dataset": "synth", "grid": [
+        {"architectures": ["mlp"], "corruption_levels": [0.5, 1.5]}]}}}
     proc = workflow.run("--configfile", workflow.write_config(bad), "-c2", check=False)
     assert proc.returncode != 0
-    assert "experiments.fig1bc.corruption_levels[1]: 1.5 is greater than the maximum of 1" in proc.stderr
+    assert "experiments.fig1bc.grid[0].corruption_levels[1]: 1.5 is greater than the maximum of 1" in proc.stderr
     assert not (workflow.root / "results").exists()
 
 
 def test_a_missing_dataset_stops_before_any_job_saying_where_it_looked(workflow, tmp_path):
-    config = {
-        "datasets": {"cifar10": {"source": "cifar10", "root": str(tmp_path / "nothing-here")},
-                     "synth": {"source": "synthetic"}},
-        "experiments": {"a": {"dataset": "cifar10"}, "b": {"dataset": "synth"}},
-    }
+    config = tiny_config({"a": {"dataset": "cifar10", "grid": [{"architectures": ["mlp"]}]},
+                          "b": {"dataset": "synth", "grid": [{"architectures": ["mlp"]}]}})
+    config["datasets"]["cifar10"] = {"source": "cifar10", "root": str(tmp_path / "nothing-here")}
     proc = workflow.run("--configfile", workflow.write_config(config), "-c2", check=False)
     assert proc.returncode != 0
     assert f"were not found in {tmp_path / 'nothing-here'}/cifar-10-batches-py" in proc.stderr
@@ -92,13 +88,13 @@ def test_a_missing_dataset_stops_before_any_job_saying_where_it_looked(workflow,
 
 @needs_fashion_mnist
 def test_default_config_builds_real_fashion_mnist_shards(workflow):
-    workflow.run("-c2")  # no --configfile: the embedded default
+    workflow.run("-c2", "data_shards")  # no --configfile: the embedded default
     data = workflow.root / "results" / "data" / "fashion_mnist"
     clean, attrs = shards.read_split([data / "clean" / "train-00000.h5"])
-    assert clean["images"].shape == (4000, 1, 28, 28)
-    assert np.bincount(clean["labels"]).tolist() == [400] * 10  # stratified subset
+    assert clean["images"].shape == (500, 1, 28, 28)
+    assert np.bincount(clean["labels"]).tolist() == [50] * 10  # stratified subset
     assert str(FASHION_MNIST_ROOT) in attrs["source_files"]
     random, _ = shards.read_split([data / "random_labels" / "s0" / "train-00000.h5"])
     assert 0.85 < random["changed"].mean() < 0.95
     test_shuffled, _ = shards.read_split([data / "shuffled_pixels" / "s0" / "test-00000.h5"])
-    assert test_shuffled["images"].shape == (2000, 1, 28, 28)
+    assert test_shuffled["images"].shape == (500, 1, 28, 28)

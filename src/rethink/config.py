@@ -9,11 +9,13 @@ import pathlib
 import jsonschema
 import yaml
 
-from rethink.errors import RethinkError
+from rethink import grid
 
+# The model registry's names (rethink.models.ARCHITECTURES, which imports torch; a test keeps
+# the two in step) -- the schema's `model` enum lists the same.
+_MODELS = ("inception", "inception_nobn", "alexnet", "mlp_1x512", "mlp_3x512", "inception_v3")
 
-class ConfigError(RethinkError):
-    pass
+from rethink.errors import ConfigError
 
 
 def _with_defaults(validator_class):
@@ -63,12 +65,20 @@ def _check_semantics(config):
         spec["name"] = name
         if spec["source"] != "synthetic":
             spec.pop("synthetic", None)  # only the synthetic source reads it; keep specs minimal
+    for name, arch in config["architectures"].items():
+        arch.setdefault("model", name)
+        if name not in _MODELS and arch["model"] == name:
+            raise ConfigError(
+                f"config key architectures.{name}: {name!r} is not a model name, so set "
+                f"architectures.{name}.model to one of {', '.join(_MODELS)}"
+            )
     for exp_name, exp in config["experiments"].items():
         if exp["dataset"] not in datasets:
             raise ConfigError(
                 f"config key experiments.{exp_name}.dataset: {exp['dataset']!r} is not a "
                 f"configured dataset (configured: {', '.join(sorted(datasets))})"
             )
+    grid.expand(config)  # unknown architecture/regularizer names, conflicting cells
 
 
 def dataset_spec(config, name):

@@ -8,6 +8,10 @@ class RethinkError(Exception):
     """A problem the user can fix: the message names the file/key/value and what to do."""
 
 
+class ConfigError(RethinkError):
+    """The configuration is invalid; the message names the key path, the value and what is allowed."""
+
+
 def cli_main(func):
     """Run a CLI entry point; a RethinkError becomes one line on stderr and exit status 2."""
 

@@ -1,25 +1,150 @@
-"""Experiments -> the units of work they need. The one place the grid is expanded.
+"""Experiments -> cells: the one place the grid is expanded, cells are named and their
+hyper-parameters resolved.
 
-For now the unit is a randomized dataset (dataset, noise, seed); the training cells that
-consume them extend this expansion, never a copy of it.
+A cell is (dataset, architecture, regularizer, noise, seed). Its hyper-parameters resolve in
+this order, later entries winning:
+
+    training  <  architectures.<arch>.hparams  <  regularizers.<reg>
+              <  experiments.<exp>.overrides  <  experiments.<exp>.grid[i].overrides
+
+Every experiment lists sub-grids (architectures x regularizers x noises); the union over all
+enabled experiments, deduplicated by cell id, is what trains. Two experiments that resolve
+the same cell id to different hyper-parameters are a config error: a cell has one meaning.
+
+    python -m rethink.grid [--configfile config/paper.yaml]   # cell count, experiment table
 """
 
-from rethink.data.randomize import label_corruption, parse_noise
+import argparse
+import dataclasses
+import pathlib
+import sys
+
+from rethink.data.randomize import Noise, label_corruption, parse_noise
+from rethink.errors import ConfigError, cli_main
+
+RESOLUTION_ORDER = ("training", "architecture", "regularizer", "experiment overrides", "grid overrides")
 
 
-def experiment_noises(experiment):
-    """The experiment's noises, canonical and without duplicates, in config order."""
-    noises = [parse_noise(name) for name in experiment["noises"]]
-    noises += [label_corruption(level) for level in experiment["corruption_levels"]]
-    return list(dict.fromkeys(noises))
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    dataset: str
+    arch: str
+    regularizer: str
+    noise: Noise
+    seed: int
+
+    @property
+    def id(self):
+        """Human-readable and path-safe: <dataset>/<arch>/<regularizer>/<noise>/s<seed>."""
+        return f"{self.dataset}/{self.arch}/{self.regularizer}/{self.noise.name}/s{self.seed}"
+
+    @property
+    def wildcards(self):
+        return dict(dataset=self.dataset, arch=self.arch, regularizer=self.regularizer,
+                    noise=self.noise.name, seed=self.seed)
+
+
+def entry_noises(entry):
+    """A grid entry's noises, canonical, deduplicated, in config order (default: true labels)."""
+    noises = [parse_noise(name) for name in entry["noises"]]
+    noises += [label_corruption(level) for level in entry["corruption_levels"]]
+    return list(dict.fromkeys(noises)) or [parse_noise("true_labels")]
+
+
+def _known(config, section, name, where):
+    if name not in config[section]:
+        raise ConfigError(
+            f"config key {where}: {name!r} is not a configured {section[:-1]} "
+            f"(configured: {', '.join(sorted(config[section]))})"
+        )
+
+
+def spec(config, cell, hparams):
+    """The cell JSON the trainer reads (its canonical form decides reruns)."""
+    arch = config["architectures"][cell.arch]
+    return {
+        "cell": cell.id, "dataset": cell.dataset, "arch": arch.get("model", cell.arch),
+        "arch_name": cell.arch, "width": arch["width"], "regularizer": cell.regularizer,
+        "noise": cell.noise.name, "level": cell.noise.level, "seed": cell.seed, "hparams": hparams,
+    }  # fmt: skip
+
+
+def expand(config):
+    """-> (cells: {id: (Cell, spec)} sorted by id, experiments: {name: [cell ids]})."""
+    cells, owners, experiments = {}, {}, {}
+    for exp_name, exp in config["experiments"].items():
+        if not exp["enabled"]:
+            continue
+        ids = []
+        for i, entry in enumerate(exp["grid"]):
+            where = f"experiments.{exp_name}.grid[{i}]"
+            for j, arch in enumerate(entry["architectures"]):
+                _known(config, "architectures", arch, f"{where}.architectures[{j}]")
+            for j, reg in enumerate(entry["regularizers"]):
+                _known(config, "regularizers", reg, f"{where}.regularizers[{j}]")
+            for arch in entry["architectures"]:
+                for reg in entry["regularizers"]:
+                    hparams = {
+                        **config["training"], **config["architectures"][arch]["hparams"],
+                        **config["regularizers"][reg], **exp["overrides"], **entry["overrides"],
+                    }  # fmt: skip
+                    for noise in entry_noises(entry):
+                        for seed in exp["seeds"]:
+                            cell = Cell(exp["dataset"], arch, reg, noise, seed)
+                            _add(cells, owners, cell, spec(config, cell, hparams), where)
+                            ids.append(cell.id)
+        experiments[exp_name] = list(dict.fromkeys(ids))
+    return dict(sorted(cells.items())), experiments
+
+
+def _add(cells, owners, cell, cell_spec, where):
+    if cell.id in cells and cells[cell.id][1] != cell_spec:
+        old = cells[cell.id][1]["hparams"]
+        diff = sorted(k for k in old if old[k] != cell_spec["hparams"].get(k))
+        raise ConfigError(
+            f"config key {where}: cell {cell.id} is also made by {owners[cell.id]} with other "
+            f"hyper-parameters ({', '.join(diff)} differ); give one of them its own regularizer name"
+        )
+    cells.setdefault(cell.id, (cell, cell_spec))
+    owners.setdefault(cell.id, where)
 
 
 def data_units(config):
-    """Sorted (dataset, noise, seed) triples that any experiment needs, deduplicated."""
-    units = {
-        (experiment["dataset"], noise, seed)
-        for experiment in config["experiments"].values()
-        for noise in experiment_noises(experiment)
-        for seed in experiment["seeds"]
-    }
+    """Sorted (dataset, noise, seed) triples the cells read, deduplicated."""
+    cells, _ = expand(config)
+    units = {(cell.dataset, cell.noise, cell.seed) for cell, _ in cells.values()}
     return sorted(units, key=lambda u: (u[0], u[1].name, u[2]))
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+@cli_main
+def main(argv=None):
+    from rethink import config as rconfig
+
+    parser = argparse.ArgumentParser(prog="python -m rethink.grid", description=__doc__.splitlines()[0])
+    parser.add_argument("--configfile", default="config/config.yaml")
+    parser.add_argument("--schema", default="workflow/schemas/config.schema.yaml")
+    args = parser.parse_args(argv)
+    config = rconfig.load(pathlib.Path(args.configfile), pathlib.Path(args.schema))
+    cells, experiments = expand(config)
+    print(f"{args.configfile}: {len(cells)} cells, {sum(map(len, experiments.values()))} experiment entries")
+    print()
+    print("| experiment | cells | architectures | regularizers | noises | seeds |")
+    print("|---|---:|---|---|---|---|")
+    for name, ids in experiments.items():
+        members = [cells[i][0] for i in ids]
+        cols = [sorted({getattr(c, f) for c in members}) for f in ("arch", "regularizer")]
+        noises = list(dict.fromkeys(c.noise.name for c in members))
+        seeds = sorted({c.seed for c in members})
+        print(f"| {name} | {len(ids)} | {', '.join(cols[0])} | {', '.join(cols[1])} | "
+              f"{', '.join(noises)} | {', '.join(map(str, seeds))} |")
+    disabled = [n for n, e in config["experiments"].items() if not e["enabled"]]
+    if disabled:
+        print(f"\ndisabled: {', '.join(disabled)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

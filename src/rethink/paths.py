@@ -9,6 +9,15 @@ CLEAN_SHARD = RESULTS + "/data/{dataset}/clean/{split}-{shard}.h5"
 NOISE_SHARD = RESULTS + "/data/{dataset}/{noise}/s{seed}/{split}-{shard}.h5"
 CHANNEL_STATS = RESULTS + "/data/{dataset}/clean/train-stats.json"
 DATA_LOG = RESULTS + "/logs/data/{dataset}/{stage}/{split}-{shard}.log"
+# One directory per cell; the checkpoint lives outside it (a failed job's outputs are deleted,
+# its checkpoint must survive for the retry to resume).
+CELL_DIR = RESULTS + "/cells/{dataset}/{arch}/{regularizer}/{noise}/s{seed}"
+CELL_JSON = CELL_DIR + "/cell.json"
+CELL_HISTORY = CELL_DIR + "/history.csv"
+CELL_SUMMARY = CELL_DIR + "/summary.json"
+CELL_LOG = CELL_DIR + "/train.log"
+CHECKPOINT = RESULTS + "/checkpoints/{dataset}/{arch}/{regularizer}/{noise}/s{seed}.pt"
+METRICS = {f"{table}_{ext}": f"{RESULTS}/metrics/{table}.{ext}" for table in ("summary", "curves") for ext in ("csv", "parquet")}
 
 
 def shard_id(index):
@@ -38,3 +47,7 @@ def split_shards(spec, shards_cfg, noise, seed, split):
 
 def channel_stats(spec):
     return CHANNEL_STATS.format(dataset=spec["name"])
+
+
+def cell_summary(cell):
+    return CELL_SUMMARY.format(**cell.wildcards)

@@ -5,17 +5,36 @@ import pathlib
 from snakemake.exceptions import WorkflowError
 
 import rethink.config
-from rethink import grid, paths
+from rethink import codehash, grid, paths
 from rethink.data import randomize, sources
 from rethink.errors import RethinkError
 
 try:
-    rethink.config.validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+    rethink.config.validate(
+        config, workflow.source_path("../schemas/config.schema.yaml")
+    )
+    CELLS, EXPERIMENTS = grid.expand(config)
 except RethinkError as err:
     raise WorkflowError(str(err)) from None
 
 SHARDS = config["shards"]
-DATA_UNITS = grid.data_units(config)
+# For --software-deployment-method conda: the pinned environment of the whole project.
+ENV = "../../environment.yml"
+NAME = r"[a-z][a-z0-9_]*"
+
+
+wildcard_constraints:
+    dataset=NAME,
+    arch=NAME,
+    regularizer=NAME,
+    split="train|test",
+    shard=r"\d{5}",
+    seed=r"\d+",
+    noise=randomize.WILDCARD_PATTERN,
+
+
+DATA_UNITS = sorted({(c.dataset, c.noise, c.seed) for c, _ in CELLS.values()}, key=str)
+CODE = {stage: codehash.digest(stage) for stage in codehash.STAGES}
 
 
 def dataset_spec(name):
@@ -23,12 +42,19 @@ def dataset_spec(name):
 
 
 def data_targets():
-    """Every shard the configured experiments read, clean and randomized."""
+    """Every shard the cells read, clean and randomized."""
     targets = set()
     for name, noise, seed in DATA_UNITS:
         for split in sources.SPLITS:
-            targets.update(paths.split_shards(dataset_spec(name), SHARDS, noise, seed, split))
+            targets.update(
+                paths.split_shards(dataset_spec(name), SHARDS, noise, seed, split)
+            )
     return sorted(targets)
+
+
+def cell_outputs(ids):
+    """The cells' summary.json files (each written last by its training job)."""
+    return [paths.cell_summary(CELLS[i][0]) for i in ids]
 
 
 def missing_datasets():
@@ -36,21 +62,29 @@ def missing_datasets():
     for name in sorted({name for name, _, _ in DATA_UNITS}):
         spec = dataset_spec(name)
         built = all(
-            pathlib.Path(p).exists() for s in sources.SPLITS for p in paths.clean_shards(spec, SHARDS, s)
+            pathlib.Path(p).exists()
+            for s in sources.SPLITS
+            for p in paths.clean_shards(spec, SHARDS, s)
         )
         if not built:
             sources.check_available(spec)
 
 
-# ----------------------------------------------------------------------------- input functions
+# ----------------------------------------------------------------------------- data inputs
 
 
 def shard_spec(wildcards):
-    return sources.canonical_json({"dataset": dataset_spec(wildcards.dataset), "shards": SHARDS})
+    return sources.canonical_json(
+        {"dataset": dataset_spec(wildcards.dataset), "shards": SHARDS}
+    )
 
 
 def randomize_spec(wildcards):
-    spec = {"dataset": dataset_spec(wildcards.dataset), "shards": SHARDS, "randomization": config["randomization"]}
+    spec = {
+        "dataset": dataset_spec(wildcards.dataset),
+        "shards": SHARDS,
+        "randomization": config["randomization"],
+    }
     return sources.canonical_json(spec)
 
 
@@ -63,7 +97,54 @@ def clean_shard(wildcards):
 
 
 def gaussian_stats(wildcards):
-    return [paths.channel_stats(dataset_spec(wildcards.dataset))] if wildcards.noise == "gaussian" else []
+    return (
+        [paths.channel_stats(dataset_spec(wildcards.dataset))]
+        if wildcards.noise == "gaussian"
+        else []
+    )
+
+
+# ----------------------------------------------------------------------------- training inputs
+
+
+def cell_of(wildcards):
+    cell_id = "{dataset}/{arch}/{regularizer}/{noise}/s{seed}".format(**wildcards)
+    if cell_id not in CELLS:
+        raise WorkflowError(
+            f"{cell_id} is not a cell of this config (python -m rethink.grid lists them)"
+        )
+    return CELLS[cell_id]
+
+
+def cell_shards(split):
+    def shards(wildcards):
+        cell, _ = cell_of(wildcards)
+        return paths.split_shards(
+            dataset_spec(cell.dataset), SHARDS, cell.noise, cell.seed, split
+        )
+
+    return shards
+
+
+def cell_json(wildcards):
+    return sources.canonical_json(cell_of(wildcards)[1])
+
+
+def cell_checkpoint(wildcards):
+    return paths.CHECKPOINT.format(**wildcards)
+
+
+def cell_gpus(wildcards):
+    return 1 if cell_of(wildcards)[1]["hparams"]["device"] == "cuda" else 0
+
+
+def cell_runtime(wildcards, attempt):
+    """Minutes: the architecture's estimate times the attempt number (a retry gets more time)."""
+    return int(config["architectures"][wildcards.arch]["runtime_minutes"] * attempt)
+
+
+def cell_mem_mb(wildcards):
+    return config["architectures"][wildcards.arch]["mem_mb"]
 
 
 onstart:

@@ -1,21 +1,16 @@
 # Raw dataset -> clean HDF5 shards -> randomized shards per (noise, seed). One job per shard.
 
 
-wildcard_constraints:
-    dataset=r"[a-z][a-z0-9_]*",
-    split="train|test",
-    shard=r"\d{5}",
-    seed=r"\d+",
-    noise=randomize.WILDCARD_PATTERN,
-
-
 rule data_clean:
     output:
         paths.CLEAN_SHARD,
-    params:
-        spec=shard_spec,
     log:
         paths.DATA_LOG.replace("{stage}", "clean"),
+    conda:
+        ENV
+    params:
+        spec=shard_spec,
+        code=CODE["data"],
     shell:
         "python -m rethink.data.prepare clean --spec {params.spec:q} --split {wildcards.split}"
         " --shard {wildcards.shard} --out {output} > {log} 2>&1"
@@ -26,10 +21,15 @@ rule data_channel_stats:
         clean_train_shards,
     output:
         paths.CHANNEL_STATS,
+    log:
+        paths.DATA_LOG.replace("{stage}", "clean").replace(
+            "{split}-{shard}", "train-stats"
+        ),
+    conda:
+        ENV
     params:
         spec=shard_spec,
-    log:
-        paths.DATA_LOG.replace("{stage}", "clean").replace("{split}-{shard}", "train-stats"),
+        code=CODE["data"],
     shell:
         "python -m rethink.data.prepare stats --spec {params.spec:q} --shards {input}"
         " --out {output} > {log} 2>&1"
@@ -41,11 +41,14 @@ rule data_randomize:
         stats=gaussian_stats,
     output:
         paths.NOISE_SHARD,
-    params:
-        spec=randomize_spec,
-        stats=lambda wildcards, input: f"--stats {input.stats}" if input.stats else "",
     log:
         paths.DATA_LOG.replace("{stage}", "{noise}/s{seed}"),
+    conda:
+        ENV
+    params:
+        spec=randomize_spec,
+        code=CODE["data"],
+        stats=lambda wildcards, input: f"--stats {input.stats}" if input.stats else "",
     shell:
         "python -m rethink.data.prepare randomize --spec {params.spec:q} --noise {wildcards.noise}"
         " --seed {wildcards.seed} --split {wildcards.split} --shard {wildcards.shard}"

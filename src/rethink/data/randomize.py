@@ -36,6 +36,8 @@ _CORRUPT = re.compile(r"corrupt_p(?P<level>\d+(?:\.\d+)?)")
 WILDCARD_PATTERN = "|".join(["random_labels", "shuffled_pixels", "random_pixels", "gaussian"]) + (
     r"|corrupt_p\d+(?:\.\d+)?"
 )
+# ... and for a cell, whose noise may also be true_labels (it then reads the clean shards).
+CELL_WILDCARD_PATTERN = "true_labels|" + WILDCARD_PATTERN
 _CHUNK = 1024  # images per block when drawing per-image noise (bounds memory for big images)
 DEFAULT_OPTIONS = {"permute": "positions", "gaussian_stats": "per_channel"}
 

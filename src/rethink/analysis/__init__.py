@@ -1,0 +1,1 @@
+"""Metrics, figures, tables and the claims check; everything here reads results/metrics/*."""

@@ -1,0 +1,143 @@
+"""The whole workflow through the real snakemake CLI: train, aggregate, and rerun only what
+changed. One complete run (four real, tiny training cells) is shared by the rerun tests;
+each test works on its own copy of that finished run."""
+
+import json
+import os
+import shutil
+
+import pandas as pd
+import pytest
+from conftest import Workflow, tiny_config
+
+pytestmark = pytest.mark.workflow
+
+EXPERIMENTS = {
+    "fig_a": {"dataset": "synth", "grid": [{"architectures": ["mlp", "alexnet"], "noises": ["true_labels"]}]},
+    "fig_b": {"dataset": "synth", "grid": [
+        {"architectures": ["mlp"], "noises": ["random_labels"]},
+        {"architectures": ["mlp"], "regularizers": ["wd"], "noises": ["random_labels"]},
+    ]},
+}
+CONFIG = tiny_config(EXPERIMENTS)
+CELLS = {
+    "synth/mlp/none/true_labels/s0", "synth/alexnet/none/true_labels/s0",
+    "synth/mlp/none/random_labels/s0", "synth/mlp/wd/random_labels/s0",
+}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A workflow copy on which `snakemake -c2` ran to completion."""
+    wf = Workflow(tmp_path_factory.mktemp("finished") / "wf")
+    config = wf.write_config(CONFIG)
+    proc = wf.run("--configfile", config, "-c2")
+    return wf, config, proc
+
+
+@pytest.fixture
+def copy(finished, tmp_path):
+    """A private copy of the finished run (results, metadata, sources), mtimes preserved."""
+    wf, config, _ = finished
+    clone = tmp_path / "wf"
+    shutil.copytree(wf.root, clone, symlinks=True)
+    new = Workflow.__new__(Workflow)
+    new.root, new.env = clone, dict(wf.env, PYTHONPATH=str(clone / "src"))
+    return new, new.root / config.relative_to(wf.root)
+
+
+def test_a_complete_run_trains_every_cell_once_and_aggregates(finished):
+    wf, _, proc = finished
+    summary = pd.read_csv(wf.root / "results/metrics/summary.csv")
+    assert set(summary["cell"]) == CELLS and len(summary) == 4
+    for column in ("dataset", "arch_name", "arch", "width", "regularizer", "noise", "level", "seed",
+                   "hp_lr", "hp_weight_decay", "hp_batch_size", "final_train_acc", "final_test_acc",
+                   "stop_reason", "n_params"):
+        assert column in summary, column
+    wd = summary.set_index("cell").loc["synth/mlp/wd/random_labels/s0"]
+    assert wd["hp_weight_decay"] == 0.0005 and wd["regularizer"] == "wd" and wd["arch"] == "mlp_1x512"
+    curves = pd.read_parquet(wf.root / "results/metrics/curves.parquet")
+    assert set(curves["cell"]) == CELLS and len(curves) == 4 * 3  # epochs 0, 1, 2 per cell
+    parquet = pd.read_parquet(wf.root / "results/metrics/summary.parquet")
+    assert list(parquet.columns) == list(summary.columns)
+    assert parquet["final_train_acc"].tolist() == summary["final_train_acc"].tolist()
+    cell = json.loads((wf.root / "results/cells/synth/mlp/wd/random_labels/s0/cell.json").read_text())
+    assert cell["hparams"]["weight_decay"] == 0.0005 and cell["cell"] == "synth/mlp/wd/random_labels/s0"
+    log = (wf.root / "results/cells/synth/alexnet/none/true_labels/s0/train.log").read_text()
+    assert "start cell=synth/alexnet/none/true_labels/s0" in log and "stop: max_epochs" in log
+    assert not list((wf.root / "results").rglob("*.pt"))  # checkpoints go away after success
+    assert proc.stderr.count("rule train_cell:") == 4
+
+
+def test_second_run_does_nothing(copy):
+    wf, config = copy
+    assert wf.planned_jobs("--configfile", config) == ({}, set())
+
+
+def test_editing_one_cells_hyperparameter_reruns_that_cell_and_the_aggregation(copy):
+    wf, config = copy
+    edited = json.loads(json.dumps(CONFIG))
+    edited["experiments"]["fig_b"]["grid"][1]["overrides"] = {"lr": 0.02}
+    counts, cells = wf.planned_jobs("--configfile", wf.write_config(edited))
+    assert counts == {"train_cell": 1, "analysis_aggregate": 1, "all": 1}
+    assert cells == {"synth/mlp/wd/random_labels/s0"}
+
+
+def test_editing_aggregation_code_reruns_no_training(copy):
+    wf, config = copy
+    path = wf.root / "src/rethink/analysis/aggregate.py"
+    path.write_text(path.read_text() + "\n# a change to the aggregation code\n")
+    assert wf.planned_jobs("--configfile", config)[0] == {"analysis_aggregate": 1, "all": 1}
+
+
+def test_editing_training_code_reruns_training_but_touching_it_does_not(copy):
+    wf, config = copy
+    path = wf.root / "src/rethink/train/loop.py"
+    os.utime(path)  # same content, new mtime (as after a fresh checkout)
+    assert wf.planned_jobs("--configfile", config) == ({}, set())
+    path.write_text(path.read_text() + "\n# a change to the training code\n")
+    counts, cells = wf.planned_jobs("--configfile", config)
+    assert counts == {"train_cell": 4, "analysis_aggregate": 1, "all": 1} and cells == CELLS
+
+
+def test_deleting_one_cells_outputs_reruns_only_that_cell(copy):
+    wf, config = copy
+    shutil.rmtree(wf.root / "results/cells/synth/alexnet/none/true_labels/s0")
+    counts, cells = wf.planned_jobs("--configfile", config)
+    assert counts == {"train_cell": 1, "analysis_aggregate": 1, "all": 1}
+    assert cells == {"synth/alexnet/none/true_labels/s0"}
+
+
+def test_an_experiment_target_builds_only_its_cells(copy):
+    wf, config = copy
+    shutil.rmtree(wf.root / "results/cells")
+    counts, cells = wf.planned_jobs("fig_b", "--configfile", config)  # --configfile takes several values
+    assert counts == {"train_cell": 2, "fig_b": 1}
+    assert cells == {"synth/mlp/none/random_labels/s0", "synth/mlp/wd/random_labels/s0"}
+
+
+def test_parsing_the_workflow_never_imports_torch(copy, tmp_path):
+    wf, config = copy
+    fake = tmp_path / "notorch" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('torch imported while parsing the workflow')\n")
+    env = dict(wf.env, PYTHONPATH=os.pathsep.join([str(fake.parent), wf.env["PYTHONPATH"]]))
+    shutil.rmtree(wf.root / "results/cells")
+    proc = wf.run("--configfile", config, "-n", env=env)
+    assert "train_cell" in proc.stdout
+
+
+def test_lint_reports_nothing(copy):
+    wf, _ = copy
+    proc = wf.run("--lint", check=False)
+    assert proc.returncode == 0 and "Lints for" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_workflow_files_are_snakefmt_clean():
+    from conftest import REPO
+
+    snakefmt = shutil.which("snakefmt", path=os.path.dirname(os.sys.executable))
+    files = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
+    proc = __import__("subprocess").run([snakefmt, "--check", "--diff", *map(str, files)],
+                                        capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
