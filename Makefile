@@ -9,7 +9,7 @@ CORES ?= 2
 PYTEST_ARGS ?=
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: reproduce test install datasets bench clean-results
+.PHONY: reproduce test install datasets bench clean-results slurm-profile
 
 reproduce: install datasets
 	snakemake --cores $(CORES)
@@ -40,6 +40,18 @@ datasets:
 bench: install datasets
 	python bench/bench_read.py
 	python bench/bench_train.py
+	python bench/bench_dryrun.py
+
+# Install profiles/slurm as the user's `slurm` profile; an existing one is never replaced.
+SLURM_PROFILE := $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake/slurm
+slurm-profile:
+	@if [ -e "$(SLURM_PROFILE)" ]; then \
+	  echo "$(SLURM_PROFILE) exists (your site profile): left as it is."; \
+	  echo "Use ours with: snakemake --profile profiles/slurm, or merge it into yours."; \
+	else \
+	  mkdir -p "$(SLURM_PROFILE)" && cp profiles/slurm/config.yaml "$(SLURM_PROFILE)/config.yaml" && \
+	  echo "installed $(SLURM_PROFILE)/config.yaml: edit the ADAPT lines, then snakemake --profile slurm"; \
+	fi
 
 clean-results:
 	rm -rf results/data results/logs .snakemake

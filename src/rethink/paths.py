@@ -1,5 +1,6 @@
 """The path scheme under results/, in one place (rules, CLIs and tests all ask here)."""
 
+import hashlib
 import math
 
 from rethink.data import sources
@@ -10,13 +11,15 @@ NOISE_SHARD = RESULTS + "/data/{dataset}/{noise}/s{seed}/{split}-{shard}.h5"
 CHANNEL_STATS = RESULTS + "/data/{dataset}/clean/train-stats.json"
 DATA_LOG = RESULTS + "/logs/data/{dataset}/{stage}/{split}-{shard}.log"
 # One directory per cell; the checkpoint lives outside it (a failed job's outputs are deleted,
-# its checkpoint must survive for the retry to resume).
+# its checkpoint must survive for the retry to resume). The checkpoint's name carries a hash of
+# the cell's JSON and of the training code: a retry of the same cell resumes, an edited cell
+# or changed trainer starts afresh instead of meeting a checkpoint it must refuse.
 CELL_DIR = RESULTS + "/cells/{dataset}/{arch}/{regularizer}/{noise}/s{seed}"
 CELL_JSON = CELL_DIR + "/cell.json"
 CELL_HISTORY = CELL_DIR + "/history.csv"
 CELL_SUMMARY = CELL_DIR + "/summary.json"
 CELL_LOG = CELL_DIR + "/train.log"
-CHECKPOINT = RESULTS + "/checkpoints/{dataset}/{arch}/{regularizer}/{noise}/s{seed}.pt"
+CHECKPOINT = RESULTS + "/checkpoints/{dataset}/{arch}/{regularizer}/{noise}/s{seed}/{key}.pt"
 METRICS = {f"{table}_{ext}": f"{RESULTS}/metrics/{table}.{ext}" for table in ("summary", "curves") for ext in ("csv", "parquet")}
 
 
@@ -47,6 +50,11 @@ def split_shards(spec, shards_cfg, noise, seed, split):
 
 def channel_stats(spec):
     return CHANNEL_STATS.format(dataset=spec["name"])
+
+
+def checkpoint(wildcards, cell_json, code_digest):
+    key = hashlib.sha256(f"{cell_json}|{code_digest}".encode()).hexdigest()[:16]
+    return CHECKPOINT.format(**dict(wildcards), key=key)
 
 
 def cell_summary(cell):

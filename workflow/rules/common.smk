@@ -131,7 +131,7 @@ def cell_json(wildcards):
 
 
 def cell_checkpoint(wildcards):
-    return paths.CHECKPOINT.format(**wildcards)
+    return paths.checkpoint(wildcards, cell_json(wildcards), CODE["train"])
 
 
 def cell_gpus(wildcards):

@@ -1,0 +1,57 @@
+"""Reading results/metrics/*: the one place figures, tables and claims get their data from.
+
+`experiments.json` (written by the workflow from the config) names each experiment's cells
+and the config they came from; `summary.parquet` has one row per cell, `curves.parquet` one
+row per evaluation.
+"""
+
+import json
+import pathlib
+
+import pandas as pd
+
+from rethink.errors import RethinkError
+
+
+def read(metrics_dir, name):
+    path = pathlib.Path(metrics_dir) / name
+    try:
+        return json.loads(path.read_text()) if path.suffix == ".json" else pd.read_parquet(path)
+    except (OSError, ValueError) as err:
+        raise RethinkError(f"{path}: cannot read ({err}); run the aggregation (snakemake analysis_aggregate)") from None
+
+
+def membership(metrics_dir):
+    return read(metrics_dir, "experiments.json")
+
+
+def experiment_ids(metrics_dir, experiment):
+    members = membership(metrics_dir)
+    if experiment not in members["experiments"]:
+        raise RethinkError(
+            f"experiment {experiment!r} is not in {members['config']} "
+            f"(experiments: {', '.join(sorted(members['experiments']))})"
+        )
+    return members["experiments"][experiment], members["config"]
+
+
+def experiment_cells(metrics_dir, experiment, table="summary.parquet"):
+    """The experiment's rows of a metrics table, and where they came from."""
+    ids, config = experiment_ids(metrics_dir, experiment)
+    frame = read(metrics_dir, table)
+    rows = frame[frame["cell"].isin(ids)].reset_index(drop=True)
+    summary = frame[frame["cell"].isin(ids)] if table == "summary.parquet" else read(metrics_dir, "summary.parquet")
+    summary = summary[summary["cell"].isin(ids)]
+    provenance = {
+        "experiment": experiment, "config": config, "cells": int(summary["cell"].nunique()),
+        "cells_planned": len(ids), "seeds": int(summary["seed"].nunique()) if len(summary) else 0,
+    }  # fmt: skip
+    return rows, provenance
+
+
+def with_switches(cells):
+    """Boolean columns for what a cell's regularization does, read from its hyper-parameters."""
+    return cells.assign(
+        crop=cells["hp_random_crop"].astype(bool), aug=cells["hp_augment"].astype(bool),
+        wd=cells["hp_weight_decay"] > 0, dropout=cells["hp_dropout"] > 0,
+    )  # fmt: skip
