@@ -24,3 +24,4 @@ rule all:
     input:
         cell_outputs(CELLS),
         rules.analysis_aggregate.output,
+        report_outputs(),

@@ -21,7 +21,7 @@ import tempfile
 import time
 
 import yaml
-from report import write_section
+from report import publish
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MINIMAL = """rule all:
@@ -98,9 +98,7 @@ def main():
         "|---|---:|---:|---:|---:|",
         *(f"| {name} | {jobs:,} | {ours:.2f} | {base:.2f} | {ours / base:.2f}x |" for name, jobs, ours, _, base in rows),
     ]
-    print("\n".join(lines))
-    if not args.no_write:
-        write_section("bench_dryrun", lines)
+    publish("bench_dryrun", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

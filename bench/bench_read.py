@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the spec helpers the tests use
 
 from conftest import FASHION_MNIST_ROOT, synthetic_spec  # noqa: E402
 
-from report import write_section  # noqa: E402
+from report import publish  # noqa: E402
 
 from rethink.data import prepare, shards, sources  # noqa: E402
 
@@ -96,9 +96,7 @@ def main():
         *(f"| {d} | {m} | {mb:.0f} | {t:.3f} | {mb / t:.0f} | {size / 1e6:.0f} | {r:.2f}x |"
           for d, m, mb, t, size, r in rows),
     ]
-    print("\n".join(lines))
-    if not args.no_write:
-        write_section("bench_read", lines)
+    publish("bench_read", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

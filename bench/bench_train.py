@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 import torch
-from report import write_section
+from report import publish
 
 from rethink.torchvision_guard import torchvision
 from rethink.train import preprocess
@@ -174,9 +174,7 @@ def main(argv=None):
         "|---|---:|---:|---:|",
         *(f"| {name} | {a:,.0f} | {b:,.0f} | {a / b:.2f}x |" for name, a, b in rows),
     ]
-    print("\n".join(lines))
-    if not args.no_write:
-        write_section(f"bench_train_{dev.type}{'_augment' if args.augment else ''}", lines)
+    publish(f"bench_train_{dev.type}{'_augment' if args.augment else ''}", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

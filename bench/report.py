@@ -6,6 +6,13 @@ PATH = pathlib.Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 HEADER = "# Benchmarks\n\nEach section is rewritten by the script it names; numbers carry their machine and date.\n"
 
 
+def publish(name, lines, write=True):
+    """Print a benchmark's Markdown section and (unless write is False) store it."""
+    print("\n".join(lines))
+    if write:
+        write_section(name, lines)
+
+
 def write_section(name, lines):
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     text = "\n".join([start, *lines, end])

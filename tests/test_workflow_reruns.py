@@ -13,13 +13,15 @@ from conftest import Workflow, tiny_config
 pytestmark = pytest.mark.workflow
 
 EXPERIMENTS = {
-    "fig_a": {"dataset": "synth", "grid": [{"architectures": ["mlp", "alexnet"], "noises": ["true_labels"]}]},
-    "fig_b": {"dataset": "synth", "grid": [
+    "fig2b": {"dataset": "synth", "grid": [{"architectures": ["mlp", "alexnet"], "noises": ["true_labels"]}]},
+    "table4": {"dataset": "synth", "grid": [
         {"architectures": ["mlp"], "noises": ["random_labels"]},
         {"architectures": ["mlp"], "regularizers": ["wd"], "noises": ["random_labels"]},
     ]},
 }
 CONFIG = tiny_config(EXPERIMENTS)
+# what follows the aggregation in this config: its figure, its table, the claims check
+REPORTS = {"figure_fig2b": 1, "table_table4": 1, "analysis_claims": 1}
 CELLS = {
     "synth/mlp/none/true_labels/s0", "synth/alexnet/none/true_labels/s0",
     "synth/mlp/none/random_labels/s0", "synth/mlp/wd/random_labels/s0",
@@ -67,6 +69,11 @@ def test_a_complete_run_trains_every_cell_once_and_aggregates(finished):
     assert "start cell=synth/alexnet/none/true_labels/s0" in log and "stop: max_epochs" in log
     assert not list((wf.root / "results").rglob("*.pt"))  # checkpoints go away after success
     assert proc.stderr.count("rule train_cell:") == 4
+    for output in ("figures/fig2b.png", "figures/fig3.png", "tables/table4.md", "claims.md"):
+        assert (wf.root / "results" / output).stat().st_size > 100, output
+    table4 = pd.read_csv(wf.root / "results/tables/table4.csv")
+    assert len(table4) == 6 + 2  # the paper's six rows, and our two MLP rows (no paper value)
+    assert set(table4[table4["model"] == "mlp"]["regularizer"]) == {"weight decay", "none"}
 
 
 def test_second_run_does_nothing(copy):
@@ -77,9 +84,9 @@ def test_second_run_does_nothing(copy):
 def test_editing_one_cells_hyperparameter_reruns_that_cell_and_the_aggregation(copy):
     wf, config = copy
     edited = json.loads(json.dumps(CONFIG))
-    edited["experiments"]["fig_b"]["grid"][1]["overrides"] = {"lr": 0.02}
+    edited["experiments"]["table4"]["grid"][1]["overrides"] = {"lr": 0.02}
     counts, cells = wf.planned_jobs("--configfile", wf.write_config(edited))
-    assert counts == {"train_cell": 1, "analysis_aggregate": 1, "all": 1}
+    assert counts == {"train_cell": 1, "analysis_aggregate": 1, **REPORTS, "all": 1}
     assert cells == {"synth/mlp/wd/random_labels/s0"}
 
 
@@ -87,7 +94,14 @@ def test_editing_aggregation_code_reruns_no_training(copy):
     wf, config = copy
     path = wf.root / "src/rethink/analysis/aggregate.py"
     path.write_text(path.read_text() + "\n# a change to the aggregation code\n")
-    assert wf.planned_jobs("--configfile", config)[0] == {"analysis_aggregate": 1, "all": 1}
+    assert wf.planned_jobs("--configfile", config)[0] == {"analysis_aggregate": 1, **REPORTS, "all": 1}
+
+
+def test_editing_plotting_code_reruns_only_the_reports(copy):
+    wf, config = copy
+    path = wf.root / "src/rethink/analysis/figures.py"
+    path.write_text(path.read_text() + "\n# a change to the plotting code\n")
+    assert wf.planned_jobs("--configfile", config)[0] == {**REPORTS, "figure_fig3": 1, "all": 1}
 
 
 def test_editing_training_code_reruns_training_but_touching_it_does_not(copy):
@@ -97,22 +111,22 @@ def test_editing_training_code_reruns_training_but_touching_it_does_not(copy):
     assert wf.planned_jobs("--configfile", config) == ({}, set())
     path.write_text(path.read_text() + "\n# a change to the training code\n")
     counts, cells = wf.planned_jobs("--configfile", config)
-    assert counts == {"train_cell": 4, "analysis_aggregate": 1, "all": 1} and cells == CELLS
+    assert counts == {"train_cell": 4, "analysis_aggregate": 1, **REPORTS, "all": 1} and cells == CELLS
 
 
 def test_deleting_one_cells_outputs_reruns_only_that_cell(copy):
     wf, config = copy
     shutil.rmtree(wf.root / "results/cells/synth/alexnet/none/true_labels/s0")
     counts, cells = wf.planned_jobs("--configfile", config)
-    assert counts == {"train_cell": 1, "analysis_aggregate": 1, "all": 1}
+    assert counts == {"train_cell": 1, "analysis_aggregate": 1, **REPORTS, "all": 1}
     assert cells == {"synth/alexnet/none/true_labels/s0"}
 
 
 def test_an_experiment_target_builds_only_its_cells(copy):
     wf, config = copy
     shutil.rmtree(wf.root / "results/cells")
-    counts, cells = wf.planned_jobs("fig_b", "--configfile", config)  # --configfile takes several values
-    assert counts == {"train_cell": 2, "fig_b": 1}
+    counts, cells = wf.planned_jobs("table4", "--configfile", config)  # --configfile takes several values
+    assert counts == {"train_cell": 2, "analysis_aggregate": 1, "table_table4": 1, "table4": 1}
     assert cells == {"synth/mlp/none/random_labels/s0", "synth/mlp/wd/random_labels/s0"}
 
 

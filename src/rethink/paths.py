@@ -52,6 +52,18 @@ def channel_stats(spec):
     return CHANNEL_STATS.format(dataset=spec["name"])
 
 
+EXPERIMENTS_JSON = RESULTS + "/metrics/experiments.json"
+FIGURE = RESULTS + "/figures/{name}.{ext}"
+TABLE = RESULTS + "/tables/{name}.{ext}"
+CLAIMS = RESULTS + "/claims.{ext}"
+FIGURE_FORMATS = ("pdf", "png", "json")
+TABLE_FORMATS = ("csv", "md", "tex", "json")
+
+
+def outputs(pattern, name, formats):
+    return {ext: pattern.format(name=name, ext=ext) for ext in formats}
+
+
 def checkpoint(wildcards, cell_json, code_digest):
     key = hashlib.sha256(f"{cell_json}|{code_digest}".encode()).hexdigest()[:16]
     return CHECKPOINT.format(**dict(wildcards), key=key)

@@ -1,4 +1,5 @@
-# Cells -> aggregated metrics; one target rule per experiment (`snakemake fig1c`).
+# Cells -> aggregated metrics -> figures, tables, claims; one target rule per experiment.
+# Everything after the aggregation reads results/metrics/* only.
 
 
 rule analysis_aggregate:
@@ -17,6 +18,120 @@ rule analysis_aggregate:
         " > {log} 2>&1"
 
 
+rule analysis_experiments:
+    output:
+        paths.EXPERIMENTS_JSON,
+    log:
+        "results/logs/analysis/experiments.log",
+    localrule: True
+    conda:
+        ENV
+    params:
+        membership=membership_json(),
+    shell:
+        "printf '%s\\n' {params.membership:q} > {output} 2> {log}"
+
+
+for figure in FIGURES:
+
+    rule:
+        name:
+            f"figure_{figure}"
+        input:
+            **metrics_inputs(figure),
+        output:
+            pdf=paths.FIGURE.format(name=figure, ext="pdf"),
+            png=report(
+                paths.FIGURE.format(name=figure, ext="png"),
+                caption=f"../report/{figure}.rst",
+                category="Figures",
+            ),
+            json=paths.FIGURE.format(name=figure, ext="json"),
+        log:
+            f"results/logs/analysis/{figure}.log",
+        conda:
+            ENV
+        params:
+            figure=figure,
+            metrics=metrics_argument(figure),
+            code=CODE["report"],
+        shell:
+            "python -m rethink.analysis.figures {params.figure} {params.metrics}"
+            " --out $(dirname {output.pdf})/{params.figure} > {log} 2>&1"
+
+
+for table in TABLES:
+
+    rule:
+        name:
+            f"table_{table}"
+        input:
+            **metrics_inputs(table),
+        output:
+            csv=report(
+                paths.TABLE.format(name=table, ext="csv"),
+                caption=f"../report/{table}.rst",
+                category="Tables",
+            ),
+            md=paths.TABLE.format(name=table, ext="md"),
+            tex=paths.TABLE.format(name=table, ext="tex"),
+            json=paths.TABLE.format(name=table, ext="json"),
+        log:
+            f"results/logs/analysis/{table}.log",
+        conda:
+            ENV
+        params:
+            table=table,
+            code=CODE["report"],
+        shell:
+            "python -m rethink.analysis.tables {params.table} --metrics $(dirname {input.summary})"
+            " --out $(dirname {output.csv})/{params.table} > {log} 2>&1"
+
+
+# Table 3 (kernel interpolation, section 5): ready for the kernel step's metrics; not part of
+# `all` until that step exists and writes results/metrics/kernel.csv.
+rule table_table3:
+    input:
+        kernel="results/metrics/kernel.csv",
+        experiments=paths.EXPERIMENTS_JSON,
+    output:
+        csv=paths.TABLE.format(name="table3", ext="csv"),
+        md=paths.TABLE.format(name="table3", ext="md"),
+        tex=paths.TABLE.format(name="table3", ext="tex"),
+        json=paths.TABLE.format(name="table3", ext="json"),
+    log:
+        "results/logs/analysis/table3.log",
+    conda:
+        ENV
+    params:
+        code=CODE["report"],
+    shell:
+        "python -m rethink.analysis.tables table3 --metrics $(dirname {input.kernel})"
+        " --out $(dirname {output.csv})/table3 > {log} 2>&1"
+
+
+rule analysis_claims:
+    input:
+        **metrics_inputs("claims"),
+    output:
+        md=report(
+            paths.CLAIMS.format(ext="md"),
+            caption="../report/claims.rst",
+            category="Claims",
+        ),
+        json=paths.CLAIMS.format(ext="json"),
+    log:
+        "results/logs/analysis/claims.log",
+    conda:
+        ENV
+    params:
+        thresholds=claims_json(),
+        code=CODE["report"],
+    shell:
+        "python -m rethink.analysis.claims --metrics $(dirname {input.summary}) --thresholds {params.thresholds:q}"
+        " --out $(dirname {output.md})/claims > {log} 2>&1"
+
+
 for experiment, cell_ids in EXPERIMENTS.items():
 
     rule:
@@ -24,4 +139,5 @@ for experiment, cell_ids in EXPERIMENTS.items():
             experiment
         input:
             cell_outputs(cell_ids),
+            experiment_reports(experiment),
         localrule: True

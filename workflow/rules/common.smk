@@ -57,6 +57,68 @@ def cell_outputs(ids):
     return [paths.cell_summary(CELLS[i][0]) for i in ids]
 
 
+# ----------------------------------------------------------------------------- reports
+
+# A figure or table is made when the config has the experiment of that name; Figure 3 (the
+# model diagram) needs no experiment.
+FIGURES = [
+    name
+    for name in ("fig1a", "fig1b", "fig1c", "fig2a", "fig2b")
+    if name in EXPERIMENTS
+] + ["fig3"]
+TABLES = [name for name in ("table1", "table2", "table4") if name in EXPERIMENTS]
+
+
+def report_outputs():
+    """Every figure, table and the claims check the config asks for."""
+    files = [paths.FIGURE.format(name=f, ext="png") for f in FIGURES]
+    files += [paths.TABLE.format(name=t, ext="csv") for t in TABLES]
+    return files + [paths.CLAIMS.format(ext="md")]
+
+
+def experiment_reports(experiment):
+    files = (
+        [paths.FIGURE.format(name=experiment, ext="png")]
+        if experiment in FIGURES
+        else []
+    )
+    return files + (
+        [paths.TABLE.format(name=experiment, ext="csv")] if experiment in TABLES else []
+    )
+
+
+def metrics_inputs(name):
+    """What a report reads: the metrics tables and the experiment membership (none for fig3)."""
+    if name == "fig3":
+        return {}
+    return {
+        "summary": paths.METRICS["summary_parquet"],
+        "curves": paths.METRICS["curves_parquet"],
+        "experiments": paths.EXPERIMENTS_JSON,
+    }
+
+
+def metrics_argument(name):
+    return (
+        ""
+        if name == "fig3"
+        else f"--metrics {pathlib.Path(paths.EXPERIMENTS_JSON).parent}"
+    )
+
+
+def membership_json():
+    configs = [str(p) for p in workflow.config_settings.configfiles] or [
+        "config/config.yaml"
+    ]
+    return sources.canonical_json(
+        {"config": ", ".join(configs), "experiments": EXPERIMENTS}
+    )
+
+
+def claims_json():
+    return sources.canonical_json(config["claims"])
+
+
 def missing_datasets():
     """Datasets whose clean shards are not built yet and whose raw files cannot be found."""
     for name in sorted({name for name, _, _ in DATA_UNITS}):
@@ -135,6 +197,9 @@ def cell_checkpoint(wildcards):
 
 
 def cell_gpus(wildcards):
+    requested = config["compute"]["gpus"]
+    if requested is not None:
+        return requested
     return 1 if cell_of(wildcards)[1]["hparams"]["device"] == "cuda" else 0
 
 

@@ -8,6 +8,7 @@ row per evaluation.
 import json
 import pathlib
 
+import numpy as np
 import pandas as pd
 
 from rethink.errors import RethinkError
@@ -55,3 +56,12 @@ def with_switches(cells):
         crop=cells["hp_random_crop"].astype(bool), aug=cells["hp_augment"].astype(bool),
         wd=cells["hp_weight_decay"] > 0, dropout=cells["hp_dropout"] > 0,
     )  # fmt: skip
+
+
+def relative_time_to_overfit(cells):
+    """steps_to_fit / steps_to_fit at p = 0 (same architecture, regularizer and seed), the
+    paper's Fig. 1b quantity; NaN where either cell did not fit."""
+    keys = ["arch_name", "regularizer", "seed"]
+    base = cells[cells["level"] == 0].set_index(keys)["steps_to_fit"]
+    ratio = [row["steps_to_fit"] / base.get(tuple(row[k] for k in keys), np.nan) for _, row in cells.iterrows()]
+    return cells.assign(relative_time=pd.to_numeric(pd.Series(ratio, index=cells.index), errors="coerce"))

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# A one-node Slurm cluster on loopback, with fake GPUs and accounting, for the tests and for
+# anyone who wants to try the Slurm path of this pipeline on one machine.
+#
+#   scripts/local-slurm.sh start    install Slurm/munge/MariaDB from Debian packages if missing,
+#                                   configure, start the daemons, wait for an idle node
+#   scripts/local-slurm.sh stop     stop the daemons this script started (by their PID files)
+#   scripts/local-slurm.sh status   sinfo and the daemons' PIDs
+#
+# Needs root and apt-get (Debian/Ubuntu) and no systemd. Safe to run twice: a running daemon
+# is left alone. It refuses to touch an /etc/slurm/slurm.conf it did not write (a real
+# cluster's), and writes Slurm's config there because Snakemake's Slurm plugin removes
+# SLURM_* variables (SLURM_CONF included) from job environments.
+# Environment: LOCAL_SLURM_DIR (state, logs, PID files; default /var/tmp/rethink-slurm),
+# LOCAL_SLURM_GPUS (fake GPUs, default 4), LOCAL_SLURM_PARTITION (default gpu).
+set -euo pipefail
+
+STATE=${LOCAL_SLURM_DIR:-/var/tmp/rethink-slurm}
+GPUS=${LOCAL_SLURM_GPUS:-4}
+PARTITION=${LOCAL_SLURM_PARTITION:-gpu}
+MARKER="# written by rethink scripts/local-slurm.sh"
+CONF=/etc/slurm
+
+log() { echo "local-slurm: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
+  local limit=$1 what=$2; shift 2
+  for _ in $(seq $((limit * 5))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  die "$what did not come up within ${limit}s (logs in $STATE)"
+}
+
+install_packages() {
+  local missing=()
+  command -v slurmctld >/dev/null || missing+=(slurm-wlm)
+  command -v munged >/dev/null || missing+=(munge)
+  command -v slurmdbd >/dev/null || missing+=(slurmdbd)
+  command -v mariadbd >/dev/null || missing+=(mariadb-server)
+  [ ${#missing[@]} -eq 0 ] && return
+  command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
+  log "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+write_config() {
+  if [ -f $CONF/slurm.conf ] && ! grep -qF "$MARKER" $CONF/slurm.conf; then
+    die "$CONF/slurm.conf exists and was not written by this script; refusing to replace it"
+  fi
+  mkdir -p "$STATE"/{state,spool,dev} $CONF
+  local cpus mem
+  cpus=$(nproc)
+  mem=$(( $(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p') * 9 / 10 ))
+  for i in $(seq 0 $((GPUS - 1))); do  # gres needs character devices; /dev/null's numbers do
+    [ -c "$STATE/dev/nvidia$i" ] || mknod "$STATE/dev/nvidia$i" c 1 3
+  done
+  cat > $CONF/slurm.conf <<EOF
+$MARKER
+ClusterName=rethink
+SlurmctldHost=localhost(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+SchedulerType=sched/backfill
+ReturnToService=2
+MinJobAge=300
+KillWait=30
+StateSaveLocation=$STATE/state
+SlurmdSpoolDir=$STATE/spool
+SlurmctldPidFile=$STATE/slurmctld.pid
+SlurmdPidFile=$STATE/slurmd.pid
+SlurmctldLogFile=$STATE/slurmctld.log
+SlurmdLogFile=$STATE/slurmd.log
+GresTypes=gpu
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+AccountingStorageTRES=gres/gpu
+AccountingStoreFlags=job_comment
+JobAcctGatherType=jobacct_gather/linux
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:$GPUS State=UNKNOWN
+PartitionName=$PARTITION Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+EOF
+  echo "NodeName=localhost Name=gpu File=$STATE/dev/nvidia[0-$((GPUS - 1))]" > $CONF/gres.conf
+  cat > $CONF/slurmdbd.conf <<EOF
+$MARKER
+AuthType=auth/munge
+DbdHost=localhost
+DbdAddr=127.0.0.1
+SlurmUser=root
+LogFile=$STATE/slurmdbd.log
+PidFile=$STATE/slurmdbd.pid
+StorageType=accounting_storage/mysql
+StorageHost=localhost
+StorageUser=slurm
+StoragePass=slurm
+StorageLoc=slurm_acct_db
+EOF
+  chmod 600 $CONF/slurmdbd.conf
+}
+
+start() {
+  [ "$(id -u)" = 0 ] || die "needs root"
+  install_packages
+  write_config
+  mkdir -p /run/munge /run/mysqld && chown munge: /run/munge && chown mysql: /run/mysqld
+  if ! alive /run/munge/munged.pid; then
+    runuser -u munge -- munged
+    echo "munge" > "$STATE/started-munge"
+  fi
+  if ! alive "$STATE/mariadb.pid"; then
+    [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql >/dev/null
+    setsid mariadbd --user=mysql --bind-address=127.0.0.1 --pid-file="$STATE/mariadb.pid" \
+      --log-error="$STATE/mariadb.log" >/dev/null 2>&1 < /dev/null &
+    wait_for 60 MariaDB mariadb -e "select 1"
+    mariadb -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm';
+                GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
+  fi
+  alive "$STATE/slurmdbd.pid" || slurmdbd
+  wait_for 60 slurmdbd bash -c "exec 3<>/dev/tcp/127.0.0.1/6819"
+  alive "$STATE/slurmctld.pid" || slurmctld
+  wait_for 60 slurmctld scontrol ping
+  alive "$STATE/slurmd.pid" || slurmd -N localhost
+  wait_for 60 "an idle node" bash -c "sinfo -h -o %T | grep -qx idle"
+  wait_for 60 "the accounting cluster" bash -c "sacctmgr -n -P list cluster format=cluster | grep -qx rethink"
+  log "up: partition $PARTITION, $GPUS fake GPUs, accounting through slurmdbd (state in $STATE)"
+}
+
+stop() {
+  for pidfile in "$STATE/slurmd.pid" "$STATE/slurmctld.pid" "$STATE/slurmdbd.pid" "$STATE/mariadb.pid"; do
+    if alive "$pidfile"; then
+      kill "$(cat "$pidfile")"
+      for _ in $(seq 100); do alive "$pidfile" || break; sleep 0.1; done
+    fi
+  done
+  if [ -f "$STATE/started-munge" ] && alive /run/munge/munged.pid; then
+    kill "$(cat /run/munge/munged.pid)"
+    rm -f "$STATE/started-munge"
+  fi
+  log "stopped"
+}
+
+status() {
+  for pidfile in /run/munge/munged.pid "$STATE"/{mariadb,slurmdbd,slurmctld,slurmd}.pid; do
+    printf '%-40s %s\n' "$pidfile" "$(alive "$pidfile" && cat "$pidfile" || echo down)"
+  done
+  sinfo 2>/dev/null || true
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,172 @@
+"""The paper's claims as measurable checks over results/metrics/summary.parquet.
+
+Each check reports the measured value, the threshold (config key `claims`, with the paper's
+reasoning in config/README.md) and a verdict: pass, fail, or "not measured" when the config
+has no cells for it. The check reports; it never fails the workflow.
+
+    python -m rethink.analysis.claims --metrics results/metrics --thresholds JSON --out results/claims
+"""
+
+import argparse
+import json
+import math
+import pathlib
+import sys
+
+import pandas as pd
+
+from rethink.analysis import metrics
+from rethink.errors import cli_main
+from rethink.fileio import write_text_atomic
+
+PIXEL_NOISES = ("shuffled_pixels", "random_pixels", "gaussian")
+
+
+def _plain(cells):
+    """Cells without any explicit regularizer."""
+    s = metrics.with_switches(cells)
+    return s[~(s["crop"] | s["aug"] | s["wd"] | s["dropout"])]
+
+
+def _check(claim, measured, threshold, passed, detail=""):
+    return {"claim": claim, "measured": measured, "threshold": threshold,
+            "verdict": "not measured" if passed is None else ("pass" if passed else "fail"), "detail": detail}
+
+
+def _none(claim, threshold, why):
+    return _check(claim, None, threshold, None, why)
+
+
+def fits_random_labels(cells, t):
+    claim = "Every architecture fits random labels (training accuracy)"
+    rows = _plain(cells)[lambda d: d["noise"] == "random_labels"]
+    if rows.empty:
+        return _none(claim, f">= {t['fit_accuracy']}", "no random-label cell without regularizers")
+    per_arch = rows.groupby("arch_name")["final_train_acc"].min()
+    detail = ", ".join(f"{a} {v:.4f}" for a, v in per_arch.items())
+    return _check(claim, round(float(per_arch.min()), 4), f">= {t['fit_accuracy']}", bool(per_arch.min() >= t["fit_accuracy"]), detail)
+
+
+def random_labels_at_chance(cells, t):
+    claim = "Random-label test accuracy is at chance (binomial interval around 1/classes)"
+    rows = cells[cells["noise"] == "random_labels"]
+    if rows.empty:
+        return _none(claim, f"|acc - 1/K| <= {t['chance_z']} sd", "no random-label cell")
+    p = 1 / rows["num_classes"]
+    z = (rows["final_test_acc"] - p) / (p * (1 - p) / rows["n_test"]).pow(0.5)
+    worst = rows.loc[z.abs().idxmax()]
+    detail = f"largest deviation: {worst['cell']} test acc {worst['final_test_acc']:.4f} (z = {z.abs().max():.2f})"
+    return _check(claim, round(float(z.abs().max()), 2), f"|z| <= {t['chance_z']}", bool(z.abs().max() <= t["chance_z"]), detail)
+
+
+def error_grows_with_corruption(cells, t):
+    claim = "Test error increases with label corruption (Spearman rank correlation per architecture)"
+    rows = _plain(cells)[lambda d: d["noise"].isin(["true_labels", "random_labels"]) | d["noise"].str.startswith("corrupt_p")]
+    rho = {}
+    for arch, group in rows.groupby("arch_name"):
+        if group["level"].nunique() >= 3:
+            rho[arch] = (1 - group["final_test_acc"]).rank().corr(group["level"].rank())
+    if not rho:
+        return _none(claim, f">= {t['min_rank_correlation']}", "no architecture with 3 or more corruption levels")
+    detail = ", ".join(f"{a} {v:.2f}" for a, v in rho.items())
+    return _check(claim, round(min(rho.values()), 3), f">= {t['min_rank_correlation']}", min(rho.values()) >= t["min_rank_correlation"], detail)
+
+
+def overfit_slowdown(cells, t):
+    claim = "Time to overfit random labels is a small constant factor of true labels' (p = 1 vs p = 0)"
+    rows = metrics.relative_time_to_overfit(_plain(cells)[lambda d: d["noise"].isin(["true_labels", "random_labels"])])
+    factors = rows[rows["noise"] == "random_labels"].groupby("arch_name")["relative_time"].mean()
+    if factors.empty:
+        return _none(claim, f"<= {t['max_overfit_factor']}", "no architecture with both p = 0 and p = 1 cells")
+    detail = ", ".join(f"{a} {'not fitted' if math.isnan(v) else f'{v:.2f}x'}" for a, v in factors.items())
+    worst = factors.max() if factors.notna().all() else math.inf
+    return _check(claim, None if math.isinf(worst) else round(float(worst), 2), f"<= {t['max_overfit_factor']}x",
+                  bool(worst <= t["max_overfit_factor"]), detail)
+
+
+def pixels_fitted(cells, t):
+    claim = "Shuffled pixels, random pixels and Gaussian inputs are fitted too"
+    rows = _plain(cells)[lambda d: d["noise"].isin(PIXEL_NOISES)]
+    if rows.empty:
+        return _none(claim, f">= {t['fit_accuracy']}", "no pixel-randomization cell")
+    detail = ", ".join(f"{r['arch_name']}/{r['noise']} {r['final_train_acc']:.4f}" for _, r in rows.iterrows())
+    worst = rows["final_train_acc"].min()
+    return _check(claim, round(float(worst), 4), f">= {t['fit_accuracy']}", bool(worst >= t["fit_accuracy"]), detail)
+
+
+def regularizers_vs_architecture(cells, t):
+    claim = "Explicit regularizers change test accuracy far less than the architecture does"
+    rows = metrics.with_switches(cells)[lambda d: d["noise"] == "true_labels"]
+    plain = _plain(rows).groupby("arch_name")["final_test_acc"].mean()
+    by_arch = rows.groupby(["arch_name", "regularizer"])["final_test_acc"].mean().groupby("arch_name")
+    reg_effect = (by_arch.max() - by_arch.min())[lambda s: by_arch.size() > 1]
+    if len(plain) < 2 or reg_effect.empty:
+        return _none(claim, f"ratio <= {t['max_regularizer_to_architecture_ratio']}", "needs 2+ architectures and regularized cells")
+    arch_effect = plain.max() - plain.min()
+    ratio = reg_effect.max() / arch_effect if arch_effect > 0 else math.inf
+    detail = (f"largest regularizer effect {100 * reg_effect.max():.1f} points ({reg_effect.idxmax()}); "
+              f"architecture spread {100 * arch_effect:.1f} points")
+    return _check(claim, round(float(ratio), 3), f"<= {t['max_regularizer_to_architecture_ratio']}",
+                  bool(ratio <= t["max_regularizer_to_architecture_ratio"]), detail)
+
+
+def batchnorm_effect(cells, t):
+    claim = "BatchNorm changes test accuracy by a few points (Inception with vs without)"
+    rows = _plain(cells)[lambda d: d["noise"] == "true_labels"].groupby("arch_name")["final_test_acc"].mean()
+    if not {"inception", "inception_nobn"} <= set(rows.index):
+        return _none(claim, f"<= {t['batchnorm_max_points']} points", "needs inception and inception_nobn true-label cells")
+    delta = 100 * (rows["inception"] - rows["inception_nobn"])
+    detail = f"with BN {100 * rows['inception']:.2f}%, without {100 * rows['inception_nobn']:.2f}%"
+    return _check(claim, round(float(delta), 2), f"|delta| <= {t['batchnorm_max_points']} points",
+                  bool(abs(delta) <= t["batchnorm_max_points"]), detail)
+
+
+def early_stopping_band(cells, t):
+    claim = "Early stopping would gain little on true labels (best minus final test accuracy)"
+    rows = _plain(cells)[lambda d: d["noise"] == "true_labels"]
+    if rows.empty:
+        return _none(claim, f"<= {t['early_stopping_max_points']} points", "no true-label cell without regularizers")
+    gain = 100 * (rows["best_test_acc"] - rows["final_test_acc"])
+    worst = rows.loc[gain.idxmax()]
+    detail = f"largest: {worst['cell']} ({gain.max():.2f} points)"
+    return _check(claim, round(float(gain.max()), 2), f"<= {t['early_stopping_max_points']} points",
+                  bool(gain.max() <= t["early_stopping_max_points"]), detail)
+
+
+CHECKS = (fits_random_labels, random_labels_at_chance, error_grows_with_corruption, overfit_slowdown,
+          pixels_fitted, regularizers_vs_architecture, batchnorm_effect, early_stopping_band)
+
+
+def check_all(cells, thresholds):
+    return [dict(id=check.__name__, **check(cells, thresholds)) for check in CHECKS]
+
+
+def to_markdown(results, provenance):
+    lines = [f"Claims of the paper, checked on {provenance['cells']} cells of {provenance['config']}.", "",
+             "| claim | measured | threshold | verdict | detail |", "|---|---:|---|---|---|"]
+    for r in results:
+        measured = "" if r["measured"] is None else r["measured"]
+        lines.append(f"| {r['claim']} | {measured} | {r['threshold']} | **{r['verdict']}** | {r['detail']} |")
+    return "\n".join(lines) + "\n"
+
+
+@cli_main
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m rethink.analysis.claims", description=__doc__.splitlines()[0])
+    parser.add_argument("--metrics", required=True)
+    parser.add_argument("--thresholds", required=True, help="JSON of the config's `claims` section")
+    parser.add_argument("--out", required=True, help="output prefix; .md and .json are written")
+    args = parser.parse_args(argv)
+    cells = metrics.read(args.metrics, "summary.parquet")
+    config = metrics.membership(args.metrics)["config"]
+    provenance = {"config": config, "cells": int(len(cells))}
+    results = check_all(cells, json.loads(args.thresholds))
+    out = pathlib.Path(args.out)
+    write_text_atomic(out.with_suffix(".json"), json.dumps(dict(provenance, claims=results), indent=2, default=float) + "\n")
+    write_text_atomic(out.with_suffix(".md"), to_markdown(results, provenance))
+    print(to_markdown(results, provenance))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""The pipeline on a real Slurm (scripts/local-slurm.sh: slurmctld, slurmd, slurmdbd, munge and
+MariaDB on loopback, fake GPUs), through the literal user command `snakemake --profile slurm`.
+
+Skipped, with the reason, where the cluster cannot be started (not root, no apt-get).
+"""
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO, Workflow, tiny_config
+
+pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
+SCRIPT = REPO / "scripts" / "local-slurm.sh"
+METRIC_COLUMNS = ["cell", "final_train_acc", "final_test_acc", "final_train_loss", "best_test_acc",
+                  "steps_to_fit", "steps", "stop_reason", "n_params"]
+
+
+def _cannot_start():
+    if os.geteuid() != 0:
+        return "starting Slurm's daemons needs root"
+    if not shutil.which("apt-get") and not shutil.which("slurmctld"):
+        return "Slurm is not installed and there is no apt-get to install it"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    reason = _cannot_start()
+    if reason:
+        pytest.skip(reason)
+    was_up = subprocess.run(["scontrol", "ping"], capture_output=True).returncode == 0 if shutil.which("scontrol") else False
+    proc = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    yield
+    if not was_up:
+        subprocess.run([str(SCRIPT), "stop"], capture_output=True, timeout=120)
+
+
+def install_profile(home, configfile, **extra):
+    """Our reference profile as the user's `slurm` profile, pointed at a tiny config, with fast
+    status checks (the profile's own settings, as a user would adapt them)."""
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    profile.update({
+        "configfile": [str(configfile)], "jobs": 8, "latency-wait": 5,
+        "slurm-init-seconds-before-status-checks": 1,
+        "default-resources": {"slurm_partition": "gpu", "runtime": 10, "mem_mb": 500, "cpus_per_task": 1},
+        **extra,
+    })  # fmt: skip
+    path = home / ".config" / "snakemake" / "slurm" / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(profile))
+
+
+def run_profile(wf, home, *args, check=True, timeout=900):
+    env = dict(wf.env, HOME=str(home))
+    env.pop("XDG_CONFIG_HOME", None)
+    proc = wf.run("--profile", "slurm", *args, env=env, check=check, timeout=timeout)
+    return proc, run_id(proc.stdout + proc.stderr)
+
+
+def run_id(output):
+    return re.search(r"SLURM run ID: (\S+)", output)[1]
+
+
+def accounting(run, expected=None, timeout=60):
+    """Slurm's own records of a run's jobs: id, state, requested TRES, rule (from the comment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(
+            ["sacct", "-X", "-P", "-n", "--name", run, "--starttime", "now-6hours",
+             "--format=JobID,State,ReqTRES,Comment%400"], capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        jobs = [dict(zip(("id", "state", "tres", "comment"), line.split("|", 3))) for line in out.splitlines() if line]
+        for job in jobs:
+            job["rule"] = re.match(r"rule_(\w+?)(_wildcards_|$)", job["comment"])[1]
+        settled = all(j["state"] not in ("PENDING", "RUNNING", "REQUEUED") for j in jobs)
+        if (expected is None or len(jobs) >= expected) and settled or time.monotonic() > deadline:
+            return jobs
+        time.sleep(1)
+
+
+def untimed(frame):
+    return frame.drop(columns=[c for c in ("elapsed_s",) if c in frame])
+
+
+# ----------------------------------------------------------------------------- 1 and 4
+
+
+EXPERIMENTS = {
+    "fig2b": {"dataset": "synth", "grid": [{"architectures": ["mlp", "alexnet"]}]},
+    "table4": {"dataset": "synth", "grid": [{"architectures": ["mlp"], "regularizers": ["none", "wd"],
+                                              "noises": ["random_labels"]}]},
+}
+
+
+def gpu_config(experiments=EXPERIMENTS, **training):
+    config = tiny_config(experiments)
+    config["training"].update(device="auto", **training)  # asks Slurm for a GPU, trains where it can
+    config["compute"] = {"gpus": 1}
+    return config
+
+
+@pytest.fixture(scope="module")
+def profile_run(cluster, tmp_path_factory):
+    root = tmp_path_factory.mktemp("slurm")
+    wf, home = Workflow(root / "wf"), root / "home"
+    configfile = wf.write_config(gpu_config())
+    install_profile(home, configfile)
+    start = time.monotonic()
+    proc, run = run_profile(wf, home)
+    return wf, home, configfile, run, time.monotonic() - start, proc
+
+
+def test_the_user_command_runs_every_job_through_sbatch_with_one_gpu_per_cell(profile_run, tmp_path):
+    wf, _, configfile, run, elapsed, _ = profile_run
+    jobs = accounting(run)
+    train = [j for j in jobs if j["rule"] == "train_cell"]
+    assert len(train) == 4 and all(j["state"] == "COMPLETED" for j in jobs), jobs
+    assert all("gres/gpu=1" in j["tres"] for j in train), [j["tres"] for j in train]
+    assert not any("gres/gpu" in j["tres"] for j in jobs if j["rule"] != "train_cell")  # data jobs ask for none
+    submitted = {j["rule"] for j in jobs}
+    assert {"data_clean", "data_randomize", "train_cell", "analysis_aggregate"} <= submitted
+    print(f"\nSLURM-BENCH end-to-end {elapsed:.1f} s, {len(jobs)} sbatch submissions "
+          f"({len(train)} training), run {run}")
+
+    local = Workflow(tmp_path / "local")
+    local.run("--configfile", local.write_config(yaml.safe_load(configfile.read_text())), "-c2")
+    ours = pd.read_csv(wf.root / "results/metrics/summary.csv")[METRIC_COLUMNS]
+    theirs = pd.read_csv(local.root / "results/metrics/summary.csv")[METRIC_COLUMNS]
+    pd.testing.assert_frame_equal(ours, theirs)  # CPU training is deterministic, wherever it ran
+
+
+def test_rerun_after_editing_one_cell_submits_exactly_one_training_job(profile_run):
+    wf, home, configfile, _, _, _ = profile_run
+    config = yaml.safe_load(configfile.read_text())
+    config["experiments"]["table4"]["grid"] = [
+        {"architectures": ["mlp"], "regularizers": ["none"], "noises": ["random_labels"]},
+        {"architectures": ["mlp"], "regularizers": ["wd"], "noises": ["random_labels"], "overrides": {"lr": 0.02}},
+    ]
+    configfile.write_text(yaml.safe_dump(config))
+    _, run = run_profile(wf, home)
+    train = [j for j in accounting(run) if j["rule"] == "train_cell"]
+    assert len(train) == 1 and "regularizer=wd" in train[0]["comment"], train
+    cell = json.loads((wf.root / "results/cells/synth/mlp/wd/random_labels/s0/cell.json").read_text())
+    assert cell["hparams"]["lr"] == 0.02
+
+
+# ----------------------------------------------------------------------------- 2: killed jobs resume
+
+
+def long_cell_config(runtime_minutes=10, epochs=60):
+    """One cell that trains for a while (a wide MLP on 4,000 random-labelled 1x28x28 images)."""
+    config = gpu_config({"long": {"dataset": "synth", "grid": [{"architectures": ["big"], "noises": ["random_labels"]}]}},
+                        max_epochs=epochs, crop_size=28, checkpoint_minutes=0.02, fit_threshold=1.0)
+    config["datasets"]["synth"]["synthetic"].update(n_train=4000, n_test=200, shape=[1, 28, 28])
+    config["architectures"]["big"] = {"model": "mlp_3x512", "width": 1.0, "runtime_minutes": runtime_minutes, "mem_mb": 1500}
+    return config
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cluster, tmp_path_factory):
+    """The reference: the same long cell trained locally without interruption."""
+    wf = Workflow(tmp_path_factory.mktemp("reference") / "wf")
+    wf.run("--configfile", wf.write_config(long_cell_config()), "-c2")
+    cell = wf.root / "results/cells/synth/big/none/random_labels/s0"
+    return pd.read_csv(cell / "history.csv"), json.loads((cell / "summary.json").read_text())
+
+
+def assert_resumed_identically(wf, reference):
+    cell = wf.root / "results/cells/synth/big/none/random_labels/s0"
+    history, summary = pd.read_csv(cell / "history.csv"), json.loads((cell / "summary.json").read_text())
+    pd.testing.assert_frame_equal(untimed(history), untimed(reference[0]))
+    for key in ("final_train_acc", "final_test_acc", "final_train_loss", "steps", "param_norm", "stop_reason"):
+        assert summary[key] == reference[1][key], key
+    log = (cell / "train.log").read_text()
+    assert "checkpoint saved" in log and re.search(r"resume from .* at epoch \d+ step \d+", log), log
+    assert not list((wf.root / "results").rglob("*.tmp*")) and not list((wf.root / "results").rglob("*.pt"))
+
+
+def test_a_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(cluster, uninterrupted, tmp_path):
+    wf, home = Workflow(tmp_path / "wf"), tmp_path / "home"
+    install_profile(home, wf.write_config(long_cell_config()))
+    env = dict(wf.env, HOME=str(home))
+    env.pop("XDG_CONFIG_HOME", None)
+    out = open(tmp_path / "snakemake.log", "w")
+    proc = subprocess.Popen(["python", "-m", "snakemake", "--profile", "slurm"], cwd=wf.root, env=env,
+                            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((wf.root / "results/checkpoints").rglob("*.pt")):  # training, checkpointed once
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "snakemake.log").read_text()
+            time.sleep(0.5)
+        run = run_id((tmp_path / "snakemake.log").read_text())
+        first = [j for j in accounting(run, timeout=0) if j["rule"] == "train_cell"]
+        subprocess.run(["scancel", first[0]["id"]], check=True)
+        assert proc.wait(timeout=600) == 0, (tmp_path / "snakemake.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+    states = [j["state"] for j in accounting(run) if j["rule"] == "train_cell"]
+    assert states[0].startswith("CANCELLED") and states[-1] == "COMPLETED" and len(states) == 2, states
+    assert_resumed_identically(wf, uninterrupted)
+
+
+def test_a_job_that_hits_its_time_limit_is_retried_with_more_time_and_resumes(cluster, uninterrupted, tmp_path):
+    wf, home = Workflow(tmp_path / "wf"), tmp_path / "home"
+    config = long_cell_config(runtime_minutes=1)
+    install_profile(home, wf.write_config(config))
+    _, run = run_profile(wf, home, timeout=900)
+    states = [j["state"] for j in accounting(run) if j["rule"] == "train_cell"]
+    if states == ["COMPLETED"]:
+        pytest.fail(f"the cell finished within its 1-minute limit ({uninterrupted[1]['wall_s']:.0f} s of training);"
+                    " make long_cell_config longer")
+    assert states[0] == "TIMEOUT" and states[-1] == "COMPLETED", states
+    assert_resumed_identically(wf, uninterrupted)
+
+
+# ----------------------------------------------------------------------------- 3: a failing cell
+
+
+def test_a_failing_cell_fails_alone_with_its_log_naming_the_cause(cluster, tmp_path):
+    wf, home = Workflow(tmp_path / "wf"), tmp_path / "home"
+    configfile = wf.write_config(gpu_config({"table4": EXPERIMENTS["table4"], "fig2b": EXPERIMENTS["fig2b"]}))
+    install_profile(home, configfile, retries=0)
+    wf.run("--configfile", configfile, "-c2", "data_shards")
+    shard = wf.root / "results/data/synth/random_labels/s0/train-00000.h5"
+    shard.write_bytes(b"this is not HDF5 any more")  # newer than its inputs: Snakemake keeps it
+    proc, run = run_profile(wf, home, check=False)
+    assert proc.returncode != 0
+    jobs = accounting(run)
+    failed = [j for j in jobs if j["state"] == "FAILED"]
+    assert len(failed) == 2 and all("noise=random_labels" in j["comment"] for j in failed), jobs
+    done = [j for j in jobs if j["rule"] == "train_cell" and j["state"] == "COMPLETED"]
+    assert len(done) == 2  # the independent cells finished (keep-going)
+    log = (wf.root / "results/cells/synth/mlp/wd/random_labels/s0/train.log").read_text()
+    assert f"{shard.relative_to(wf.root)}: not a readable HDF5 shard" in log, log
+    assert (wf.root / "results/cells/synth/alexnet/none/true_labels/s0/summary.json").exists()
+    assert not (wf.root / "results/cells/synth/mlp/wd/random_labels/s0/summary.json").exists()
