@@ -126,6 +126,8 @@ def test_relative_time_to_overfit_is_per_architecture_and_seed():
     assert got["d/mlp_1x512/none/random_labels/s0"] == pytest.approx(3.0)
     assert got["d/alexnet/none/corrupt_p0.5/s0"] == pytest.approx(1.5)
     assert np.isnan(got["d/alexnet/none/corrupt_p0.5/s1"])  # no fit, and no p = 0 cell for seed 1
+    nothing_fitted = pd.DataFrame([cell("mlp_1x512", train=0.5), cell("mlp_1x512", "random_labels", train=0.5)])
+    assert metrics.relative_time_to_overfit(nothing_fitted)["relative_time"].isna().all()
 
 
 @pytest.mark.parametrize("name", ["fig1a", "fig1b", "fig1c", "fig2a", "fig2b"])

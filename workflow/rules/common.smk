@@ -76,17 +76,6 @@ def report_outputs():
     return files + [paths.CLAIMS.format(ext="md")]
 
 
-def experiment_reports(experiment):
-    files = (
-        [paths.FIGURE.format(name=experiment, ext="png")]
-        if experiment in FIGURES
-        else []
-    )
-    return files + (
-        [paths.TABLE.format(name=experiment, ext="csv")] if experiment in TABLES else []
-    )
-
-
 def metrics_inputs(name):
     """What a report reads: the metrics tables and the experiment membership (none for fig3)."""
     if name == "fig3":
@@ -106,10 +95,16 @@ def metrics_argument(name):
     )
 
 
+def relative_to_workdir(path):
+    """A path as recorded in provenance: relative when inside the working directory, so a
+    moved or freshly cloned checkout with its results is still up to date."""
+    path, here = pathlib.Path(path).resolve(), pathlib.Path.cwd().resolve()
+    return str(path.relative_to(here)) if path.is_relative_to(here) else str(path)
+
+
 def membership_json():
-    configs = [str(p) for p in workflow.config_settings.configfiles] or [
-        "config/config.yaml"
-    ]
+    configs = [relative_to_workdir(p) for p in workflow.config_settings.configfiles]
+    configs = configs or ["config/config.yaml"]
     return sources.canonical_json(
         {"config": ", ".join(configs), "experiments": EXPERIMENTS}
     )

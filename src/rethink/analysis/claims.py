@@ -97,7 +97,9 @@ def pixels_fitted(cells, t):
 def regularizers_vs_architecture(cells, t):
     claim = "Explicit regularizers change test accuracy far less than the architecture does"
     rows = metrics.with_switches(cells)[lambda d: d["noise"] == "true_labels"]
-    plain = _plain(rows).groupby("arch_name")["final_test_acc"].mean()
+    # an architecture's generalization is read off cells that trained (fitted), not off a
+    # network that never learned anything
+    plain = _plain(rows)[lambda d: d["converged"]].groupby("arch_name")["final_test_acc"].mean()
     by_arch = rows.groupby(["arch_name", "regularizer"])["final_test_acc"].mean().groupby("arch_name")
     reg_effect = (by_arch.max() - by_arch.min())[lambda s: by_arch.size() > 1]
     if len(plain) < 2 or reg_effect.empty:
@@ -105,7 +107,7 @@ def regularizers_vs_architecture(cells, t):
     arch_effect = plain.max() - plain.min()
     ratio = reg_effect.max() / arch_effect if arch_effect > 0 else math.inf
     detail = (f"largest regularizer effect {100 * reg_effect.max():.1f} points ({reg_effect.idxmax()}); "
-              f"architecture spread {100 * arch_effect:.1f} points")
+              f"spread across architectures (fitted cells) {100 * arch_effect:.1f} points")
     return _check(claim, round(float(ratio), 3), f"<= {t['max_regularizer_to_architecture_ratio']}",
                   bool(ratio <= t["max_regularizer_to_architecture_ratio"]), detail)
 

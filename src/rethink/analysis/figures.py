@@ -52,8 +52,13 @@ def fig1a(cells, curves):
     order = [w for n, w in NOISE_WORDS.items() if n in set(curves["noise"])]
     sns.lineplot(data=data, x="thousand_steps", y="train_loss", hue="condition", hue_order=order,
                  errorbar=_errorbar(curves), ax=ax)
-    ax.set(xlabel="thousand steps", ylabel="average loss", title="(a) learning curves", ylim=(0, None))
-    return fig, "Training loss (whole training set, eval mode) vs thousand steps, one line per randomization"
+    # Early spikes (large learning rates) would flatten everything else: show up to 1.5x the
+    # untrained loss and say so when something is cut off.
+    top = 1.5 * data.loc[data["step"] == 0, "train_loss"].max()
+    ax.set(xlabel="thousand steps", ylabel="average loss", title="(a) learning curves", ylim=(0, top))
+    clipped = int((data["train_loss"] > top).sum())
+    note = f"; {clipped} evaluation(s) above {top:.2f} are cut off" if clipped else ""
+    return fig, "Training loss (whole training set, eval mode) vs thousand steps, one line per randomization" + note
 
 
 def fig1b(cells, curves):

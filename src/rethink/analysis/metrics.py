@@ -8,7 +8,6 @@ row per evaluation.
 import json
 import pathlib
 
-import numpy as np
 import pandas as pd
 
 from rethink.errors import RethinkError
@@ -62,6 +61,7 @@ def relative_time_to_overfit(cells):
     """steps_to_fit / steps_to_fit at p = 0 (same architecture, regularizer and seed), the
     paper's Fig. 1b quantity; NaN where either cell did not fit."""
     keys = ["arch_name", "regularizer", "seed"]
-    base = cells[cells["level"] == 0].set_index(keys)["steps_to_fit"]
-    ratio = [row["steps_to_fit"] / base.get(tuple(row[k] for k in keys), np.nan) for _, row in cells.iterrows()]
-    return cells.assign(relative_time=pd.to_numeric(pd.Series(ratio, index=cells.index), errors="coerce"))
+    steps = pd.to_numeric(cells["steps_to_fit"], errors="coerce")  # None (never fitted) -> NaN
+    base = cells.assign(base=steps)[cells["level"] == 0].groupby(keys)["base"].first().reset_index()
+    matched = cells[keys].merge(base, on=keys, how="left")["base"].to_numpy(dtype=float)
+    return cells.assign(relative_time=steps.to_numpy(dtype=float) / matched)
