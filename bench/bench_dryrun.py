@@ -92,7 +92,9 @@ def main():
         "",
         f"{datetime.date.today()}; snakemake {snakemake.__version__}, Python {sys.version.split()[0]}, "
         f"{len(__import__('os').sched_getaffinity(0))} cores. `snakemake -n` wall time including start-up, "
-        f"best of {args.repeats}; the minimal Snakefile has the same number of trivial jobs.",
+        f"best of {args.repeats}; the minimal Snakefile has the same number of trivial jobs. The difference "
+        "is Snakemake's cost of calling the workflow's input, parameter and resource functions (about 7 per "
+        "training cell, ~1.4 ms per cell in a profile), not the grid expansion.",
         "",
         "| config | jobs | ours (s) | minimal Snakefile (s) | ours / minimal |",
         "|---|---:|---:|---:|---:|",
