@@ -23,7 +23,8 @@ CONF=/etc/slurm
 
 log() { echo "local-slurm: $*" >&2; }
 die() { log "error: $*"; exit 1; }
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+pid_of() { cat "$1" 2>/dev/null; }
+alive() { local pid; pid=$(pid_of "$1") && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
   local limit=$1 what=$2; shift 2
   for _ in $(seq $((limit * 5))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
@@ -111,10 +112,12 @@ start() {
     runuser -u munge -- munged
     echo "munge" > "$STATE/started-munge"
   fi
-  if ! alive "$STATE/mariadb.pid"; then
+  if ! alive "$STATE/mariadb/mariadb.pid"; then
     [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql >/dev/null
-    setsid mariadbd --user=mysql --bind-address=127.0.0.1 --pid-file="$STATE/mariadb.pid" \
-      --log-error="$STATE/mariadb.log" >/dev/null 2>&1 < /dev/null &
+    mkdir -p "$STATE/mariadb" && chown mysql: "$STATE/mariadb"  # mariadbd writes as user mysql
+    rm -f /run/mysqld/mysqld.sock  # a stale socket (e.g. from the package's own start) blocks it
+    setsid mariadbd --user=mysql --bind-address=127.0.0.1 --pid-file="$STATE/mariadb/mariadb.pid" \
+      --log-error="$STATE/mariadb/mariadb.log" >/dev/null 2>&1 < /dev/null &
     wait_for 60 MariaDB mariadb -e "select 1"
     mariadb -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm';
                 GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
@@ -130,22 +133,23 @@ start() {
 }
 
 stop() {
-  for pidfile in "$STATE/slurmd.pid" "$STATE/slurmctld.pid" "$STATE/slurmdbd.pid" "$STATE/mariadb.pid"; do
-    if alive "$pidfile"; then
-      kill "$(cat "$pidfile")"
-      for _ in $(seq 100); do alive "$pidfile" || break; sleep 0.1; done
+  for pidfile in "$STATE/slurmd.pid" "$STATE/slurmctld.pid" "$STATE/slurmdbd.pid" "$STATE/mariadb/mariadb.pid"; do
+    local pid
+    pid=$(pid_of "$pidfile") || continue
+    if kill "$pid" 2>/dev/null; then
+      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     fi
   done
-  if [ -f "$STATE/started-munge" ] && alive /run/munge/munged.pid; then
-    kill "$(cat /run/munge/munged.pid)"
+  if [ -f "$STATE/started-munge" ]; then
+    kill "$(pid_of /run/munge/munged.pid)" 2>/dev/null || true
     rm -f "$STATE/started-munge"
   fi
   log "stopped"
 }
 
 status() {
-  for pidfile in /run/munge/munged.pid "$STATE"/{mariadb,slurmdbd,slurmctld,slurmd}.pid; do
-    printf '%-40s %s\n' "$pidfile" "$(alive "$pidfile" && cat "$pidfile" || echo down)"
+  for pidfile in /run/munge/munged.pid "$STATE"/mariadb/mariadb.pid "$STATE"/{slurmdbd,slurmctld,slurmd}.pid; do
+    printf '%-45s %s\n' "$pidfile" "$(alive "$pidfile" && pid_of "$pidfile" || echo down)"
   done
   sinfo 2>/dev/null || true
 }

@@ -18,7 +18,11 @@ CELL_DIR = RESULTS + "/cells/{dataset}/{arch}/{regularizer}/{noise}/s{seed}"
 CELL_JSON = CELL_DIR + "/cell.json"
 CELL_HISTORY = CELL_DIR + "/history.csv"
 CELL_SUMMARY = CELL_DIR + "/summary.json"
+# The trainer's own log (epochs, checkpoints, resumes) lives in the cell directory and is appended
+# across retries; Snakemake truncates a rule's declared log on every attempt, so the declared
+# log is the job's stderr for that attempt (where a failure's one-line cause goes).
 CELL_LOG = CELL_DIR + "/train.log"
+TRAIN_JOB_LOG = RESULTS + "/logs/train/{dataset}/{arch}/{regularizer}/{noise}/s{seed}.log"
 CHECKPOINT = RESULTS + "/checkpoints/{dataset}/{arch}/{regularizer}/{noise}/s{seed}/{key}.pt"
 METRICS = {f"{table}_{ext}": f"{RESULTS}/metrics/{table}.{ext}" for table in ("summary", "curves") for ext in ("csv", "parquet")}
 

@@ -11,7 +11,7 @@ rule train_cell:
         history=paths.CELL_HISTORY,
         summary=paths.CELL_SUMMARY,
     log:
-        paths.CELL_LOG,
+        paths.TRAIN_JOB_LOG,
     wildcard_constraints:
         noise=randomize.CELL_WILDCARD_PATTERN,
     conda:
@@ -30,4 +30,4 @@ rule train_cell:
         "printf '%s\\n' {params.cell:q} > {output.cell}"
         " && OMP_NUM_THREADS={threads} python -m rethink.train --cell {output.cell}"
         " --train-shards {input.train} --test-shards {input.test} --out-dir $(dirname {output.summary})"
-        " --checkpoint {params.checkpoint} > /dev/null 2>> {log}"
+        " --checkpoint {params.checkpoint} > /dev/null 2> {log}"
