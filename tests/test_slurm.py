@@ -158,23 +158,36 @@ def test_rerun_after_editing_one_cell_submits_exactly_one_training_job(profile_r
 # ----------------------------------------------------------------------------- 2: killed jobs resume
 
 
-def long_cell_config(runtime_minutes=10):
-    """One cell that trains for about 100 s on this machine, longer than a 1-minute time limit plus
-    Slurm's enforcement lag (a wide MLP, 12,000 random-labelled 1x28x28 images, 33 epochs)."""
+def long_cell_config(runtime_minutes=10, n_train=12000, max_epochs=33):
+    """One cell that trains for a while (a wide MLP on random-labelled 1x28x28 images). The
+    default, about 100 s here, outlasts a 1-minute time limit plus Slurm's enforcement lag; the
+    plugin's status checks slow down the longer a job runs, so shorter tests use fewer samples."""
     config = gpu_config({"long": {"dataset": "synth", "grid": [{"architectures": ["big"], "noises": ["random_labels"]}]}},
-                        max_epochs=33, crop_size=28, checkpoint_minutes=0.02, fit_threshold=1.0)
-    config["datasets"]["synth"]["synthetic"].update(n_train=12000, n_test=200, shape=[1, 28, 28])
+                        max_epochs=max_epochs, crop_size=28, checkpoint_minutes=0.02, fit_threshold=1.0)
+    config["datasets"]["synth"]["synthetic"].update(n_train=n_train, n_test=200, shape=[1, 28, 28])
     config["architectures"]["big"] = {"model": "mlp_3x512", "width": 1.0, "runtime_minutes": runtime_minutes, "mem_mb": 1500}
     return config
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(cluster, tmp_path_factory):
-    """The reference: the same long cell trained locally without interruption."""
+SHORT = {"n_train": 4000, "max_epochs": 60}  # fits in ~26 epochs, ~25 s
+
+
+def reference_run(tmp_path_factory, **size):
+    """The same cell trained locally without interruption: what a resumed run must equal."""
     wf = Workflow(tmp_path_factory.mktemp("reference") / "wf")
-    wf.run("--configfile", wf.write_config(long_cell_config()), "-c2")
+    wf.run("--configfile", wf.write_config(long_cell_config(**size)), "-c2")
     cell = wf.root / "results/cells/synth/big/none/random_labels/s0"
     return pd.read_csv(cell / "history.csv"), json.loads((cell / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_short(cluster, tmp_path_factory):
+    return reference_run(tmp_path_factory, **SHORT)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cluster, tmp_path_factory):
+    return reference_run(tmp_path_factory)
 
 
 def assert_resumed_identically(wf, reference):
@@ -188,9 +201,11 @@ def assert_resumed_identically(wf, reference):
     assert not list((wf.root / "results").rglob("*.tmp*")) and not list((wf.root / "results").rglob("*.pt"))
 
 
-def test_a_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(cluster, uninterrupted, tmp_path):
+def test_a_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(cluster, uninterrupted_short, tmp_path):
     wf, home = Workflow(tmp_path / "wf"), tmp_path / "home"
-    install_profile(home, wf.write_config(long_cell_config()))
+    configfile = wf.write_config(long_cell_config(**SHORT))
+    install_profile(home, configfile)
+    wf.run("--configfile", configfile, "-c2", "data_shards")  # the data is not what is tested here
     env = dict(wf.env, HOME=str(home))
     env.pop("XDG_CONFIG_HOME", None)
     out = open(tmp_path / "snakemake.log", "w")
@@ -213,13 +228,14 @@ def test_a_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(clu
             proc.wait(timeout=60)
     states = [j["state"] for j in accounting(run) if j["rule"] == "train_cell"]
     assert states[0].startswith("CANCELLED") and states[-1] == "COMPLETED" and len(states) == 2, states
-    assert_resumed_identically(wf, uninterrupted)
+    assert_resumed_identically(wf, uninterrupted_short)
 
 
 def test_a_job_that_hits_its_time_limit_is_retried_with_more_time_and_resumes(cluster, uninterrupted, tmp_path):
     wf, home = Workflow(tmp_path / "wf"), tmp_path / "home"
-    config = long_cell_config(runtime_minutes=1)
-    install_profile(home, wf.write_config(config))
+    configfile = wf.write_config(long_cell_config(runtime_minutes=1))
+    install_profile(home, configfile)
+    wf.run("--configfile", configfile, "-c2", "data_shards")  # the data is not what is tested here
     _, run = run_profile(wf, home, timeout=900)
     states = [j["state"] for j in accounting(run) if j["rule"] == "train_cell"]
     if states == ["COMPLETED"]:
