@@ -6,7 +6,6 @@ Skipped, with the reason, where the cluster cannot be started (not root, no apt-
 
 import json
 import os
-import pathlib
 import re
 import shutil
 import signal

@@ -109,9 +109,10 @@ def _add(cells, owners, cell, cell_spec, where):
     owners.setdefault(cell.id, where)
 
 
-def data_units(config):
-    """Sorted (dataset, noise, seed) triples the cells read, deduplicated."""
-    cells, _ = expand(config)
+def data_units(config, cells=None):
+    """Sorted (dataset, noise, seed) triples the cells read, deduplicated. `cells`: the first
+    result of expand(config), when the caller already has it (saves a second expansion)."""
+    cells = cells if cells is not None else expand(config)[0]
     units = {(cell.dataset, cell.noise, cell.seed) for cell, _ in cells.values()}
     return sorted(units, key=lambda u: (u[0], u[1].name, u[2]))
 

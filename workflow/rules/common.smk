@@ -33,7 +33,7 @@ wildcard_constraints:
     noise=randomize.WILDCARD_PATTERN,
 
 
-DATA_UNITS = sorted({(c.dataset, c.noise, c.seed) for c, _ in CELLS.values()}, key=str)
+DATA_UNITS = grid.data_units(config, CELLS)
 CODE = {stage: codehash.digest(stage) for stage in codehash.STAGES}
 
 

@@ -13,7 +13,6 @@ import math
 import pathlib
 import sys
 
-import pandas as pd
 
 from rethink.analysis import metrics
 from rethink.errors import cli_main

@@ -15,7 +15,6 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; cluster nodes have no display
 import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from rethink.analysis import metrics  # noqa: E402
