@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pandas as pd
@@ -72,14 +73,16 @@ def run_id(output):
 
 
 def accounting(run, expected=None, timeout=60):
-    """Slurm's own records of a run's jobs: id, state, requested TRES, rule (from the comment)."""
+    """Slurm's own records of a run's jobs: id, state, requested TRES, time limit, rule (from
+    the comment)."""
     deadline = time.monotonic() + timeout
     while True:
         out = subprocess.run(
             ["sacct", "-X", "-P", "-n", "--name", run, "--starttime", "now-6hours",
-             "--format=JobID,State,ReqTRES,Comment%400"], capture_output=True, text=True, check=True,
+             "--format=JobID,State,ReqTRES,Timelimit,Comment%400"], capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
-        jobs = [dict(zip(("id", "state", "tres", "comment"), line.split("|", 3))) for line in out.splitlines() if line]
+        fields = ("id", "state", "tres", "timelimit", "comment")
+        jobs = [dict(zip(fields, line.split("|", 4))) for line in out.splitlines() if line]
         for job in jobs:  # the comment reaches accounting when the job ends
             match = re.match(r"rule_(\w+?)(_wildcards_|$)", job["comment"])
             job["rule"] = match[1] if match else None
@@ -175,39 +178,40 @@ SHORT = {"n_train": 4000, "max_epochs": 60}  # fits in ~26 epochs, ~25 s
 # the tests is always interrupted, and its rest fits the retry's 2 minutes.
 TIMED_OUT_TRAINING_S = 140
 SLOW = {"lr": 0.001}  # far too small to memorise the labels: the cell runs all its epochs
+CELL = "results/cells/synth/big/none/random_labels/s0"
+TRAINED = f"{CELL}/summary.json"  # the target: only training goes through Slurm, nothing after it
 
 
-def reference_run(wf, config):
-    """The cell trained locally without interruption: what a resumed run must equal."""
-    wf.run("--configfile", wf.write_config(config), "-c2")
-    cell = wf.root / "results/cells/synth/big/none/random_labels/s0"
+def cell_results(wf):
+    cell = wf.root / CELL
     return pd.read_csv(cell / "history.csv"), json.loads((cell / "summary.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def uninterrupted_short(cluster, tmp_path_factory):
-    return reference_run(Workflow(tmp_path_factory.mktemp("reference") / "wf"), long_cell_config(**SHORT))
+    """The cell trained locally without interruption: what a resumed run must equal."""
+    wf = Workflow(tmp_path_factory.mktemp("reference") / "wf")
+    wf.run("--configfile", wf.write_config(long_cell_config(**SHORT)), "-c2", TRAINED)
+    return cell_results(wf)
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_long(cluster, tmp_path_factory):
-    """A cell sized to this machine's speed (a 3-epoch probe measures it): (config, reference)."""
+def sized_long_cell(cluster, tmp_path_factory):
+    """A cell sized to this machine's speed, which a 3-epoch probe measures: its config, and a
+    workflow with its data built to train the uninterrupted reference in."""
     wf = Workflow(tmp_path_factory.mktemp("reference") / "wf")
-    probe, _ = reference_run(wf, long_cell_config(max_epochs=3, **SLOW))
-    seconds_per_epoch = probe["elapsed_s"].iloc[-1] / 3
-    config = long_cell_config(max_epochs=math.ceil(TIMED_OUT_TRAINING_S / seconds_per_epoch), **SLOW)
-    reference = reference_run(wf, config)  # the data is built: only the cell retrains
-    assert reference[1]["stop_reason"] == "max_epochs", reference[1]
-    return config, reference
+    wf.run("--configfile", wf.write_config(long_cell_config(max_epochs=3, **SLOW)), "-c1")
+    probe, _ = cell_results(wf)
+    seconds_per_epoch = (probe["elapsed_s"].iloc[-1] - probe["elapsed_s"].iloc[0]) / probe["epoch"].iloc[-1]
+    return long_cell_config(max_epochs=math.ceil(TIMED_OUT_TRAINING_S / seconds_per_epoch), **SLOW), wf
 
 
 def assert_resumed_identically(wf, reference):
-    cell = wf.root / "results/cells/synth/big/none/random_labels/s0"
-    history, summary = pd.read_csv(cell / "history.csv"), json.loads((cell / "summary.json").read_text())
+    history, summary = cell_results(wf)
     pd.testing.assert_frame_equal(untimed(history), untimed(reference[0]))
     for key in ("final_train_acc", "final_test_acc", "final_train_loss", "steps", "param_norm", "stop_reason"):
         assert summary[key] == reference[1][key], key
-    log = (cell / "train.log").read_text()
+    log = (wf.root / CELL / "train.log").read_text()
     assert "checkpoint saved" in log and re.search(r"resume from .* at epoch \d+ step \d+", log), log
     assert not list((wf.root / "results").rglob("*.tmp*")) and not list((wf.root / "results").rglob("*.pt"))
 
@@ -220,7 +224,7 @@ def test_a_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(clu
     env = dict(wf.env, HOME=str(home))
     env.pop("XDG_CONFIG_HOME", None)
     out = open(tmp_path / "snakemake.log", "w")
-    proc = subprocess.Popen(["python", "-m", "snakemake", "--profile", "slurm"], cwd=wf.root, env=env,
+    proc = subprocess.Popen(["python", "-m", "snakemake", "--profile", "slurm", TRAINED], cwd=wf.root, env=env,
                             stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
@@ -242,16 +246,29 @@ def test_a_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(clu
     assert_resumed_identically(wf, uninterrupted_short)
 
 
-def test_a_job_that_hits_its_time_limit_is_retried_with_more_time_and_resumes(cluster, uninterrupted_long, tmp_path):
-    wf, home = Workflow(tmp_path / "wf"), tmp_path / "home"
-    config, reference = uninterrupted_long
+def test_a_job_that_hits_its_time_limit_is_retried_with_more_time_and_resumes(cluster, sized_long_cell, tmp_path):
+    config, reference_wf = sized_long_cell
     config["architectures"]["big"]["runtime_minutes"] = 1
+    wf, home = Workflow(tmp_path / "wf"), tmp_path / "home"
     configfile = wf.write_config(config)
     install_profile(home, configfile)
     wf.run("--configfile", configfile, "-c2", "data_shards")  # the data is not what is tested here
-    _, run = run_profile(wf, home, timeout=900)
-    states = [j["state"] for j in accounting(run) if j["rule"] == "train_cell"]
-    assert states[0] == "TIMEOUT" and states[-1] == "COMPLETED", (states, reference[1]["wall_s"])
+    # training is single-threaded: the uninterrupted reference runs beside the cluster's job
+    with open(tmp_path / "reference.log", "w") as log:
+        reference = subprocess.Popen(
+            [sys.executable, "-m", "snakemake", "--configfile", reference_wf.write_config(config), "-c1", TRAINED],
+            cwd=reference_wf.root, env=reference_wf.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            _, run = run_profile(wf, home, TRAINED, timeout=900)
+        finally:
+            assert reference.wait(timeout=600) == 0, (tmp_path / "reference.log").read_text()
+    training = [j for j in accounting(run) if j["rule"] == "train_cell"]
+    states, limits = [j["state"] for j in training], [j["timelimit"] for j in training]
+    assert states[0] == "TIMEOUT" and states[-1] == "COMPLETED", states
+    assert limits[:2] == ["00:01:00", "00:02:00"], limits  # each retry asks for more time
+    reference = cell_results(reference_wf)
+    assert reference[1]["stop_reason"] == "max_epochs", reference[1]  # it never stops early
     assert_resumed_identically(wf, reference)
 
 
