@@ -2,6 +2,8 @@
 
 import pathlib
 
+from rethink.fileio import write_text_atomic
+
 PATH = pathlib.Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 HEADER = "# Benchmarks\n\nEach section is rewritten by the script it names; numbers carry their machine and date.\n"
 
@@ -21,4 +23,4 @@ def write_section(name, lines):
         new = old[: old.index(start)] + text + old[old.index(end) + len(end):]
     else:
         new = old.rstrip("\n") + "\n\n" + text + "\n"
-    PATH.write_text(new)
+    write_text_atomic(PATH, new)

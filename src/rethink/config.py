@@ -10,11 +10,6 @@ import jsonschema
 import yaml
 
 from rethink import grid
-
-# The model registry's names (rethink.models.ARCHITECTURES, which imports torch; a test keeps
-# the two in step) -- the schema's `model` enum lists the same.
-_MODELS = ("inception", "inception_nobn", "alexnet", "mlp_1x512", "mlp_3x512", "inception_v3")
-
 from rethink.errors import ConfigError
 
 
@@ -55,11 +50,14 @@ def validate(config, schema_path):
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is not None:
         raise ConfigError(f"config key {key_path(error.absolute_path)}: {error.message}")
-    _check_semantics(config)
+    # the schema's `model` enum: the model registry's names without importing torch (a test
+    # keeps the two in step)
+    models = schema["properties"]["architectures"]["additionalProperties"]["properties"]["model"]["enum"]
+    _check_semantics(config, models)
     return config
 
 
-def _check_semantics(config):
+def _check_semantics(config, models):
     datasets = config["datasets"]
     for name, spec in datasets.items():
         spec["name"] = name
@@ -67,10 +65,10 @@ def _check_semantics(config):
             spec.pop("synthetic", None)  # only the synthetic source reads it; keep specs minimal
     for name, arch in config["architectures"].items():
         arch.setdefault("model", name)
-        if name not in _MODELS and arch["model"] == name:
+        if arch["model"] not in models:  # an explicit `model` the schema has already checked
             raise ConfigError(
                 f"config key architectures.{name}: {name!r} is not a model name, so set "
-                f"architectures.{name}.model to one of {', '.join(_MODELS)}"
+                f"architectures.{name}.model to one of {', '.join(models)}"
             )
     for exp_name, exp in config["experiments"].items():
         if exp["dataset"] not in datasets:
@@ -79,10 +77,6 @@ def _check_semantics(config):
                 f"configured dataset (configured: {', '.join(sorted(datasets))})"
             )
     grid.expand(config)  # unknown architecture/regularizer names, conflicting cells
-
-
-def dataset_spec(config, name):
-    return config["datasets"][name]
 
 
 def load(path, schema_path):

@@ -19,10 +19,9 @@ import dataclasses
 import pathlib
 import sys
 
+from rethink import paths
 from rethink.data.randomize import Noise, label_corruption, parse_noise
 from rethink.errors import ConfigError, cli_main
-
-RESOLUTION_ORDER = ("training", "architecture", "regularizer", "experiment overrides", "grid overrides")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +35,7 @@ class Cell:
     @property
     def id(self):
         """Human-readable and path-safe: <dataset>/<arch>/<regularizer>/<noise>/s<seed>."""
-        return f"{self.dataset}/{self.arch}/{self.regularizer}/{self.noise.name}/s{self.seed}"
+        return paths.CELL_ID.format(**self.wildcards)
 
     @property
     def wildcards(self):

@@ -14,16 +14,16 @@ DATA_LOG = RESULTS + "/logs/data/{dataset}/{stage}/{split}-{shard}.log"
 # its checkpoint must survive for the retry to resume). The checkpoint's name carries a hash of
 # the cell's JSON and of the training code: a retry of the same cell resumes, an edited cell
 # or changed trainer starts afresh instead of meeting a checkpoint it must refuse.
-CELL_DIR = RESULTS + "/cells/{dataset}/{arch}/{regularizer}/{noise}/s{seed}"
+CELL_ID = "{dataset}/{arch}/{regularizer}/{noise}/s{seed}"  # a cell's name, and its place in every tree below
+CELL_DIR = RESULTS + "/cells/" + CELL_ID
 CELL_JSON = CELL_DIR + "/cell.json"
 CELL_HISTORY = CELL_DIR + "/history.csv"
 CELL_SUMMARY = CELL_DIR + "/summary.json"
-# The trainer's own log (epochs, checkpoints, resumes) lives in the cell directory and is appended
-# across retries; Snakemake truncates a rule's declared log on every attempt, so the declared
-# log is the job's stderr for that attempt (where a failure's one-line cause goes).
-CELL_LOG = CELL_DIR + "/train.log"
-TRAIN_JOB_LOG = RESULTS + "/logs/train/{dataset}/{arch}/{regularizer}/{noise}/s{seed}.log"
-CHECKPOINT = RESULTS + "/checkpoints/{dataset}/{arch}/{regularizer}/{noise}/s{seed}/{key}.pt"
+# The trainer's own log (train.log: epochs, checkpoints, resumes) lives in the cell directory and
+# is appended across retries; Snakemake truncates a rule's declared log on every attempt, so the
+# declared log is the job's stderr for that attempt (where a failure's one-line cause goes).
+TRAIN_JOB_LOG = RESULTS + "/logs/train/" + CELL_ID + ".log"
+CHECKPOINT = RESULTS + "/checkpoints/" + CELL_ID + "/{key}.pt"
 METRICS = {f"{table}_{ext}": f"{RESULTS}/metrics/{table}.{ext}" for table in ("summary", "curves") for ext in ("csv", "parquet")}
 
 
@@ -60,13 +60,6 @@ EXPERIMENTS_JSON = RESULTS + "/metrics/experiments.json"
 FIGURE = RESULTS + "/figures/{name}.{ext}"
 TABLE = RESULTS + "/tables/{name}.{ext}"
 CLAIMS = RESULTS + "/claims.{ext}"
-FIGURE_FORMATS = ("pdf", "png", "json")
-TABLE_FORMATS = ("csv", "md", "tex", "json")
-
-
-def outputs(pattern, name, formats):
-    return {ext: pattern.format(name=name, ext=ext) for ext in formats}
-
 
 def checkpoint(wildcards, cell_json, code_digest):
     key = hashlib.sha256(f"{cell_json}|{code_digest}".encode()).hexdigest()[:16]

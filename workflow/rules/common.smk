@@ -165,7 +165,7 @@ def gaussian_stats(wildcards):
 
 
 def cell_of(wildcards):
-    cell_id = "{dataset}/{arch}/{regularizer}/{noise}/s{seed}".format(**wildcards)
+    cell_id = paths.CELL_ID.format(**wildcards)
     if cell_id not in CELLS:
         raise WorkflowError(
             f"{cell_id} is not a cell of this config (python -m rethink.grid lists them)"

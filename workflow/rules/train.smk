@@ -16,6 +16,7 @@ rule train_cell:
         noise=randomize.CELL_WILDCARD_PATTERN,
     conda:
         ENV
+    # Snakemake exports OMP_NUM_THREADS (and the BLAS equivalents) = threads to the shell
     threads: config["compute"]["threads"]
     resources:
         runtime=cell_runtime,
@@ -28,6 +29,6 @@ rule train_cell:
         checkpoint=cell_checkpoint,
     shell:
         "printf '%s\\n' {params.cell:q} > {output.cell}"
-        " && OMP_NUM_THREADS={threads} python -m rethink.train --cell {output.cell}"
+        " && python -m rethink.train --cell {output.cell}"
         " --train-shards {input.train} --test-shards {input.test} --out-dir $(dirname {output.summary})"
         " --checkpoint {params.checkpoint} > /dev/null 2> {log}"

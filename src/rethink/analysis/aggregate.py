@@ -38,10 +38,10 @@ def load_cell(summary_path):
 
 
 def aggregate(summary_paths):
-    rows, curves = zip(*(load_cell(p) for p in summary_paths)) if summary_paths else ((), ())
+    rows, curves = zip(*(load_cell(p) for p in summary_paths))
     summary = pd.DataFrame(list(rows)).sort_values("cell", kind="stable").reset_index(drop=True)
     columns = [k for k in KEYS if k in summary] + [c for c in summary if c not in KEYS]
-    curves = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=KEYS)
+    curves = pd.concat(curves, ignore_index=True)
     return summary[columns], curves.sort_values(["cell", "step"], kind="stable").reset_index(drop=True)
 
 

@@ -15,10 +15,9 @@ import sys
 
 
 from rethink.analysis import metrics
+from rethink.data.randomize import IMAGE_NOISES
 from rethink.errors import cli_main
 from rethink.fileio import write_text_atomic
-
-PIXEL_NOISES = ("shuffled_pixels", "random_pixels", "gaussian")
 
 
 def _plain(cells):
@@ -60,7 +59,7 @@ def random_labels_at_chance(cells, t):
 
 def error_grows_with_corruption(cells, t):
     claim = "Test error increases with label corruption (Spearman rank correlation per architecture)"
-    rows = _plain(cells)[lambda d: d["noise"].isin(["true_labels", "random_labels"]) | d["noise"].str.startswith("corrupt_p")]
+    rows = _plain(cells)[lambda d: ~d["noise"].isin(IMAGE_NOISES)]  # true, corrupted and random labels
     rho = {}
     for arch, group in rows.groupby("arch_name"):
         if group["level"].nunique() >= 3:
@@ -85,7 +84,7 @@ def overfit_slowdown(cells, t):
 
 def pixels_fitted(cells, t):
     claim = "Shuffled pixels, random pixels and Gaussian inputs are fitted too"
-    rows = _plain(cells)[lambda d: d["noise"].isin(PIXEL_NOISES)]
+    rows = _plain(cells)[lambda d: d["noise"].isin(IMAGE_NOISES)]
     if rows.empty:
         return _none(claim, f">= {t['fit_accuracy']}", "no pixel-randomization cell")
     detail = ", ".join(f"{r['arch_name']}/{r['noise']} {r['final_train_acc']:.4f}" for _, r in rows.iterrows())

@@ -215,9 +215,10 @@ def main(argv=None):
             raise RethinkError(f"{args.figure} needs --metrics")
         experiment = args.experiment or args.figure
         cells, provenance = metrics.experiment_cells(args.metrics, experiment)
-        curves, _ = metrics.experiment_cells(args.metrics, experiment, "curves.parquet")
         if cells.empty:
             raise RethinkError(f"experiment {experiment} has no finished cells in {args.metrics}")
+        curves = metrics.read(args.metrics, "curves.parquet")
+        curves = curves[curves["cell"].isin(cells["cell"])].reset_index(drop=True)
         fig, caption = FIGURES[args.figure](cells, curves)
         save(fig, args.out, caption, provenance)
     print(f"{args.figure}: wrote {args.out}.{{pdf,png,json}}")

@@ -35,16 +35,14 @@ def experiment_ids(metrics_dir, experiment):
     return members["experiments"][experiment], members["config"]
 
 
-def experiment_cells(metrics_dir, experiment, table="summary.parquet"):
-    """The experiment's rows of a metrics table, and where they came from."""
+def experiment_cells(metrics_dir, experiment):
+    """The experiment's rows of the summary table, and where they came from."""
     ids, config = experiment_ids(metrics_dir, experiment)
-    frame = read(metrics_dir, table)
-    rows = frame[frame["cell"].isin(ids)].reset_index(drop=True)
-    summary = frame[frame["cell"].isin(ids)] if table == "summary.parquet" else read(metrics_dir, "summary.parquet")
-    summary = summary[summary["cell"].isin(ids)]
+    summary = read(metrics_dir, "summary.parquet")
+    rows = summary[summary["cell"].isin(ids)].reset_index(drop=True)
     provenance = {
-        "experiment": experiment, "config": config, "cells": int(summary["cell"].nunique()),
-        "cells_planned": len(ids), "seeds": int(summary["seed"].nunique()) if len(summary) else 0,
+        "experiment": experiment, "config": config, "cells": int(rows["cell"].nunique()),
+        "cells_planned": len(ids), "seeds": int(rows["seed"].nunique()) if len(rows) else 0,
     }  # fmt: skip
     return rows, provenance
 

@@ -60,6 +60,3 @@ TABLE3 = {
     ("cifar10", "raw"): 46.0,
     ("cifar10", "random_conv_features"): 17.0,
 }
-
-# Figure 1b: relative time to overfit at p = 1 lies in this range for the three models
-FIG1B_FACTOR_RANGE = (1.5, 4.0)

@@ -32,18 +32,18 @@ def _diff(ours, theirs):
 
 
 def _grouped(cells, keys):
-    """Mean over seeds of each row's metrics, the seed count and whether every seed fitted."""
+    """Per row key (a tuple of `keys`' values): the mean over seeds of its metrics, the seed
+    count and whether every seed fitted."""
     agg = cells.groupby(keys, dropna=False, sort=False).agg(
         train=("final_train_acc", "mean"), test=("final_test_acc", "mean"),
         best_test=("best_test_acc", "mean"), n=("seed", "nunique"), fitted=("converged", "all"),
     )  # fmt: skip
-    return agg.reset_index()
+    return {tuple(r[k] for k in keys): r for r in agg.reset_index().to_dict("records")}
 
 
 def table1(cells):
     cells = metrics.with_switches(cells)
-    groups = _grouped(cells, ["arch_name", "crop", "wd", "noise"])
-    ours = {tuple(r[k] for k in ("arch_name", "crop", "wd", "noise")): r for r in groups.to_dict("records")}
+    ours = _grouped(cells, ["arch_name", "crop", "wd", "noise"])
     keys = list(dict.fromkeys([*ours, *paper.TABLE1]))
     rows = []
     for arch, crop, wd, noise in keys:
@@ -51,7 +51,7 @@ def table1(cells):
         train, test = (_pct(mine["train"]), _pct(mine["test"])) if mine else (None, None)
         rows.append({
             "model": arch + ("" if noise == "true_labels" else f", {NOISE_WORDS.get(noise, noise)}"),
-            "random crop": "yes" if crop else "no", "weight decay": "yes" if wd else "no",
+            "random crop": _yn(crop), "weight decay": _yn(wd),
             "train (ours)": train, "train (paper)": theirs[0], "train diff": _diff(train, theirs[0]),
             "test (ours)": test, "test (paper)": theirs[1], "test diff": _diff(test, theirs[1]),
             "fitted": _fitted(mine), "n": mine["n"] if mine else 0,
@@ -61,8 +61,7 @@ def table1(cells):
 
 def table2(cells):
     cells = metrics.with_switches(cells)
-    groups = _grouped(cells, ["noise", "aug", "dropout", "wd"])
-    ours = {tuple(r[k] for k in ("noise", "aug", "dropout", "wd")): r for r in groups.to_dict("records")}
+    ours = _grouped(cells, ["noise", "aug", "dropout", "wd"])
     rows = []
     for key in dict.fromkeys([*ours, *paper.TABLE2]):
         noise, aug, dropout, wd = key
@@ -83,8 +82,7 @@ def table2(cells):
 def table4(cells):
     cells = metrics.with_switches(cells)
     cells = cells.assign(regularizer_kind=cells.apply(_table4_kind, axis=1))
-    groups = _grouped(cells, ["arch_name", "regularizer_kind"])
-    ours = {(r["arch_name"], r["regularizer_kind"]): r for r in groups.to_dict("records")}
+    ours = _grouped(cells, ["arch_name", "regularizer_kind"])
     words = {"wd": "weight decay", "crop": "random cropping", "aug": "augmentation"}
     rows = []
     for key in dict.fromkeys([*ours, *paper.TABLE4]):

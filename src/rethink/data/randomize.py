@@ -30,7 +30,7 @@ import numpy as np
 from rethink.errors import RethinkError
 
 NAMED = ("true_labels", "random_labels", "shuffled_pixels", "random_pixels", "gaussian")
-LABEL_NOISES = ("true_labels", "corrupt", "random_labels")
+IMAGE_NOISES = ("shuffled_pixels", "random_pixels", "gaussian")  # the rest change labels, or nothing
 _CORRUPT = re.compile(r"corrupt_p(?P<level>\d+(?:\.\d+)?)")
 # Snakemake wildcard constraint for the noise part of a shard path (clean data is not a noise).
 WILDCARD_PATTERN = "|".join(["random_labels", "shuffled_pixels", "random_pixels", "gaussian"]) + (
@@ -57,7 +57,7 @@ class Noise:
 
     @property
     def changes_images(self):
-        return self.kind in ("shuffled_pixels", "random_pixels", "gaussian")
+        return self.kind in IMAGE_NOISES
 
     @property
     def splits(self):

@@ -6,6 +6,7 @@ import math
 import pathlib
 
 from rethink.data.shards import stored_checksum
+from rethink.data.sources import canonical_json
 from rethink.errors import RethinkError
 from rethink.models import ARCHITECTURES
 
@@ -97,13 +98,9 @@ def load(path):
     return validate(cell, str(path))
 
 
-def canonical(cell):
-    return json.dumps(cell, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
 def inputs_sha256(cell, train_paths, test_paths):
     """What a checkpoint must match to be resumed: the canonical cell and every shard's content."""
-    digest = hashlib.sha256(canonical(cell).encode())
+    digest = hashlib.sha256(canonical_json(cell).encode())
     for split, paths in (("train", train_paths), ("test", test_paths)):
         for path in paths:
             digest.update(f"|{split}:{stored_checksum(path)}".encode())

@@ -15,7 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from rethink.data.shards import read_split
+from rethink.data.shards import read_split_tensors
 from rethink.errors import RethinkError
 from rethink.fileio import write_text_atomic
 from rethink.models import build_model, count_parameters
@@ -40,8 +40,8 @@ def stream_seed(seed, stream):
 
 
 def load_data(train_paths, test_paths, crop_size, device):
-    train, attrs = read_split(train_paths, ("images", "labels"))
-    test, _ = read_split(test_paths, ("images", "labels"))
+    train, attrs = read_split_tensors(train_paths, ("images", "labels"))
+    test, _ = read_split_tensors(test_paths, ("images", "labels"))
     shape = tuple(train["images"].shape[1:])
     if shape != tuple(test["images"].shape[1:]):
         raise RethinkError(
@@ -57,7 +57,7 @@ def load_data(train_paths, test_paths, crop_size, device):
     if max(train["labels"].max(), test["labels"].max()) >= num_classes:
         raise RethinkError(f"labels exceed the {num_classes} classes the shards declare")
     arrays = (train["images"], train["labels"], test["images"], test["labels"])
-    return [torch.from_numpy(a).to(device) for a in arrays], num_classes, shape
+    return [a.to(device) for a in arrays], num_classes, shape
 
 
 @torch.no_grad()
