@@ -18,9 +18,9 @@ needs_fashion_mnist = pytest.mark.skipif(
 )
 
 
-def synthetic_spec(name="synth", n_train=64, n_test=32, shape=(3, 32, 32), seed=0, classes=10):
+def synthetic_spec(n_train=64, n_test=32, shape=(3, 32, 32), seed=0, classes=10, subset=None):
     return {
-        "name": name, "source": "synthetic", "root": None, "download": False, "subset": {},
+        "name": "synth", "source": "synthetic", "root": None, "download": False, "subset": subset or {},
         "synthetic": {"n_train": n_train, "n_test": n_test, "shape": list(shape),
                       "classes": classes, "noise_std": 40.0, "seed": seed},
     }
@@ -29,14 +29,14 @@ def synthetic_spec(name="synth", n_train=64, n_test=32, shape=(3, 32, 32), seed=
 SHARDS = {"size": 50000, "compression": "lzf", "chunk_samples": 256}
 
 
-def tiny_config(experiments, n_train=64, n_test=32, shard_size=50000, max_epochs=2):
+def tiny_config(experiments, n_train=64, n_test=32, shard_size=50000):
     """A workflow config small enough to train for real in seconds: synthetic 1x8x8 images,
     a narrow MLP and a narrow AlexNet."""
     return {
         "datasets": {"synth": {"source": "synthetic", "synthetic": {
             "n_train": n_train, "n_test": n_test, "shape": [1, 8, 8], "noise_std": 40.0}}},
         "shards": {"size": shard_size},
-        "training": {"batch_size": 16, "max_epochs": max_epochs, "crop_size": 8, "device": "cpu"},
+        "training": {"batch_size": 16, "max_epochs": 2, "crop_size": 8, "device": "cpu"},
         "architectures": {"mlp": {"model": "mlp_1x512", "width": 0.05, "runtime_minutes": 5, "mem_mb": 500},
                           "alexnet": {"width": 0.1, "runtime_minutes": 5, "mem_mb": 500}},
         "regularizers": {"none": {}, "wd": {"weight_decay": 0.0005}},
@@ -47,21 +47,32 @@ def tiny_config(experiments, n_train=64, n_test=32, shard_size=50000, max_epochs
 class Workflow:
     """A copy of the workflow and of the package sources in a temporary directory, driven
     through the snakemake CLI. The copied `src/` comes first on PYTHONPATH, so a test may edit
-    the package's code there without touching the repository."""
+    the package's code there without touching the repository. With `source`, a copy of another
+    Workflow instead (its results and metadata too, mtimes preserved)."""
 
-    def __init__(self, root):
+    def __init__(self, root, source=None):
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        for item in ("Snakefile", "workflow", "config", "profiles", "src", "environment.yml"):
-            src = REPO / item
-            (shutil.copytree if src.is_dir() else shutil.copy)(
-                src, root / item, **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {})
-            )
+        if source is not None:
+            shutil.copytree(source.root, root, symlinks=True, dirs_exist_ok=True)
+        else:
+            for item in ("Snakefile", "workflow", "config", "profiles", "src", "environment.yml"):
+                src = REPO / item
+                (shutil.copytree if src.is_dir() else shutil.copy)(
+                    src, root / item, **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {})
+                )
         self.env = dict(
             os.environ,
             PATH=f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
             PYTHONPATH=os.pathsep.join([str(root / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]),
         )
+
+    def user_env(self, home):
+        """This environment as a user whose home is `home`: snakemake --profile NAME finds
+        home/.config/snakemake/NAME there."""
+        env = dict(self.env, HOME=str(home))
+        env.pop("XDG_CONFIG_HOME", None)
+        return env
 
     def write_config(self, config, name="test.yaml"):
         path = self.root / "config" / name

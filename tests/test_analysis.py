@@ -7,11 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import SCHEMA
+from rethink import config as rconfig
 from rethink.analysis import claims, figures, metrics, tables
 
-DEFAULT_THRESHOLDS = {"fit_accuracy": 0.99, "chance_z": 3.0, "min_rank_correlation": 0.8, "max_overfit_factor": 10.0,
-                      "max_regularizer_to_architecture_ratio": 0.5, "batchnorm_max_points": 10.0,
-                      "early_stopping_max_points": 5.0}
+CLAIMS_SCHEMA = rconfig.load_schema(SCHEMA)["properties"]["claims"]["properties"]
+DEFAULT_THRESHOLDS = {name: value["default"] for name, value in CLAIMS_SCHEMA.items()}
 
 
 def cell(arch, noise="true_labels", reg="none", seed=0, train=1.0, test=0.8, steps=100, best=None, level=None,

@@ -1,7 +1,6 @@
 """The profiles: `snakemake --profile slurm` plans the paper grid with our profile installed,
 and installing it never replaces a user's own site profile."""
 
-import os
 import shutil
 import subprocess
 
@@ -14,9 +13,7 @@ PAPER_CELLS = 55
 
 
 def train_jobs(workflow, *args, home):
-    env = dict(workflow.env, HOME=str(home))
-    env.pop("XDG_CONFIG_HOME", None)
-    out = workflow.run("-n", "--quiet", "rules", *args, env=env).stdout
+    out = workflow.run("-n", "--quiet", "rules", *args, env=workflow.user_env(home)).stdout
     return int(next(line.split()[1] for line in out.splitlines() if line.startswith("train_cell ")))
 
 
@@ -24,8 +21,7 @@ def test_slurm_profile_runs_the_paper_grid_installed_or_in_place(workflow, tmp_p
     shutil.copy(REPO / "Makefile", workflow.root)
     home = tmp_path / "home"
     make = ["make", "--no-print-directory", "slurm-profile"]
-    env = dict(os.environ, HOME=str(home))
-    env.pop("XDG_CONFIG_HOME", None)
+    env = workflow.user_env(home)
     first = subprocess.run(make, cwd=workflow.root, env=env, capture_output=True, text=True, check=True)
     installed = home / ".config/snakemake/slurm/config.yaml"
     assert "installed" in first.stdout and installed.read_text() == (REPO / "profiles/slurm/config.yaml").read_text()

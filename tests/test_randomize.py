@@ -17,7 +17,7 @@ def labels(n=N, seed=0):
     return np.random.default_rng(seed).integers(0, K, n)
 
 
-def positional_images(n, channels=3, side=16, seed=0):
+def positional_images(n, channels=3, side=16):
     """Images whose channel 0 holds each pixel's position (16x16 = 256 positions, all distinct),
     channel 1 a copy and channel 2 the reverse, so a permutation can be read off exactly."""
     pos = np.arange(side * side, dtype=np.uint8).reshape(side, side)

@@ -62,9 +62,7 @@ def install_profile(home, configfile, **extra):
 
 
 def run_profile(wf, home, *args, check=True, timeout=900):
-    env = dict(wf.env, HOME=str(home))
-    env.pop("XDG_CONFIG_HOME", None)
-    proc = wf.run("--profile", "slurm", *args, env=env, check=check, timeout=timeout)
+    proc = wf.run("--profile", "slurm", *args, env=wf.user_env(home), check=check, timeout=timeout)
     return proc, run_id(proc.stdout + proc.stderr)
 
 
@@ -221,10 +219,8 @@ def test_a_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(clu
     configfile = wf.write_config(long_cell_config(**SHORT))
     install_profile(home, configfile)
     wf.run("--configfile", configfile, "-c2", "data_shards")  # the data is not what is tested here
-    env = dict(wf.env, HOME=str(home))
-    env.pop("XDG_CONFIG_HOME", None)
     out = open(tmp_path / "snakemake.log", "w")
-    proc = subprocess.Popen(["python", "-m", "snakemake", "--profile", "slurm", TRAINED], cwd=wf.root, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--profile", "slurm", TRAINED], cwd=wf.root, env=wf.user_env(home),
                             stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 import realformat as rf
+from conftest import FASHION_MNIST_ROOT, synthetic_spec
 from rethink.data import sources
 from rethink.errors import RethinkError
 
-FASHION_ROOT = pathlib.Path("/usr/share/datasets/fashion-mnist")
 CIFAR_PER_BATCH = 20  # -> 100 train, 20 test
 MNIST_TRAIN, MNIST_TEST = 60, 30
 
@@ -28,17 +28,6 @@ def spec_for(source, root, subset=None, **extra):
     if subset is not None:
         spec["subset"] = subset
     spec.update(extra)
-    return spec
-
-
-def synthetic_spec(seed=0, n_train=300, n_test=200, shape=(3, 32, 32), classes=10, subset=None):
-    spec = {
-        "name": "synth", "source": "synthetic", "download": False,
-        "synthetic": {"n_train": n_train, "n_test": n_test, "shape": list(shape),
-                      "classes": classes, "noise_std": 40.0, "seed": seed},
-    }
-    if subset is not None:
-        spec["subset"] = subset
     return spec
 
 
@@ -216,8 +205,8 @@ def test_provenance_follows_file_content(tmp_path, small_full_sizes):
 
 @pytest.fixture(scope="module")
 def fashion():
-    if not all((FASHION_ROOT / f"{name}.gz").is_file() for pair in rf.IDX_FILES.values() for name in pair):
-        pytest.skip(f"{FASHION_ROOT} with the four idx .gz files is absent "
+    if not all((FASHION_MNIST_ROOT / f"{name}.gz").is_file() for pair in rf.IDX_FILES.values() for name in pair):
+        pytest.skip(f"{FASHION_MNIST_ROOT} with the four idx .gz files is absent "
                     "(apt-get install dataset-fashion-mnist)")
     spec = {"name": "fashion_mnist", "source": "fashion_mnist", "download": False}  # default root
     return spec, {split: sources.load_split(spec, split) for split in sources.SPLITS}
@@ -233,7 +222,7 @@ def test_fashion_mnist_debian_files(fashion, split, n):
     assert 0 < images.mean() < 255 and images.max() == 255 and images.min() == 0
     assert sources.split_size(spec, split) == n and sources.shape(spec) == images.shape[1:]
     files = json.loads(provenance["source_files"])
-    assert files == [str(FASHION_ROOT / f"{name}.gz") for name in rf.IDX_FILES[split]]
+    assert files == [str(FASHION_MNIST_ROOT / f"{name}.gz") for name in rf.IDX_FILES[split]]
     assert len(provenance["source_sha256"]) == 64
 
 
@@ -251,7 +240,7 @@ def test_fashion_mnist_matches_torchvision_reader(fashion, tmp_path):
     _, loaded = fashion
     read = {}
     for name in rf.IDX_FILES["test"]:
-        with gzip.open(FASHION_ROOT / f"{name}.gz", "rb") as src, open(tmp_path / name, "wb") as dst:
+        with gzip.open(FASHION_MNIST_ROOT / f"{name}.gz", "rb") as src, open(tmp_path / name, "wb") as dst:
             shutil.copyfileobj(src, dst)
     mnist_module = torchvision.datasets.mnist
     read["images"] = mnist_module.read_image_file(str(tmp_path / "t10k-images-idx3-ubyte")).numpy()
@@ -539,9 +528,9 @@ def test_unpicklable_but_wrong_cifar_batch_names_the_file(tmp_path, content):
 
 
 def test_synthetic_deterministic_and_seeded():
-    a_images, a_labels, a_prov = sources.load_split(synthetic_spec(seed=0), "train")
-    b_images, b_labels, b_prov = sources.load_split(synthetic_spec(seed=0), "train")
-    c_images, c_labels, c_prov = sources.load_split(synthetic_spec(seed=1), "train")
+    a_images, a_labels, a_prov = sources.load_split(synthetic_spec(300, 200, seed=0), "train")
+    b_images, b_labels, b_prov = sources.load_split(synthetic_spec(300, 200, seed=0), "train")
+    c_images, c_labels, c_prov = sources.load_split(synthetic_spec(300, 200, seed=1), "train")
     np.testing.assert_array_equal(a_images, b_images)
     np.testing.assert_array_equal(a_labels, b_labels)
     assert a_prov == b_prov and a_prov["source_sha256"] != c_prov["source_sha256"]

@@ -1,6 +1,5 @@
 """The trainer: fitting random labels, determinism, SIGTERM + resume, regularizer wiring, errors."""
 
-import copy
 import csv
 import json
 import os
@@ -241,7 +240,7 @@ def test_dropout_only_in_training_mode(tmp_path, data):
     (lambda c: c.update(wall_s=3), r"'wall_s' is reserved for summary\.json"),
 ])  # fmt: skip
 def test_invalid_cells_name_key_and_allowed_values(change, message):
-    cell = copy.deepcopy(make_cell())
+    cell = make_cell()  # fresh dicts on every call
     change(cell)
     with pytest.raises(RethinkError, match=message):
         cells.validate(cell)

@@ -5,10 +5,12 @@ each test works on its own copy of that finished run."""
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
-from conftest import Workflow, tiny_config
+from conftest import REPO, Workflow, tiny_config
 
 pytestmark = pytest.mark.workflow
 
@@ -41,10 +43,7 @@ def finished(tmp_path_factory):
 def copy(finished, tmp_path):
     """A private copy of the finished run (results, metadata, sources), mtimes preserved."""
     wf, config, _ = finished
-    clone = tmp_path / "wf"
-    shutil.copytree(wf.root, clone, symlinks=True)
-    new = Workflow.__new__(Workflow)
-    new.root, new.env = clone, dict(wf.env, PYTHONPATH=str(clone / "src"))
+    new = Workflow(tmp_path / "wf", source=wf)
     return new, new.root / config.relative_to(wf.root)
 
 
@@ -148,10 +147,7 @@ def test_lint_reports_nothing(copy):
 
 
 def test_workflow_files_are_snakefmt_clean():
-    from conftest import REPO
-
-    snakefmt = shutil.which("snakefmt", path=os.path.dirname(os.sys.executable))
+    snakefmt = shutil.which("snakefmt", path=os.path.dirname(sys.executable))
     files = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
-    proc = __import__("subprocess").run([snakefmt, "--check", "--diff", *map(str, files)],
-                                        capture_output=True, text=True)
+    proc = subprocess.run([snakefmt, "--check", "--diff", *map(str, files)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
