@@ -19,7 +19,7 @@ from rethink.models import build_model, count_parameters
 from rethink.train import cell as cells
 from rethink.train import checkpoint
 from rethink.train.__main__ import main
-from rethink.train.loop import HISTORY_COLUMNS, resolve_device, train
+from rethink.train.loop import HISTORY_COLUMNS, Job, resolve_device, train
 
 HPARAMS = {
     "lr": 0.01, "lr_decay": 0.95, "momentum": 0.9, "batch_size": 32, "max_epochs": 30,
@@ -41,16 +41,17 @@ def _one_thread():
 
 def make_cell(arch="mlp_1x512", width=1.0, seed=0, **hp):
     return {"cell": f"test/{arch}", "arch": arch, "width": width, "seed": seed,
-            "hparams": dict(HPARAMS, **hp), "dataset": "synth", "noise": "random_labels"}
+            "hparams": dict(HPARAMS, **hp), "dataset": "synth", "noise": "true_labels"}
 
 
 def write_split(path, n, shape, split, seed, classes=10):
-    """Random images with random labels: nothing to learn, everything to memorise."""
+    """Random images with random labels: nothing to learn, everything to memorise. Stored as a
+    clean shard (the trainer checks a cell's noise against its shards: these cells say true_labels)."""
     rng = np.random.default_rng(seed)
     arrays = {"images": rng.integers(0, 256, (n, *shape), dtype=np.uint8),
               "labels": rng.integers(0, classes, n).astype(np.int64)}
-    attrs = dict(dataset="synth", split=split, noise="random_labels" if split == "train" else "clean",
-                 seed=seed, shard_index=0, n_shards=1, num_classes=classes)
+    attrs = dict(dataset="synth", split=split, noise="clean", level=0.0, seed=-1, shard_index=0, n_shards=1,
+                 num_classes=classes)
     write_shard(path, arrays, attrs)
     return str(path)
 
@@ -63,7 +64,7 @@ def data(tmp_path):
 
 
 def run(tmp_path, cell, data, name="run"):
-    summary = train(cell, *data, tmp_path / name, tmp_path / f"{name}.ckpt", echo=False)
+    summary = train(Job(cell, *data, tmp_path / name, tmp_path / f"{name}.ckpt"), echo=False)[0]
     return summary, read_history(tmp_path / name / "history.csv")
 
 
@@ -90,7 +91,7 @@ def test_mlp_fits_random_labels(tmp_path, data):
     steps_per_epoch = 256 // 32
     assert summary["steps_to_fit"] == summary["epochs_to_fit"] * steps_per_epoch == summary["steps"]
     assert summary["n_params"] == 784 * 512 + 512 + 512 * 10 + 10
-    assert (summary["dataset"], summary["noise"]) == ("synth", "random_labels")  # extra keys copied
+    assert (summary["dataset"], summary["noise"]) == ("synth", "true_labels")  # extra keys copied
     assert summary["hparams"] == HPARAMS and summary["device"] == "cpu"
     # history: one row per epoch from the untrained net on, lr = the lr that epoch trained with
     assert tuple(history[0]) == HISTORY_COLUMNS
@@ -101,7 +102,8 @@ def test_mlp_fits_random_labels(tmp_path, data):
     log = (tmp_path / "run" / "train.log").read_text()
     assert "start cell=test/mlp_1x512" in log and "stop: fit_threshold" in log
     assert len(re.findall(r"epoch\s+\d+ step\s+\d+ lr", log)) == len(history)
-    assert not (tmp_path / "run.ckpt").exists()  # deleted after a successful finish
+    # the checkpoint is now a finished one: the history and summary, to re-emit them if needed
+    assert checkpoint.is_finished(torch.load(tmp_path / "run.ckpt", weights_only=True))
 
 
 def test_inception_fits_random_labels(tmp_path):
@@ -118,8 +120,10 @@ def test_max_epochs_stop(tmp_path, data):
     summary, history = run(tmp_path, make_cell(max_epochs=2, eval_every_epochs=5), data)
     assert summary["stop_reason"] == "max_epochs" and summary["converged"] is False
     assert summary["steps_to_fit"] is None and summary["epochs_to_fit"] is None
-    assert [int(r["epoch"]) for r in history] == [0, 2]  # the end is always evaluated
-    assert re.search(r"epoch\s+1 step\s+8 lr 0\.01 \(not evaluated\)", (tmp_path / "run" / "train.log").read_text())
+    assert [int(r["epoch"]) for r in history] == [0, 1, 2]  # a row per epoch; the end is always evaluated
+    assert history[1]["train_acc"] == "" and float(history[1]["train_avg_acc"]) > 0 and history[2]["train_acc"]
+    assert re.search(r"epoch\s+1 step\s+8 lr 0\.01 train avg loss \d\.\d{4} train avg acc \d\.\d{4} elapsed",
+                     (tmp_path / "run" / "train.log").read_text())
 
 
 # ----------------------------------------------------------------------------- determinism
@@ -182,7 +186,8 @@ def test_sigterm_then_resume_is_bit_identical(tmp_path, capsys):
     proc = cli(args("resumed"))
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    assert not ckpt.exists() and re.search(r"resume from .* at epoch \d+ step \d+", log.read_text())
+    assert checkpoint.is_finished(torch.load(ckpt, weights_only=True))
+    assert re.search(r"resume from .* at epoch \d+ step \d+", log.read_text())
 
     proc = cli(args("straight", checkpoint=tmp_path / "ckpt" / "straight.pt"))
     _, err = proc.communicate(timeout=120)
@@ -198,12 +203,12 @@ def test_foreign_checkpoint_is_refused(tmp_path, data):
     other = make_cell(lr=0.02)
     checkpoint.save(ckpt, {"inputs_sha256": cells.inputs_sha256(other, *data), "device_type": "cpu"})
     with pytest.raises(RethinkError, match="different cell or different shards"):
-        train(make_cell(), *data, tmp_path / "out", ckpt, echo=False)
+        train(Job(make_cell(), *data, tmp_path / "out", ckpt), echo=False)
     assert ckpt.exists()
     # same cell, but a shard with other content: refused as well
     write_split(data[1][0], 64, (1, 28, 28), "test", 3)
     with pytest.raises(RethinkError, match="different cell or different shards"):
-        train(other, *data, tmp_path / "out", ckpt, echo=False)
+        train(Job(other, *data, tmp_path / "out", ckpt), echo=False)
 
 
 # ----------------------------------------------------------------------------- regularizers
@@ -278,7 +283,10 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, data, capsys):
     assert f"{missing}: shard not found" in err
     small = write_split(tmp_path / "small.h5", 8, (1, 24, 24), "test", 2)
     err = cli_error(capsys, ["--cell", str(good), *base[:3], small, *base[4:]])
-    assert "train images are (1, 28, 28) but test images are (1, 24, 24)" in err
+    assert "small.h5: images of shape (1, 24, 24) are smaller than hparams.crop_size=28" in err
+    rgb = write_split(tmp_path / "rgb.h5", 8, (3, 28, 28), "test", 2)
+    err = cli_error(capsys, ["--cell", str(good), *base[:3], rgb, *base[4:]])
+    assert "train images are (1, 28, 28) but test images are (3, 28, 28)" in err
     assert not (tmp_path / "o" / "summary.json").exists()
 
 

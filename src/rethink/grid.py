@@ -108,6 +108,28 @@ def _add(cells, owners, cell, cell_spec, where):
     owners.setdefault(cell.id, where)
 
 
+@dataclasses.dataclass(frozen=True)
+class Pack:
+    """Cells trained together by one job (compute.pack at a time); a pack of one is one cell."""
+
+    rule: str  # the Snakemake rule that trains it: train_<dataset>_<arch>_p<NNN>
+    ids: tuple  # its cells' ids
+
+
+def packs(config, cells):
+    """Cells -> packs of up to compute.pack cells of one dataset, architecture and device, in
+    cell-id order (so pack-mates are neighbours: same regularizer, other noises and seeds)."""
+    size, groups, counts = config["compute"]["pack"], {}, {}
+    for cell_id, (cell, cell_spec) in cells.items():
+        groups.setdefault((cell.dataset, cell.arch, cell_spec["hparams"]["device"]), []).append(cell_id)
+    result = []
+    for (dataset, arch, _), ids in groups.items():
+        for start in range(0, len(ids), size):
+            n = counts[dataset, arch] = counts.get((dataset, arch), -1) + 1
+            result.append(Pack(f"train_{dataset}_{arch}_p{n:03d}", tuple(ids[start : start + size])))
+    return result
+
+
 def data_units(config, cells=None):
     """Sorted (dataset, noise, seed) triples the cells read, deduplicated. `cells`: the first
     result of expand(config), when the caller already has it (saves a second expansion)."""

@@ -21,8 +21,8 @@ CELL_HISTORY = CELL_DIR + "/history.csv"
 CELL_SUMMARY = CELL_DIR + "/summary.json"
 # The trainer's own log (train.log: epochs, checkpoints, resumes) lives in the cell directory and
 # is appended across retries; Snakemake truncates a rule's declared log on every attempt, so the
-# declared log is the job's stderr for that attempt (where a failure's one-line cause goes).
-TRAIN_JOB_LOG = RESULTS + "/logs/train/" + CELL_ID + ".log"
+# declared log is the pack job's stderr for that attempt (where a failure's one-line cause goes).
+TRAIN_JOB_LOG = RESULTS + "/logs/train/{pack}.log"
 CHECKPOINT = RESULTS + "/checkpoints/" + CELL_ID + "/{key}.pt"
 METRICS = {f"{table}_{ext}": f"{RESULTS}/metrics/{table}.{ext}" for table in ("summary", "curves") for ext in ("csv", "parquet")}
 
@@ -61,9 +61,18 @@ FIGURE = RESULTS + "/figures/{name}.{ext}"
 TABLE = RESULTS + "/tables/{name}.{ext}"
 CLAIMS = RESULTS + "/claims.{ext}"
 
-def checkpoint(wildcards, cell_json, code_digest):
+def checkpoint(cell, cell_json, code_digest):
     key = hashlib.sha256(f"{cell_json}|{code_digest}".encode()).hexdigest()[:16]
-    return CHECKPOINT.format(**dict(wildcards), key=key)
+    return CHECKPOINT.format(**cell.wildcards, key=key)
+
+
+def cell_dir(cell):
+    return CELL_DIR.format(**cell.wildcards)
+
+
+def cell_files(cell):
+    """A cell's declared outputs: cell.json, history.csv, summary.json (written last)."""
+    return [template.format(**cell.wildcards) for template in (CELL_JSON, CELL_HISTORY, CELL_SUMMARY)]
 
 
 def cell_summary(cell):

@@ -163,48 +163,74 @@ def gaussian_stats(wildcards):
 
 # ----------------------------------------------------------------------------- training inputs
 
+PACKS = grid.packs(config, CELLS)
 
-def cell_of(wildcards):
-    cell_id = paths.CELL_ID.format(**wildcards)
-    if cell_id not in CELLS:
-        raise WorkflowError(
-            f"{cell_id} is not a cell of this config (python -m rethink.grid lists them)"
+
+def pack_members(pack):
+    return [CELLS[cell_id] for cell_id in pack.ids]
+
+
+def cell_split_shards(cell, split):
+    return paths.split_shards(
+        dataset_spec(cell.dataset), SHARDS, cell.noise, cell.seed, split
+    )
+
+
+def pack_shards(pack, split):
+    """Every shard the pack's cells read for `split`, and the clean shards a randomized shard
+    links to (its true labels, and images for label noise): a deleted clean shard is rebuilt.
+    """
+    shards = set()
+    for cell, _ in pack_members(pack):
+        shards.update(cell_split_shards(cell, split))
+        shards.update(paths.clean_shards(dataset_spec(cell.dataset), SHARDS, split))
+    return sorted(shards)
+
+
+def pack_outputs(pack):
+    return [f for cell, _ in pack_members(pack) for f in paths.cell_files(cell)]
+
+
+def pack_json(pack):
+    """What the trainer reads: each cell's JSON, its shards, output directory and checkpoint
+    (keyed by the cell's JSON and the training code, so an edited cell starts afresh).
+    """
+    members = []
+    for cell, spec in pack_members(pack):
+        members.append(
+            {
+                "cell": spec,
+                "train": cell_split_shards(cell, "train"),
+                "test": cell_split_shards(cell, "test"),
+                "out_dir": paths.cell_dir(cell),
+                "checkpoint": paths.checkpoint(
+                    cell, sources.canonical_json(spec), CODE["train"]
+                ),
+            }
         )
-    return CELLS[cell_id]
+    return sources.canonical_json(members)
 
 
-def cell_shards(split):
-    def shards(wildcards):
-        cell, _ = cell_of(wildcards)
-        return paths.split_shards(
-            dataset_spec(cell.dataset), SHARDS, cell.noise, cell.seed, split
-        )
-
-    return shards
-
-
-def cell_json(wildcards):
-    return sources.canonical_json(cell_of(wildcards)[1])
-
-
-def cell_checkpoint(wildcards):
-    return paths.checkpoint(wildcards, cell_json(wildcards), CODE["train"])
-
-
-def cell_gpus(wildcards):
+def pack_gpus(pack):
     requested = config["compute"]["gpus"]
     if requested is not None:
         return requested
-    return 1 if cell_of(wildcards)[1]["hparams"]["device"] == "cuda" else 0
+    return 1 if pack_members(pack)[0][1]["hparams"]["device"] == "cuda" else 0
 
 
-def cell_runtime(wildcards, attempt):
-    """Minutes: the architecture's estimate times the attempt number (a retry gets more time)."""
-    return int(config["architectures"][wildcards.arch]["runtime_minutes"] * attempt)
+def pack_runtime(pack):
+    """Minutes: the architecture's estimate per cell, times the cells, times the attempt number
+    (a retry gets more time)."""
+    per_cell = config["architectures"][pack_members(pack)[0][0].arch]["runtime_minutes"]
+
+    def runtime(wildcards, attempt):
+        return int(per_cell * len(pack.ids) * attempt)
+
+    return runtime
 
 
-def cell_mem_mb(wildcards):
-    return config["architectures"][wildcards.arch]["mem_mb"]
+def pack_mem_mb(pack):
+    return config["architectures"][pack_members(pack)[0][0].arch]["mem_mb"]
 
 
 onstart:

@@ -1,34 +1,35 @@
-# One training job per cell. A retried job resumes from its checkpoint, which lives outside
-# the declared outputs so that Snakemake's cleanup of a failed job cannot delete it.
+# One training job per pack of cells (compute.pack of one architecture; 1 = a job per cell),
+# one rule per pack, named train_<dataset>_<arch>_p<NNN>. A retried job resumes from its cells'
+# checkpoints, which live outside the declared outputs so that Snakemake's cleanup of a failed
+# job cannot delete them; a rerun pack re-emits its finished cells instead of training them.
+# `exec`: the trainer's parent is Snakemake itself, so it notices when Snakemake is killed.
 
 
-rule train_cell:
-    input:
-        train=cell_shards("train"),
-        test=cell_shards("test"),
-    output:
-        cell=paths.CELL_JSON,
-        history=paths.CELL_HISTORY,
-        summary=paths.CELL_SUMMARY,
-    log:
-        paths.TRAIN_JOB_LOG,
-    wildcard_constraints:
-        noise=randomize.CELL_WILDCARD_PATTERN,
-    conda:
-        ENV
-    # Snakemake exports OMP_NUM_THREADS (and the BLAS equivalents) = threads to the shell
-    threads: config["compute"]["threads"]
-    resources:
-        runtime=cell_runtime,
-        mem_mb=cell_mem_mb,
-        cpus_per_task=config["compute"]["threads"],
-        gpu=cell_gpus,
-    params:
-        cell=cell_json,
-        code=CODE["train"],
-        checkpoint=cell_checkpoint,
-    shell:
-        "printf '%s\\n' {params.cell:q} > {output.cell}"
-        " && python -m rethink.train --cell {output.cell}"
-        " --train-shards {input.train} --test-shards {input.test} --out-dir $(dirname {output.summary})"
-        " --checkpoint {params.checkpoint} > /dev/null 2> {log}"
+for pack in PACKS:
+
+    rule:
+        name:
+            pack.rule
+        input:
+            train=pack_shards(pack, "train"),
+            test=pack_shards(pack, "test"),
+        output:
+            pack_outputs(pack),
+        log:
+            paths.TRAIN_JOB_LOG.format(pack=pack.rule),
+        conda:
+            ENV
+        # Snakemake exports OMP_NUM_THREADS (and the BLAS equivalents) = threads to the shell
+        threads: config["compute"]["threads"]
+        resources:
+            runtime=pack_runtime(pack),
+            mem_mb=pack_mem_mb(pack),
+            cpus_per_task=config["compute"]["threads"],
+            gpu=pack_gpus(pack),
+        params:
+            pack=pack_json(pack),
+            code=CODE["train"],
+            compile=config["compute"]["compile"],
+        shell:
+            "exec python -m rethink.train --pack {params.pack:q} --compile {params.compile}"
+            " > /dev/null 2> {log}"

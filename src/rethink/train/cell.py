@@ -6,6 +6,7 @@ import math
 import pathlib
 
 from rethink.data.shards import stored_checksum
+from rethink.data.randomize import parse_noise
 from rethink.data.sources import canonical_json
 from rethink.errors import RethinkError
 from rethink.models import ARCHITECTURES
@@ -105,3 +106,24 @@ def inputs_sha256(cell, train_paths, test_paths):
         for path in paths:
             digest.update(f"|{split}:{stored_checksum(path)}".encode())
     return digest.hexdigest()
+
+
+def check_shards(cell, split, attrs, path):
+    """Refuse shards that are not this cell's: each identity attribute the cell states (dataset,
+    noise, seed, level) must match shard 0's (read_split already made its shards agree)."""
+    expected = {"split": split}
+    if "dataset" in cell:
+        expected["dataset"] = cell["dataset"]
+    if "noise" in cell:
+        randomized = split in parse_noise(cell["noise"]).splits
+        expected["noise"] = cell["noise"] if randomized else "clean"
+        if randomized:
+            expected["seed"] = cell["seed"]
+            if "level" in cell:
+                expected["level"] = cell["level"]
+    for field, value in expected.items():
+        if attrs.get(field) != value:
+            raise RethinkError(
+                f"{path}: this shard has {field}={attrs.get(field)!r}, but cell {cell['cell']} needs "
+                f"{field}={value!r} for its {split} split; pass the cell's own shards (see python -m rethink.grid)"
+            )

@@ -2,6 +2,11 @@
 
 A signal handler only records the signal; the loop saves at the next step boundary, where
 the model, optimizer and RNG states agree with each other.
+
+A checkpoint is either resumable (model, optimizer, generators, progress) or *finished*: the
+cell's history and summary, written before its outputs and kept after them. A rerun of a job
+whose outputs Snakemake threw away (a kill after training, SIGINT to snakemake, a pack rerun
+because a pack-mate changed) re-emits a finished cell instead of training it again.
 """
 
 import os
@@ -48,13 +53,25 @@ def load(path, inputs_sha256, device_type):
     return state
 
 
-class Signals:
-    """SIGTERM (save, then stop) and SIGUSR1 (save, then go on), handled at step boundaries."""
+def is_finished(state):
+    return bool(state) and state.get("finished", False)
 
-    WATCHED = (signal.SIGTERM, signal.SIGUSR1)
+
+class Signals:
+    """Handled at step boundaries: SIGTERM (Slurm's preemption and time limit), SIGINT (Ctrl-C)
+    and SIGHUP (a closed terminal) save, then stop; SIGUSR1 saves and goes on. A trainer whose
+    parent died (snakemake killed with SIGKILL) is orphaned: `orphaned()` says so, and the loop
+    treats it as a SIGTERM, so the work is saved instead of running on unwatched."""
+
+    STOP = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    WATCHED = (*STOP, signal.SIGUSR1)
 
     def __init__(self):
         self.pending, self._previous = None, {}
+        self._parent = os.getppid()
+
+    def orphaned(self):
+        return os.getppid() != self._parent
 
     def __enter__(self):
         for sig in self.WATCHED:
@@ -69,15 +86,17 @@ class Signals:
             signal.signal(sig, handler)
 
     def _record(self, signum, frame):
-        # SIGTERM wins over a pending SIGUSR1: both save, only one of them must stop the run
-        if self.pending != signal.SIGTERM:
+        # a stopping signal wins over a pending SIGUSR1: both save, only one of them stops the run
+        if self.pending not in self.STOP:
             self.pending = signal.Signals(signum)
 
 
 class Interrupted(Exception):
-    """Raised after the checkpoint was saved because a SIGTERM asked the run to stop."""
+    """Raised after the checkpoints were saved because a signal (or the parent's death) asked the run
+    to stop."""
 
-    def __init__(self, signum, path):
-        name = signal.Signals(signum).name
-        super().__init__(f"stopped by {name}; checkpoint saved to {path}, rerun to resume")
+    def __init__(self, signum, paths):
+        name, paths = signal.Signals(signum).name, [str(p) for p in paths]
+        where = paths[0] if len(paths) == 1 else f"{len(paths)} checkpoints ({paths[0]}, ...)"
+        super().__init__(f"stopped by {name}; saved to {where}; rerun to resume")
         self.signum = signum

@@ -1,8 +1,21 @@
-"""Train one cell: the whole split on the device, SGD with per-epoch lr decay, evaluation on the
-whole training and test sets, checkpoint/resume. `train()` is the entry point.
+"""Train a pack of cells in one process on one device. `train()` is the entry point.
+
+A pack is one or more cells (the workflow packs `compute.pack` cells of one architecture into a
+job; a pack of one is the per-cell case, not another code path). Its members step in lockstep,
+one SGD step of each in turn, and share nothing but the process: each has its own model,
+optimizer, generators, checkpoint and outputs, so a member's results do not depend on its
+pack-mates (bit-identical on CPU).
+
+One member's story: the whole split on the device; each epoch's randomness drawn up front
+(`preprocess.epoch_plan`); SGD with a per-epoch lr decay (the lr is a device tensor, so a
+captured or compiled step sees the new value); the online (training-mode, minibatch) loss and
+accuracy accumulated on the device and read once per epoch; evaluation on the whole training and
+test sets in eval mode every `eval_every_epochs`; a checkpoint every `checkpoint_minutes` and on
+signals; at the stop, a *finished* checkpoint, then history.csv and summary.json.
 """
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -22,8 +35,25 @@ from rethink.models import build_model, count_parameters
 from rethink.train import cell as cells
 from rethink.train import checkpoint, preprocess
 
-HISTORY_COLUMNS = ("step", "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "elapsed_s")
-EVAL_BATCH = 500  # evaluation is in eval mode, so its batch size changes nothing but memory
+HISTORY_COLUMNS = ("step", "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
+                   "train_avg_loss", "train_avg_acc", "elapsed_s")
+EVAL_COLUMNS = ("train_loss", "train_acc", "test_loss", "test_acc")  # empty where not evaluated
+# Evaluation batch: bounds memory. On CPU the results do not depend on it; on CUDA, cuDNN picks
+# kernels per shape, so another batch size can move a logit in its last bits. Fixed, so that a
+# cell's numbers do not depend on anything but the cell.
+EVAL_BATCH = 500
+COMPILE_MODES = ("off", "default", "reduce-overhead")  # torch.compile's; reduce-overhead = CUDA graphs
+
+
+@dataclasses.dataclass
+class Job:
+    """One cell of a pack as the caller names it: what to train, on which shards, where to write."""
+
+    cell: dict
+    train_paths: list
+    test_paths: list
+    out_dir: pathlib.Path
+    checkpoint: pathlib.Path
 
 
 def resolve_device(name):
@@ -35,215 +65,391 @@ def resolve_device(name):
 
 
 def stream_seed(seed, stream):
-    """Independent seeds per use: the same integer would give the global and data RNGs one stream."""
+    """Independent seeds per use: the same integer would give two uses one stream."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{stream}".encode()).digest()[:8], "little") >> 1
 
 
-def load_data(train_paths, test_paths, crop_size, device):
-    train, attrs = read_split_tensors(train_paths, ("images", "labels"))
-    test, _ = read_split_tensors(test_paths, ("images", "labels"))
-    shape = tuple(train["images"].shape[1:])
-    if shape != tuple(test["images"].shape[1:]):
-        raise RethinkError(
-            f"train images are {shape} but test images are {tuple(test['images'].shape[1:])}; "
-            "the train and test shards come from different datasets"
-        )
+# ----------------------------------------------------------------------------- data
+
+
+def check_split(arrays, attrs, paths, split, cell):
+    """A split's images, labels and class count on the device, once its shards are known to be
+    the cell's and fit its crop."""
+    cells.check_shards(cell, split, attrs, paths[0])
+    crop_size = cell["hparams"]["crop_size"]
+    shape = tuple(arrays["images"].shape[1:])
     if len(shape) != 3 or min(shape[1:]) < crop_size:
-        raise RethinkError(f"images of shape {shape} are smaller than hparams.crop_size={crop_size}")
-    if not len(train["labels"]) or not len(test["labels"]):
-        raise RethinkError("the train or test split is empty")
+        raise RethinkError(f"{paths[0]}: images of shape {shape} are smaller than hparams.crop_size={crop_size}")
+    if not len(arrays["labels"]):
+        raise RethinkError(f"{paths[0]}: the {split} split is empty")
     # The dataset's class count, not the largest label seen: a small subset may miss a class.
     num_classes = int(attrs["num_classes"])
-    if max(train["labels"].max(), test["labels"].max()) >= num_classes:
-        raise RethinkError(f"labels exceed the {num_classes} classes the shards declare")
-    arrays = (train["images"], train["labels"], test["images"], test["labels"])
-    return [a.to(device) for a in arrays], num_classes, shape
+    if arrays["labels"].max() >= num_classes:
+        raise RethinkError(f"{paths[0]}: labels exceed the {num_classes} classes the shards declare")
+    return arrays["images"], arrays["labels"], num_classes
+
+
+class SplitCache:
+    """Pack-mates that read the same shards share one copy on the device (checked for each)."""
+
+    def __init__(self, device):
+        self.device, self._loaded = device, {}
+
+    def get(self, paths, split, cell):
+        key = tuple(map(str, paths))
+        if key not in self._loaded:
+            arrays, attrs = read_split_tensors(paths, ("images", "labels"))
+            self._loaded[key] = {name: a.to(self.device) for name, a in arrays.items()}, attrs
+        return check_split(*self._loaded[key], paths, split, cell)
+
+
+# ----------------------------------------------------------------------------- model and step
+
+
+def run_in_fp32(module):
+    """Under autocast, run `module` in float32: its input cast up, autocast off inside. For the
+    classifier (logits rounded to bf16 would decide argmax and loss at fit_threshold 1.0) and
+    AlexNet's LRN (1 + 0.001 * mean(x^2) rounds to 1 in bf16: a no-op)."""
+    forward = module.forward
+
+    def fp32_forward(x):
+        with torch.autocast(x.device.type, enabled=False):
+            return forward(x.float())
+
+    module.forward = fp32_forward  # an instance attribute: state_dict keys stay as they are
+
+
+class GeneratorDropout(torch.nn.Dropout):
+    """nn.Dropout drawing its masks from the cell's own generator, not the process-global RNG, so
+    pack-mates do not take each other's draws."""
+
+    def __init__(self, p, generator):
+        super().__init__(p)
+        self.generator = generator
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand(x.shape, generator=self.generator, device=x.device) >= self.p
+        return x * keep / (1 - self.p)
+
+
+def setup(cell, input_shape, num_classes, dev, amp_dtype=None):
+    """Model, optimizer, lr tensor and device wrappers, as the loop (and bench/) trains them.
+    `amp_dtype`: autocast dtype; default bfloat16 on CUDA, none on CPU."""
+    hp, cuda = cell["hparams"], dev.type == "cuda"
+    amp_dtype = amp_dtype if amp_dtype is not None else (torch.bfloat16 if cuda else None)
+    torch.manual_seed(cell["seed"])  # the global RNG: weight init only
+    model = build_model(cell["arch"], input_shape, num_classes, cell["width"], hp["dropout"]).to(dev)
+    dropout_gen = torch.Generator(dev).manual_seed(stream_seed(cell["seed"], "dropout"))
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) is torch.nn.Dropout:
+                setattr(parent, name, GeneratorDropout(child.p, dropout_gen))
+            elif isinstance(child, torch.nn.LocalResponseNorm):
+                run_in_fp32(child)
+    run_in_fp32([m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1])  # the classifier
+    convs = cuda and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    if convs:  # channels_last helps convolutions only; an MLP would just pay for the copy
+        model = model.to(memory_format=torch.channels_last)
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed shapes all run long; the last batch tunes once
+    lr = torch.tensor(float(hp["lr"]), device=dev)  # updated in place: a captured step reads it
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=hp["momentum"],
+                          weight_decay=hp["weight_decay"], fused=True if cuda else None)
+
+    def amp():
+        return torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+    def fmt(x):
+        return x.contiguous(memory_format=torch.channels_last) if convs else x
+
+    return model, opt, lr, dropout_gen, amp, fmt
+
+
+def sgd_step(model, opt, x, y, amp, fmt):
+    """One SGD step -> (loss, number correct), both left on the device: no host sync."""
+    with amp():
+        logits = model(fmt(x))
+    loss = F.cross_entropy(logits, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach(), (logits.argmax(1) == y).sum()
 
 
 @torch.no_grad()
 def evaluate(model, images, labels, crop_size, amp, fmt):
-    """Mean loss and accuracy over a whole split; one host sync, at the end."""
+    """Mean loss and accuracy over a whole split, from float32 logits; one host sync, at the end."""
     model.eval()
     loss = torch.zeros((), dtype=torch.float64, device=labels.device)
     correct = torch.zeros((), dtype=torch.int64, device=labels.device)
     for i in range(0, len(labels), EVAL_BATCH):
         x, y = preprocess.eval_view(images[i : i + EVAL_BATCH], crop_size), labels[i : i + EVAL_BATCH]
         with amp():
-            logits = model(fmt(x)).float()
-        loss += F.cross_entropy(logits, y, reduction="sum")
+            logits = model(fmt(x))
+        loss += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     return loss.item() / len(labels), correct.item() / len(labels)
 
 
-def setup(cell, input_shape, num_classes, dev):
-    """Model, optimizer and device wrappers, as the loop (and bench/bench_train.py) trains them."""
-    hp, cuda = cell["hparams"], dev.type == "cuda"
-    torch.manual_seed(cell["seed"])  # the global RNGs: weight init and dropout masks
-    model = build_model(cell["arch"], input_shape, num_classes, cell["width"], hp["dropout"]).to(dev)
-    convs = cuda and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    if convs:  # channels_last helps convolutions only; an MLP would just pay for the copy
-        model = model.to(memory_format=torch.channels_last)
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # fixed shapes all run long; the last batch tunes once
-    opt = torch.optim.SGD(model.parameters(), lr=hp["lr"], momentum=hp["momentum"],
-                          weight_decay=hp["weight_decay"], fused=True if cuda else None)
-
-    def amp():
-        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda)
-
-    def fmt(x):
-        return x.contiguous(memory_format=torch.channels_last) if convs else x
-
-    return model, opt, amp, fmt
+# ----------------------------------------------------------------------------- a member
 
 
-def sgd_step(model, opt, x, y, amp, fmt):
-    with amp():
-        loss = F.cross_entropy(model(fmt(x)), y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()  # the loss stays on the device: reading it would sync every step
+@dataclasses.dataclass
+class Progress:
+    """Where a member is; a resumable checkpoint stores it beside the model, optimizer and RNGs."""
+
+    epoch: int = 0
+    pos: int = 0  # steps taken in the current epoch
+    step: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    elapsed_s: float = 0.0
+    plan: dict = None  # the current epoch's randomness; None between epochs
+    online: torch.Tensor = None  # the epoch's [sum of loss x batch size, number correct], on the device
 
 
-def stop_reason(run, hp):
-    last = run["history"][-1]
-    if not math.isfinite(last["train_loss"]):
-        return "diverged"
-    if last["train_acc"] >= hp["fit_threshold"]:
-        return "fit_threshold"
-    if run["epoch"] >= hp["max_epochs"]:
-        return "max_epochs"
-    return None
+class Member:
+    """One cell of the pack: its model and optimizer, generators, progress and files."""
+
+    def __init__(self, job, key, state, data, dev, compile_mode="off", echo=True):
+        self.job, self.cell, self.hp, self.key, self.dev = job, job.cell, job.cell["hparams"], key, dev
+        self.log = Log(pathlib.Path(job.out_dir) / "train.log", echo)
+        (self.x_train, self.y_train, self.num_classes), (self.x_test, self.y_test, test_classes) = data
+        if test_classes != self.num_classes:
+            raise RethinkError(f"{job.test_paths[0]}: {test_classes} classes, but the training shards "
+                               f"declare {self.num_classes}; the train and test shards come from different datasets")
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise RethinkError(f"train images are {tuple(self.x_train.shape[1:])} but test images are "
+                               f"{tuple(self.x_test.shape[1:])}; the train and test shards come from different datasets")
+        crop = self.hp["crop_size"]
+        self.input_shape = (self.x_train.shape[1], crop, crop)
+        self.model, self.opt, self.lr, self.dropout_gen, self.amp, self.fmt = setup(
+            self.cell, self.input_shape, self.num_classes, dev)
+        self.step_fn = sgd_step if compile_mode == "off" else torch.compile(sgd_step, mode=compile_mode)
+        self.gen = torch.Generator(dev).manual_seed(stream_seed(self.cell["seed"], "data"))  # order, crops, flips
+        self.n, self.bs = len(self.y_train), self.hp["batch_size"]
+        self.steps_per_epoch = math.ceil(self.n / self.bs)
+        self.p = Progress(online=torch.zeros(2, dtype=torch.float64, device=dev))
+        if state:
+            self._restore(state)
+        self.t0 = time.monotonic() - self.p.elapsed_s
+        self.next_save = time.monotonic() + 60 * self.hp["checkpoint_minutes"]
+        if state:
+            self.log(f"resume from {job.checkpoint} at epoch {self.p.epoch} step {self.p.step}")
+        else:
+            self.log(f"start cell={self.cell['cell']} arch={self.cell['arch']} width={self.cell['width']} "
+                     f"seed={self.cell['seed']} device={dev.type} n_train={self.n} n_test={len(self.y_test)} "
+                     f"input={tuple(self.x_train.shape[1:])} classes={self.num_classes} "
+                     f"params={count_parameters(self.model)} steps/epoch={self.steps_per_epoch}")
+            self.record(online=None)  # epoch 0: the untrained network
+        self.reason = self.stop_reason()
+
+    def lr_at(self, epoch):
+        return self.hp["lr"] * self.hp["lr_decay"] ** epoch  # no scheduler state to resume
+
+    # --- the named steps of an epoch
+
+    def start_epoch(self):
+        self.p.plan = preprocess.epoch_plan(self.n, self.x_train.shape[1:], self.hp, self.gen, self.dev)
+        self.p.online.zero_()
+        self.lr.fill_(self.lr_at(self.p.epoch))
+        self.model.train()
+
+    def train_step(self):
+        if self.p.pos == 0:
+            self.start_epoch()
+        lo = self.p.pos * self.bs
+        x, idx = preprocess.train_batch(self.x_train, self.p.plan, lo, min(lo + self.bs, self.n), self.hp)
+        loss, correct = self.step_fn(self.model, self.opt, x, self.y_train[idx], self.amp, self.fmt)
+        self.p.online[0] += loss * len(idx)
+        self.p.online[1] += correct
+        self.p.pos += 1
+        self.p.step += 1
+        if self.p.pos == self.steps_per_epoch:
+            self.end_epoch()
+
+    def end_epoch(self):
+        loss_sum, correct = self.p.online.tolist()  # the epoch's one host sync of the step path
+        self.p.epoch, self.p.pos, self.p.plan = self.p.epoch + 1, 0, None
+        self.record(online=(loss_sum / self.n, correct / self.n))
+        self.reason = self.stop_reason()
+
+    def record(self, online):
+        """Append the epoch's history row: online numbers always, eval-mode numbers when due."""
+        p, hp = self.p, self.hp
+        row = dict(step=p.step, epoch=p.epoch, lr=self.lr_at(max(p.epoch - 1, 0)),  # the lr it trained with
+                   train_avg_loss=online[0] if online else None, train_avg_acc=online[1] if online else None)
+        if p.epoch % hp["eval_every_epochs"] == 0 or p.epoch == hp["max_epochs"]:
+            crop = hp["crop_size"]
+            row["train_loss"], row["train_acc"] = evaluate(self.model, self.x_train, self.y_train, crop,
+                                                           self.amp, self.fmt)
+            row["test_loss"], row["test_acc"] = evaluate(self.model, self.x_test, self.y_test, crop,
+                                                         self.amp, self.fmt)
+        else:
+            row.update(dict.fromkeys(EVAL_COLUMNS))
+        row["elapsed_s"] = time.monotonic() - self.t0
+        p.history.append(row)
+        text = " ".join(f"{k.replace('_', ' ')} {row[k]:.4f}" for k in (*EVAL_COLUMNS, "train_avg_loss",
+                                                                        "train_avg_acc") if row[k] is not None)
+        self.log(f"epoch {p.epoch:4d} step {p.step:7d} lr {row['lr']:.4g} {text} elapsed {row['elapsed_s']:.1f}s")
+
+    def stop_reason(self):
+        last = self.p.history[-1]
+        if last["train_acc"] is None:  # not evaluated: only an evaluation can stop a cell
+            return None
+        if not math.isfinite(last["train_loss"]):
+            return "diverged"
+        if last["train_acc"] >= self.hp["fit_threshold"]:
+            return "fit_threshold"
+        if self.p.epoch >= self.hp["max_epochs"]:
+            return "max_epochs"
+        return None
+
+    # --- checkpoints and outputs
+
+    def save_due(self):
+        return time.monotonic() >= self.next_save
+
+    def save(self, why=None):
+        p, cuda = self.p, self.dev.type == "cuda"
+        checkpoint.save(self.job.checkpoint, dict(
+            inputs_sha256=self.key, device_type=self.dev.type, model=self.model.state_dict(),
+            optimizer=self.opt.state_dict(), generator=self.gen.get_state(),
+            dropout_generator=self.dropout_gen.get_state(), torch_rng=torch.get_rng_state(),
+            cuda_rng=torch.cuda.get_rng_state(self.dev) if cuda else None,
+            epoch=p.epoch, pos=p.pos, step=p.step, history=p.history, plan=p.plan, online=p.online,
+            elapsed_s=time.monotonic() - self.t0,
+        ))  # fmt: skip
+        self.next_save = time.monotonic() + 60 * self.hp["checkpoint_minutes"]
+        if why:
+            self.log(f"{why}: checkpoint saved at epoch {p.epoch} step {p.step}")
+
+    def _restore(self, state):
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        for group in self.opt.param_groups:  # load_state_dict put a copy there: point it back
+            group["lr"] = self.lr
+        self.gen.set_state(state["generator"])
+        self.dropout_gen.set_state(state["dropout_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.dev.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.dev)
+        self.p = Progress(epoch=state["epoch"], pos=state["pos"], step=state["step"], history=state["history"],
+                          elapsed_s=state["elapsed_s"], online=state["online"].to(self.dev),
+                          plan=state["plan"] and {k: v.to(self.dev) for k, v in state["plan"].items()})
+        if self.p.pos:  # mid-epoch: the rest of the epoch trains in training mode at its lr
+            self.lr.fill_(self.lr_at(self.p.epoch))
+            self.model.train()
+
+    def finish(self):
+        """The finished checkpoint first, then the outputs: a kill in between loses nothing."""
+        summary = _summary(self.cell, self.p, self.reason, self.model, self.key, self.dev, self.num_classes,
+                           self.n, len(self.y_test), self.input_shape)
+        checkpoint.save(self.job.checkpoint, dict(inputs_sha256=self.key, device_type=self.dev.type,
+                                                  finished=True, history=self.p.history, summary=summary))
+        write_outputs(self.job, self.p.history, summary)
+        self.log(f"stop: {self.reason} at epoch {self.p.epoch} step {self.p.step} final train acc "
+                 f"{summary['final_train_acc']:.4f} test acc {summary['final_test_acc']:.4f} "
+                 f"wall {summary['wall_s']:.1f}s")
+        return summary
 
 
-def train(cell, train_paths, test_paths, out_dir, checkpoint_path, device=None, echo=True):
-    """Train `cell` (a validated cell dict); write history.csv, summary.json, train.log to out_dir."""
-    cells.validate(cell)
-    dev = torch.device(resolve_device(device or cell["hparams"]["device"]))
-    key = cells.inputs_sha256(cell, train_paths, test_paths)
-    state = checkpoint.load(checkpoint_path, key, dev.type)  # refuse a stale one before the slow load
+def write_outputs(job, history, summary):
+    out = pathlib.Path(job.out_dir)
+    _write_history(out / "history.csv", history)
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
+
+
+# ----------------------------------------------------------------------------- the pack
+
+
+def train(jobs, device=None, echo=True, compile_mode="off"):
+    """Train a pack: `jobs` is a list of Job (or one Job). Writes each cell's history.csv,
+    summary.json and train.log into its out_dir; returns the summaries in the jobs' order."""
+    jobs = [jobs] if isinstance(jobs, Job) else list(jobs)
+    if compile_mode not in COMPILE_MODES:
+        raise RethinkError(f"compile mode {compile_mode!r} is invalid; allowed: {', '.join(COMPILE_MODES)}")
+    for job in jobs:
+        cells.validate(job.cell, str(job.out_dir))
+    devices = {resolve_device(device or job.cell["hparams"]["device"]) for job in jobs}
+    if len(devices) > 1:
+        raise RethinkError(f"a pack trains on one device, but its cells ask for {', '.join(sorted(devices))}")
+    dev = torch.device(devices.pop())
+    keys = [cells.inputs_sha256(job.cell, job.train_paths, job.test_paths) for job in jobs]
+    # every checkpoint is checked before the slow data load: a stale one is refused at once
+    states = [checkpoint.load(job.checkpoint, key, dev.type) for job, key in zip(jobs, keys)]
     deterministic = torch.are_deterministic_algorithms_enabled()
     if dev.type == "cpu":
         torch.use_deterministic_algorithms(True)  # free on CPU; makes resume bit-identical
     try:
-        out_dir = pathlib.Path(out_dir)
-        return _train(cell, train_paths, test_paths, out_dir, checkpoint_path, dev, key, state, echo)
+        return _train_pack(jobs, keys, states, dev, echo, compile_mode)
     finally:
         torch.use_deterministic_algorithms(deterministic)
 
 
-def _train(cell, train_paths, test_paths, out_dir, ckpt_path, dev, key, state, echo):
-    hp, cuda = cell["hparams"], dev.type == "cuda"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log = Log(out_dir / "train.log", echo)
-    crop, bs = hp["crop_size"], hp["batch_size"]
-    lr_at = lambda epoch: hp["lr"] * hp["lr_decay"] ** epoch  # noqa: E731  (no scheduler state to resume)
-    (x_train, y_train, x_test, y_test), num_classes, shape = load_data(train_paths, test_paths, crop, dev)
-
-    model, opt, amp, fmt = setup(cell, (shape[0], crop, crop), num_classes, dev)
-    gen = torch.Generator(dev).manual_seed(stream_seed(cell["seed"], "data"))  # permutations, crops, flips
-    run = dict(epoch=0, pos=0, step=0, perm=None, history=[], elapsed_s=0.0)
-    if state:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if cuda:
-            torch.cuda.set_rng_state(state["cuda_rng"], dev)
-        run.update({k: state[k] for k in ("epoch", "pos", "step", "history", "elapsed_s")})
-        run["perm"] = state["perm"].to(dev)
-
-    n, steps_per_epoch = len(y_train), math.ceil(len(y_train) / bs)
-    t0 = time.monotonic() - run["elapsed_s"]
-    next_save = time.monotonic() + 60 * hp["checkpoint_minutes"]
-    if state:
-        log(f"resume from {ckpt_path} at epoch {run['epoch']} step {run['step']}")
-    else:
-        log(f"start cell={cell['cell']} arch={cell['arch']} width={cell['width']} seed={cell['seed']} "
-            f"device={dev.type} n_train={n} n_test={len(y_test)} input={shape} classes={num_classes} "
-            f"params={count_parameters(model)} steps/epoch={steps_per_epoch}")
-
-    def record():
-        train_loss, train_acc = evaluate(model, x_train, y_train, crop, amp, fmt)
-        test_loss, test_acc = evaluate(model, x_test, y_test, crop, amp, fmt)
-        lr = lr_at(max(run["epoch"] - 1, 0))  # the lr the last epoch trained with
-        row = dict(step=run["step"], epoch=run["epoch"], lr=lr, train_loss=train_loss, train_acc=train_acc,
-                   test_loss=test_loss, test_acc=test_acc, elapsed_s=time.monotonic() - t0)
-        run["history"].append(row)
-        log(f"epoch {row['epoch']:4d} step {row['step']:7d} lr {lr:.4g} train loss {train_loss:.4f} "
-            f"acc {train_acc:.4f} test loss {test_loss:.4f} acc {test_acc:.4f} "
-            f"elapsed {row['elapsed_s']:.1f}s")
-
-    def boundary(signals):
-        nonlocal next_save
-        if signals.pending is None and time.monotonic() < next_save:
-            return
-        checkpoint.save(ckpt_path, dict(
-            inputs_sha256=key, device_type=dev.type, model=model.state_dict(), optimizer=opt.state_dict(),
-            generator=gen.get_state(), torch_rng=torch.get_rng_state(),
-            cuda_rng=torch.cuda.get_rng_state(dev) if cuda else None,
-            **{k: run[k] for k in ("epoch", "pos", "step", "perm", "history")},
-            elapsed_s=time.monotonic() - t0,
-        ))  # fmt: skip
-        next_save = time.monotonic() + 60 * hp["checkpoint_minutes"]
-        sig, signals.pending = signals.pending, None
-        if sig is not None:
-            log(f"{sig.name}: checkpoint saved at epoch {run['epoch']} step {run['step']}")
-        if sig == signal.SIGTERM:
-            raise checkpoint.Interrupted(sig, ckpt_path)
-
+def _train_pack(jobs, keys, states, dev, echo, compile_mode):
+    summaries = [None] * len(jobs)
+    for i, (job, state) in enumerate(zip(jobs, states)):
+        pathlib.Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+        if checkpoint.is_finished(state):  # trained before; its outputs were thrown away since
+            write_outputs(job, state["history"], state["summary"])
+            Log(pathlib.Path(job.out_dir) / "train.log", echo)(
+                f"finished earlier: history and summary re-emitted from {job.checkpoint}")
+            summaries[i] = state["summary"]
+    cache = SplitCache(dev)
+    members = {
+        i: Member(job, key, state, (cache.get(job.train_paths, "train", job.cell),
+                                    cache.get(job.test_paths, "test", job.cell)), dev, compile_mode, echo)
+        for i, (job, key, state) in enumerate(zip(jobs, keys, states)) if summaries[i] is None
+    }  # fmt: skip
     with checkpoint.Signals() as signals:
-        if not run["history"]:
-            record()  # epoch 0: the untrained network
-        while (reason := stop_reason(run, hp)) is None:
-            if run["pos"] == 0:
-                run["perm"] = torch.randperm(n, generator=gen, device=dev)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(run["epoch"])
-            model.train()
-            while run["pos"] < steps_per_epoch:
-                idx = run["perm"][run["pos"] * bs : (run["pos"] + 1) * bs]
-                x = preprocess.train_view(x_train[idx], hp, gen)
-                sgd_step(model, opt, x, y_train[idx], amp, fmt)
-                run["pos"] += 1
-                run["step"] += 1
-                boundary(signals)  # a no-op unless a save is due: no host sync per step
-            run.update(epoch=run["epoch"] + 1, pos=0, perm=None)
-            if run["epoch"] % hp["eval_every_epochs"] == 0 or run["epoch"] == hp["max_epochs"]:
-                record()
-            else:
-                log(f"epoch {run['epoch']:4d} step {run['step']:7d} lr {lr_at(run['epoch'] - 1):.4g} "
-                    f"(not evaluated) elapsed {time.monotonic() - t0:.1f}s")
-
-    summary = _summary(cell, run, reason, model, key, dev, num_classes, n, len(y_test), 
-                       (shape[0], crop, crop))
-    _write_history(out_dir / "history.csv", run["history"])
-    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    log(f"stop: {reason} at epoch {run['epoch']} step {run['step']} final train acc "
-        f"{summary['final_train_acc']:.4f} test acc {summary['final_test_acc']:.4f} "
-        f"wall {summary['wall_s']:.1f}s")
-    pathlib.Path(ckpt_path).unlink(missing_ok=True)
-    return summary
+        while members:
+            for i, member in list(members.items()):  # lockstep: one step of each member in turn
+                if member.reason is None:
+                    member.train_step()
+                if member.reason is not None:
+                    summaries[i] = members.pop(i).finish()
+            _checkpoint_boundary(members.values(), signals)
+    return summaries
 
 
-def _summary(cell, run, reason, model, key, dev, num_classes, n_train, n_test, input_shape):
-    history, fitted = run["history"], reason == "fit_threshold"
-    last = history[-1]
-    best = max(history, key=lambda r: r["test_acc"])  # the first of equal maxima
-    finite = lambda v: v if math.isfinite(v) else None  # noqa: E731  (JSON has no NaN)
+def _checkpoint_boundary(members, signals):
+    """Between steps, where every state agrees: save members that are due, or all on a signal."""
+    sig, signals.pending = signals.pending, None
+    if sig is None and signals.orphaned():
+        sig = signal.SIGTERM  # the parent died: save and stop rather than run unwatched
+        why = "parent process gone"
+    else:
+        why = sig and sig.name
+    for member in members:
+        if sig is not None or member.save_due():
+            member.save(why)
+    if sig in checkpoint.Signals.STOP:
+        raise checkpoint.Interrupted(sig, [m.job.checkpoint for m in members])
+
+
+def _summary(cell, p, reason, model, key, dev, num_classes, n_train, n_test, input_shape):
+    evaluated = [r for r in p.history if r["train_acc"] is not None]
+    last, fitted, online = evaluated[-1], reason == "fit_threshold", p.history[-1]
+    best = max(evaluated, key=lambda r: r["test_acc"])  # the first of equal maxima
+    finite = lambda v: v if v is None or math.isfinite(v) else None  # noqa: E731  (JSON has no NaN)
+    avg_accs = [r["train_avg_acc"] for r in p.history if r["train_avg_acc"] is not None]
     with torch.no_grad():
         norm = math.sqrt(sum(p.detach().double().square().sum().item() for p in model.parameters()))
     return dict(
         cell,
         final_train_loss=finite(last["train_loss"]), final_train_acc=last["train_acc"],
         final_test_loss=finite(last["test_loss"]), final_test_acc=last["test_acc"],
+        final_train_avg_loss=finite(online["train_avg_loss"]), final_train_avg_acc=online["train_avg_acc"],
+        train_avg_acc_global=sum(avg_accs) / len(avg_accs) if avg_accs else None,
         best_test_acc=best["test_acc"], best_test_step=best["step"], best_test_epoch=best["epoch"],
         steps_to_fit=last["step"] if fitted else None, epochs_to_fit=last["epoch"] if fitted else None,
-        converged=fitted, stop_reason=reason, steps=run["step"], epochs=run["epoch"],
+        converged=fitted, stop_reason=reason, steps=p.step, epochs=p.epoch,
         n_params=count_parameters(model), param_norm=finite(norm), num_classes=num_classes,
         n_train=n_train, n_test=n_test, input_shape=list(input_shape), inputs_sha256=key,
-        device=dev.type, device_name=device_name(dev), torch_version=torch.__version__,
-        python_version=platform.python_version(), wall_s=last["elapsed_s"],
+        device=dev.type, device_name=device_name(dev), torch_version=str(torch.__version__),
+        python_version=platform.python_version(), wall_s=online["elapsed_s"],
     )  # fmt: skip
 
 
@@ -263,7 +469,7 @@ def _write_history(path, rows):
     text = io.StringIO()
     writer = csv.DictWriter(text, HISTORY_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)  # floats as repr: exact, so histories compare bit for bit
+    writer.writerows(rows)  # floats as repr: exact, so histories compare bit for bit; None -> empty
     write_text_atomic(path, text.getvalue())
 
 
