@@ -60,6 +60,12 @@ def baseline_transform(augment):
     return T.Compose([*crop, T.ToTensor(), T.Lambda(standardize_one)])
 
 
+def step_parts(cell, dev):
+    """What sgd_step takes besides the batch: model, optimizer, autocast and memory-format wrappers."""
+    model, opt, _, _, amp, fmt = setup(cell, (3, 28, 28), 10, dev)
+    return model, opt, amp, fmt
+
+
 def sync(dev):
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -154,8 +160,8 @@ def main(argv=None):
         cell = {"cell": "bench", "arch": arch, "width": args.width, "seed": 0, "hparams": hp}
         rate_ours, rate_base = best_of(
             args.repeats,
-            lambda: ours(images, labels, hp, dev, steps, args.warmup, setup(cell, (3, 28, 28), 10, dev)),
-            lambda: baseline(images, labels, hp, dev, steps, args.warmup, workers, setup(cell, (3, 28, 28), 10, dev)))
+            lambda: ours(images, labels, hp, dev, steps, args.warmup, step_parts(cell, dev)),
+            lambda: baseline(images, labels, hp, dev, steps, args.warmup, workers, step_parts(cell, dev)))
         rows.append((f"{arch} (width {args.width:g})", rate_ours, rate_base))
         print(f"# {arch}: {rate_ours:.0f} vs {rate_base:.0f} img/s", flush=True)
 

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,20 @@ needs_fashion_mnist = pytest.mark.skipif(
     not (FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").is_file(),
     reason="Debian package dataset-fashion-mnist is not installed (make test installs it)",
 )
+
+
+def is_training_rule(name):
+    """The workflow trains each pack of cells with a rule of its own: train_<dataset>_<arch>_pNNN."""
+    return re.fullmatch(r"train_\w+_p\d{3}", name) is not None
+
+
+def pack_rules(configfile):
+    """{cell id: the rule that trains it} for a config file, as the workflow names them."""
+    from rethink import config, grid
+
+    loaded = config.load(configfile, SCHEMA)
+    cells, _ = grid.expand(loaded)
+    return {cell_id: pack.rule for pack in grid.packs(loaded, cells) for cell_id in pack.ids}
 
 
 def synthetic_spec(n_train=64, n_test=32, shape=(3, 32, 32), seed=0, classes=10, subset=None):
@@ -90,15 +105,16 @@ class Workflow:
 
 
     def planned_jobs(self, *args):
-        """The dry run's job list: {rule: count}, plus the cells whose training would run."""
+        """The dry run's job list: {rule: count}, the pack rules counted together as "train",
+        plus the cells whose training job would run."""
         out = self.run("-n", *args).stdout
         counts, cells = {}, set()
         for line in out.splitlines():
             if line.startswith("rule ") and line.endswith(":"):
-                rule = line[5:-1]
+                rule = "train" if is_training_rule(line[5:-1]) else line[5:-1]
                 counts[rule] = counts.get(rule, 0) + 1
-            if line.strip().startswith("output:") and "results/cells/" in line:
-                cells.add(line.split("results/cells/", 1)[1].split("/cell.json")[0])
+            if line.strip().startswith("output:"):
+                cells.update(re.findall(r"results/cells/(\S+?)/cell\.json", line))
         if "Nothing to be done" in out:
             assert not counts, out
         return counts, cells

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, is_training_rule
 
 pytestmark = pytest.mark.workflow
 PAPER_CELLS = 55
@@ -14,7 +14,9 @@ PAPER_CELLS = 55
 
 def train_jobs(workflow, *args, home):
     out = workflow.run("-n", "--quiet", "rules", *args, env=workflow.user_env(home)).stdout
-    return int(next(line.split()[1] for line in out.splitlines() if line.startswith("train_cell ")))
+    table = out.split("Job stats:")[1].split("total")[0]  # the first of the (repeated) stats tables
+    rows = [line.split() for line in table.splitlines()]
+    return sum(int(row[1]) for row in rows if len(row) == 2 and is_training_rule(row[0]))
 
 
 def test_slurm_profile_runs_the_paper_grid_installed_or_in_place(workflow, tmp_path):

@@ -17,7 +17,7 @@ import time
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, Workflow, tiny_config
+from conftest import REPO, Workflow, is_training_rule, pack_rules, tiny_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 SCRIPT = REPO / "scripts" / "local-slurm.sh"
@@ -125,12 +125,12 @@ def profile_run(cluster, tmp_path_factory):
 def test_the_user_command_runs_every_job_through_sbatch_with_one_gpu_per_cell(profile_run, tmp_path):
     wf, _, configfile, run, elapsed, _ = profile_run
     jobs = accounting(run)
-    train = [j for j in jobs if j["rule"] == "train_cell"]
+    train = [j for j in jobs if is_training_rule(j["rule"])]
     assert len(train) == 4 and all(j["state"] == "COMPLETED" for j in jobs), jobs
     assert all("gres/gpu=1" in j["tres"] for j in train), [j["tres"] for j in train]
-    assert not any("gres/gpu" in j["tres"] for j in jobs if j["rule"] != "train_cell")  # data jobs ask for none
+    assert not any("gres/gpu" in j["tres"] for j in jobs if j not in train)  # data jobs ask for none
     submitted = {j["rule"] for j in jobs}
-    assert {"data_clean", "data_randomize", "train_cell", "analysis_aggregate"} <= submitted
+    assert {"data_clean", "data_randomize", "analysis_aggregate"} <= submitted
     print(f"\nSLURM-BENCH end-to-end {elapsed:.1f} s, {len(jobs)} sbatch submissions "
           f"({len(train)} training), run {run}")
 
@@ -150,8 +150,8 @@ def test_rerun_after_editing_one_cell_submits_exactly_one_training_job(profile_r
     ]
     configfile.write_text(yaml.safe_dump(config))
     _, run = run_profile(wf, home)
-    train = [j for j in accounting(run) if j["rule"] == "train_cell"]
-    assert len(train) == 1 and train[0]["comment"].endswith("_mlp_wd_random_labels_0"), train
+    train = [j for j in accounting(run) if is_training_rule(j["rule"])]
+    assert [j["rule"] for j in train] == [pack_rules(configfile)["synth/mlp/wd/random_labels/s0"]], train
     cell = json.loads((wf.root / "results/cells/synth/mlp/wd/random_labels/s0/cell.json").read_text())
     assert cell["hparams"]["lr"] == 0.02
 
@@ -229,7 +229,7 @@ def test_a_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(clu
             time.sleep(0.5)
         run = run_id((tmp_path / "snakemake.log").read_text())
         queue = subprocess.run(["squeue", "-h", "--name", run, "-o", "%i|%k"], capture_output=True, text=True).stdout
-        training = [line.split("|")[0] for line in queue.split() if "rule_train_cell" in line]
+        training = [line.split("|")[0] for line in queue.split() if re.search(r"rule_train_\w+_p\d{3}", line)]
         assert len(training) == 1, queue
         subprocess.run(["scancel", training[0]], check=True)
         assert proc.wait(timeout=600) == 0, (tmp_path / "snakemake.log").read_text()
@@ -237,7 +237,7 @@ def test_a_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(clu
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=60)
-    states = [j["state"] for j in accounting(run) if j["rule"] == "train_cell"]
+    states = [j["state"] for j in accounting(run) if is_training_rule(j["rule"])]
     assert states[0].startswith("CANCELLED") and states[-1] == "COMPLETED" and len(states) == 2, states
     assert_resumed_identically(wf, uninterrupted_short)
 
@@ -259,7 +259,7 @@ def test_a_job_that_hits_its_time_limit_is_retried_with_more_time_and_resumes(cl
             _, run = run_profile(wf, home, TRAINED, timeout=900)
         finally:
             assert reference.wait(timeout=600) == 0, (tmp_path / "reference.log").read_text()
-    training = [j for j in accounting(run) if j["rule"] == "train_cell"]
+    training = [j for j in accounting(run) if is_training_rule(j["rule"])]
     states, limits = [j["state"] for j in training], [j["timelimit"] for j in training]
     assert states[0] == "TIMEOUT" and states[-1] == "COMPLETED", states
     assert limits[:2] == ["00:01:00", "00:02:00"], limits  # each retry asks for more time
@@ -282,10 +282,12 @@ def test_a_failing_cell_fails_alone_with_its_log_naming_the_cause(cluster, tmp_p
     assert proc.returncode != 0
     jobs = accounting(run)
     failed = [j for j in jobs if j["state"] == "FAILED"]
-    assert len(failed) == 2 and all("_random_labels_" in j["comment"] for j in failed), jobs
-    done = [j for j in jobs if j["rule"] == "train_cell" and j["state"] == "COMPLETED"]
+    rules = pack_rules(configfile)
+    readers = {rules[c] for c in ("synth/mlp/none/random_labels/s0", "synth/mlp/wd/random_labels/s0")}
+    assert len(failed) == 2 and {j["rule"] for j in failed} == readers, jobs
+    done = [j for j in jobs if is_training_rule(j["rule"]) and j["state"] == "COMPLETED"]
     assert len(done) == 2  # the independent cells finished (keep-going)
-    log = (wf.root / "results/logs/train/synth/mlp/wd/random_labels/s0.log").read_text()
+    log = (wf.root / f"results/logs/train/{rules['synth/mlp/wd/random_labels/s0']}.log").read_text()
     assert f"{shard.relative_to(wf.root)}: not a readable HDF5 shard" in log and log.count("\n") == 1, log
     assert (wf.root / "results/cells/synth/alexnet/none/true_labels/s0/summary.json").exists()
     assert not (wf.root / "results/cells/synth/mlp/wd/random_labels/s0/summary.json").exists()

@@ -1,0 +1,175 @@
+"""Packs (several cells trained by one process), finished checkpoints, signals, shard identity,
+and the float32 islands under autocast. CPU; the CUDA versions are in test_gpu.py."""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from test_train import cli, make_cell, read_history, untimed, write_split
+
+from rethink.errors import RethinkError
+from rethink.train import checkpoint
+from rethink.train.loop import Job, setup, train
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def data(tmp_path):
+    return [write_split(tmp_path / "train.h5", 128, (1, 28, 28), "train", 1)], \
+        [write_split(tmp_path / "test.h5", 32, (1, 28, 28), "test", 2)]
+
+
+# three cells that differ in every way a pack-mate can: seed, regularizers, lr, batch, epochs
+PACK_CELLS = [
+    make_cell(max_epochs=3),
+    make_cell(seed=1, max_epochs=4, random_crop=True, augment=True, dropout=0.3),
+    make_cell("alexnet", width=0.1, lr=0.02, batch_size=24, max_epochs=2, weight_decay=0.0005),
+]
+
+
+def jobs(tmp_path, data, cells, tag):
+    return [Job(c, *data, tmp_path / tag / str(i), tmp_path / tag / f"{i}.pt") for i, c in enumerate(cells)]
+
+
+def outputs(job):
+    return read_history(job.out_dir / "history.csv"), json.loads((job.out_dir / "summary.json").read_text())
+
+
+def test_a_pack_equals_its_cells_trained_alone(tmp_path, data):
+    packed = jobs(tmp_path, data, PACK_CELLS, "pack")
+    train(packed, echo=False)
+    for i, cell in enumerate(PACK_CELLS):
+        alone = jobs(tmp_path, data, [cell], f"alone{i}")
+        train(alone, echo=False)
+        (history_p, summary_p), (history_a, summary_a) = outputs(packed[i]), outputs(alone[0])
+        # bit-identical on CPU (tolerance 0): each member has its own generators, dropout included
+        assert untimed(history_p) == untimed(history_a) and untimed(summary_p) == untimed(summary_a)
+        assert summary_p["epochs"] == cell["hparams"]["max_epochs"] and summary_p["stop_reason"] == "max_epochs"
+    # and the members really are different runs
+    assert outputs(packed[0])[1]["final_train_loss"] != outputs(packed[1])[1]["final_train_loss"]
+
+
+def test_a_finished_cell_is_re_emitted_not_retrained(tmp_path, data):
+    first = jobs(tmp_path, data, PACK_CELLS[:2], "run")
+    train(first, echo=False)
+    before = [outputs(job) for job in first]
+    for job in first:  # as Snakemake does to a job it reruns
+        (job.out_dir / "summary.json").unlink()
+        (job.out_dir / "history.csv").unlink()
+    # one cell edited (a new checkpoint name: it trains), the other unchanged (re-emitted)
+    edited = dict(PACK_CELLS[0], hparams=dict(PACK_CELLS[0]["hparams"], lr=0.02))
+    second = [Job(edited, *data, first[0].out_dir, tmp_path / "run" / "edited.pt"), first[1]]
+    train(second, echo=False)
+    log = (first[1].out_dir / "train.log").read_text()
+    assert log.count("start cell=") == 1 and "history and summary re-emitted from" in log
+    assert outputs(first[1]) == before[1]  # the very same numbers, timings included
+    assert (first[0].out_dir / "train.log").read_text().count("start cell=") == 2
+    assert outputs(first[0])[1]["hparams"]["lr"] == 0.02
+
+
+def wait_for(proc, path, pattern, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and re.search(pattern, path.read_text())):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+
+
+def pack_args(tmp_path, data, cells, tag):
+    entries = [{"cell": c, "train": data[0], "test": data[1], "out_dir": str(tmp_path / tag / str(i)),
+                "checkpoint": str(tmp_path / "ckpt" / f"{i}.pt")} for i, c in enumerate(cells)]
+    return ["--pack", json.dumps(entries)]
+
+
+CELLS_12 = [make_cell(max_epochs=12, batch_size=8), make_cell(seed=3, max_epochs=12, batch_size=8, dropout=0.2)]
+
+
+def stop_pack(tmp_path, data, cells, sig):
+    """Start a pack through the CLI, send `sig` after its first epoch, check every member saved."""
+    proc = cli(pack_args(tmp_path, data, cells, "resumed"))
+    log = tmp_path / "resumed" / "1" / "train.log"
+    wait_for(proc, log, r"epoch\s+1 step")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    assert f"stopped by {sig.name}" in err and "2 checkpoints" in err
+    for i in range(2):
+        state = torch.load(tmp_path / "ckpt" / f"{i}.pt", weights_only=True)
+        assert not checkpoint.is_finished(state) and state["step"] > 0
+        assert f"{sig.name}: checkpoint saved" in (tmp_path / "resumed" / str(i) / "train.log").read_text()
+        assert json.loads((tmp_path / "resumed" / str(i) / "cell.json").read_text()) == cells[i]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_ctrl_c_and_a_closed_terminal_save_every_member(tmp_path, data, sig):
+    stop_pack(tmp_path, data, CELLS_12, sig)
+
+
+def test_sigterm_saves_every_member_and_the_rerun_resumes_them_bit_identically(tmp_path, data):
+    cells = CELLS_12
+    stop_pack(tmp_path, data, cells, signal.SIGTERM)
+    proc = cli(pack_args(tmp_path, data, cells, "resumed"))
+    assert proc.wait(timeout=120) == 0
+    straight = jobs(tmp_path, data, cells, "straight")
+    train(straight, echo=False)
+    for i in range(2):
+        assert re.search(r"resume from .* at epoch \d+ step \d+", (tmp_path / "resumed" / str(i) / "train.log").read_text())
+        assert untimed(read_history(tmp_path / "resumed" / str(i) / "history.csv")) == \
+            untimed(read_history(straight[i].out_dir / "history.csv"))
+
+
+def test_an_orphaned_trainer_saves_and_stops(tmp_path, data):
+    """SIGKILL of snakemake leaves its trainer orphaned: it must save, not run on unwatched."""
+    args = pack_args(tmp_path, data, [make_cell(max_epochs=400, batch_size=8)], "orphan")
+    command = " ".join([sys.executable, "-m", "rethink.train", *(f"'{a}'" for a in args)]) + "; true"
+    parent = subprocess.Popen(["bash", "-c", command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "orphan" / "0" / "train.log"
+    wait_for(parent, log, r"epoch\s+1 step")
+    parent.kill()  # bash (the trainer's parent) dies with SIGKILL, as snakemake would
+    parent.wait()
+    deadline = time.monotonic() + 60
+    while "parent process gone: checkpoint saved" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    state = torch.load(tmp_path / "ckpt" / "0.pt", weights_only=True)
+    assert not checkpoint.is_finished(state) and state["epoch"] < 400
+
+
+def test_shards_of_another_cell_are_refused_naming_file_and_field(tmp_path, data):
+    random_labels = dict(make_cell(), noise="random_labels", level=1.0)
+    with pytest.raises(RethinkError, match=r"train\.h5: this shard has noise='clean', but cell test/mlp_1x512 "
+                                           r"needs noise='random_labels' for its train split"):
+        train(Job(random_labels, *data, tmp_path / "o", tmp_path / "c.pt"), echo=False)
+    with pytest.raises(RethinkError, match=r"test\.h5: this shard has split='test', but .* needs split='train'"):
+        train(Job(make_cell(), data[1], data[1], tmp_path / "o", tmp_path / "c.pt"), echo=False)
+    with pytest.raises(RethinkError, match=r"this shard has dataset='synth', but .* needs dataset='cifar10'"):
+        train(Job(dict(make_cell(), dataset="cifar10"), *data, tmp_path / "o", tmp_path / "c.pt"), echo=False)
+    assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_logits_and_lrn_stay_float32_under_bf16_autocast():
+    """bf16 autocast (as on CUDA; here on CPU): logits rounded to bf16 would decide the fit, and
+    LRN's 1 + 0.001 * mean(x^2) rounds to 1 in bf16, making it a no-op."""
+    cell = make_cell("alexnet", width=0.25)
+    model, _, _, _, amp, fmt = setup(cell, (1, 28, 28), 10, torch.device("cpu"), amp_dtype=torch.bfloat16)
+    seen = {}
+    lrn = next(m for m in model.modules() if isinstance(m, torch.nn.LocalResponseNorm))
+    lrn.register_forward_hook(lambda m, i, o: seen.update(inp=i[0], out=o))
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad(), amp():
+        logits = model(fmt(x))
+    assert logits.dtype == torch.float32 and seen["out"].dtype == torch.float32
+    assert seen["inp"].dtype == torch.bfloat16  # the conv before it did run in bf16
+    expected = torch.nn.functional.local_response_norm(seen["inp"].float(), 9, 0.001, 0.75, 1.0)
+    assert torch.equal(seen["out"], expected) and not torch.equal(seen["out"], seen["inp"].float())
