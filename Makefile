@@ -9,7 +9,7 @@ CORES ?= 2
 PYTEST_ARGS ?=
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: reproduce test install datasets bench clean-results slurm-profile
+.PHONY: reproduce test install datasets bench gpu-check clean-results slurm-profile
 
 reproduce: install datasets
 	snakemake --cores $(CORES)
@@ -41,6 +41,12 @@ bench: install datasets
 	python bench/bench_read.py
 	python bench/bench_train.py
 	python bench/bench_dryrun.py
+
+# The GPU proof: GPU tests, GPU benchmark, paper-settings mini-grid -> OUT (markdown + JSON).
+# Uses the python on PATH (a GPU machine's own CUDA torch), not .venv: see scripts/gpu-check.sh.
+gpu-check:
+	@if [ -z "$(OUT)" ]; then echo "usage: make gpu-check OUT=dir"; exit 2; fi
+	PATH="$(subst $(BIN):,,$(PATH))" scripts/gpu-check.sh "$(OUT)"
 
 # Install profiles/slurm as the user's `slurm` profile; an existing one is never replaced.
 SLURM_PROFILE := $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake/slurm

@@ -214,6 +214,7 @@ class Member:
 
     def __init__(self, job, key, state, data, dev, compile_mode="off", echo=True):
         self.job, self.cell, self.hp, self.key, self.dev = job, job.cell, job.cell["hparams"], key, dev
+        pathlib.Path(job.out_dir).mkdir(parents=True, exist_ok=True)
         self.log = Log(pathlib.Path(job.out_dir) / "train.log", echo)
         (self.x_train, self.y_train, self.num_classes), (self.x_test, self.y_test, test_classes) = data
         if test_classes != self.num_classes:

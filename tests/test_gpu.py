@@ -1,0 +1,125 @@
+"""The CUDA path: fitting, resume, packs, compiled (CUDA-graph) steps, no host sync in a step.
+Skipped without a CUDA GPU; `make gpu-check OUT=dir` runs them with the GPU benchmark.
+
+Tolerances: bf16 autocast and cuDNN's autotuned kernels are not bit-reproducible, so CUDA runs are
+compared with each other within 0.02 absolute on losses and 0.03 on accuracies after a few epochs,
+and must agree on the stop reason."""
+
+import json
+
+import pytest
+import torch
+from test_train import make_cell, read_history, write_split
+
+from rethink.train import checkpoint
+from rethink.train import loop
+from rethink.train.loop import Job, train
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+LOSS_TOL, ACC_TOL = 0.02, 0.03
+
+
+@pytest.fixture
+def data(tmp_path):
+    return [write_split(tmp_path / "train.h5", 512, (3, 28, 28), "train", 1)], \
+        [write_split(tmp_path / "test.h5", 128, (3, 28, 28), "test", 2)]
+
+
+def cuda_cell(arch="mlp_1x512", **hp):
+    return make_cell(arch, **dict(dict(device="cuda", batch_size=64, max_epochs=4), **hp))
+
+
+def close(a, b):
+    """Histories of two CUDA runs agree within the stated tolerances, row by row."""
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b):
+        for key, tol in (("train_loss", LOSS_TOL), ("test_loss", LOSS_TOL), ("train_acc", ACC_TOL),
+                         ("test_acc", ACC_TOL), ("train_avg_loss", LOSS_TOL), ("train_avg_acc", ACC_TOL)):
+            if ra[key] != "" or rb[key] != "":
+                assert abs(float(ra[key]) - float(rb[key])) <= tol, (key, ra, rb)
+
+
+def run(tmp_path, data, cells, tag, **kwargs):
+    jobs = [Job(c, *data, tmp_path / tag / str(i), tmp_path / tag / f"{i}.pt") for i, c in enumerate(cells)]
+    summaries = train(jobs, echo=False, **kwargs)
+    return summaries, [read_history(j.out_dir / "history.csv") for j in jobs]
+
+
+def test_a_cuda_cell_fits_random_labels(tmp_path, data):
+    for arch, width, lr in (("mlp_1x512", 1.0, 0.01), ("inception", 0.25, 0.1)):
+        (summary,), _ = run(tmp_path, data, [cuda_cell(arch, width=width, lr=lr, max_epochs=60)], arch)
+        assert summary["stop_reason"] == "fit_threshold" and summary["device"] == "cuda", summary
+
+
+def test_sigterm_and_resume_on_cuda_match_an_uninterrupted_run(tmp_path, data):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cell = cuda_cell("alexnet", width=0.25, max_epochs=6)
+    entry = lambda tag: [{"cell": cell, "train": data[0], "test": data[1], "out_dir": str(tmp_path / tag),  # noqa: E731
+                          "checkpoint": str(tmp_path / f"{tag}.pt")}]
+    proc = subprocess.Popen([sys.executable, "-m", "rethink.train", "--pack", json.dumps(entry("resumed"))],
+                            stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "resumed" / "train.log"
+    while not (log.exists() and "epoch    2 step" in log.read_text()):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    assert not checkpoint.is_finished(torch.load(tmp_path / "resumed.pt", weights_only=True))
+    assert subprocess.run([sys.executable, "-m", "rethink.train", "--pack", json.dumps(entry("resumed"))]).returncode == 0
+    _, (straight,) = run(tmp_path, data, [cell], "straight")
+    close(read_history(tmp_path / "resumed" / "history.csv"), straight)
+
+
+def test_a_pack_on_cuda_equals_its_cells_alone(tmp_path, data):
+    cells = [cuda_cell(seed=s, dropout=0.3 * (s % 2), random_crop=bool(s % 2)) for s in range(3)]
+    _, packed = run(tmp_path, data, cells, "pack")
+    for i, cell in enumerate(cells):
+        _, (alone,) = run(tmp_path, data, [cell], f"alone{i}")
+        close(packed[i], alone)
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_a_compiled_step_equals_the_eager_one(tmp_path, data, mode):
+    cell = cuda_cell("alexnet", width=0.25)
+    (eager,), (eager_h,) = run(tmp_path, data, [cell], "eager")
+    (compiled,), (compiled_h,) = run(tmp_path, data, [cell], mode, compile_mode=mode)
+    close(eager_h, compiled_h)
+    assert eager["stop_reason"] == compiled["stop_reason"]
+
+
+def test_an_lr_change_takes_effect_inside_a_graphed_step():
+    dev = torch.device("cuda")
+    cell = cuda_cell()
+    model, opt, lr, _, amp, fmt = loop.setup(cell, (3, 28, 28), 10, dev)
+    step = torch.compile(loop.sgd_step, mode="reduce-overhead")
+    x, y = torch.randn(64, 3, 28, 28, device=dev), torch.randint(0, 10, (64,), device=dev)
+    for _ in range(3):  # warm-up and capture
+        step(model, opt, x, y, amp, fmt)
+    weight = next(model.parameters())
+    before = weight.detach().clone()
+    lr.fill_(0.0)
+    step(model, opt, x, y, amp, fmt)
+    assert torch.equal(weight.detach(), before)  # lr 0: the replayed graph read the new value
+    lr.fill_(0.5)
+    step(model, opt, x, y, amp, fmt)
+    assert not torch.equal(weight.detach(), before)
+
+
+def test_no_host_sync_inside_a_training_step(tmp_path, data):
+    jobs = [Job(cuda_cell("alexnet", width=0.25, random_crop=True, augment=True, dropout=0.3), *data,
+                tmp_path / "o", tmp_path / "c.pt")]
+    cache = loop.SplitCache(torch.device("cuda"))
+    member = loop.Member(jobs[0], "key", None, (cache.get(data[0], "train", jobs[0].cell),
+                                                cache.get(data[1], "test", jobs[0].cell)), torch.device("cuda"))
+    member.train_step()  # the epoch's draw and the warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(member.steps_per_epoch - 2):  # every step but the epoch's last (one sync there)
+            member.train_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
