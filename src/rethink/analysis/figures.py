@@ -69,7 +69,8 @@ def seeds_note(frame, line, band, spread="band"):
     by_n = {}
     for name, n in counts.items():
         by_n.setdefault(int(n), []).append(str(name))
-    text = "; ".join(f"n = {n} seed{'s' if n > 1 else ''}: {', '.join(names)}" for n, names in sorted(by_n.items(), reverse=True))
+    text = "; ".join(f"n = {n} seed{'s' if n > 1 else ''}: {', '.join(names)}"
+                     for n, names in sorted(by_n.items(), reverse=True))
     return (f"line: mean over seeds, {spread}: {metrics.BANDS[band]}; " if counts.max() > 1 else "") + text
 
 
@@ -93,7 +94,8 @@ def fig1a(cells, curves, band):
     what = ("Average training loss (online: training mode, mean over each epoch's minibatches)" if online else
             "Training loss of the whole training set in eval mode (these results predate the online record)")
     note = f"; {clipped} point(s) above {top:.2f} are cut off" if clipped else ""
-    return fig, f"{what} vs thousand steps, one line per randomization; {seeds_note(data, 'condition', band)}{note}", series
+    caption = f"{what} vs thousand steps, one line per randomization; {seeds_note(data, 'condition', band)}{note}"
+    return fig, caption, series
 
 
 def fig1b(cells, curves, band):
@@ -121,7 +123,8 @@ def fig1c(cells, curves, band):
     ax.set(xlabel="label corruption", ylabel="test error", title="(c) generalization error growth",
            xlim=(-0.05, 1.05), ylim=(0, 1))
     ax.legend()
-    caption = f"Test error (clean test set) at the end of training vs label corruption; {seeds_note(data, 'model', band)}"
+    caption = ("Test error (clean test set) at the end of training vs label corruption; "
+               f"{seeds_note(data, 'model', band)}")
     return fig, caption, series
 
 
@@ -144,7 +147,8 @@ def _band_plot(curves, condition_column, title, band):
                 ax.errorbar(stats["thousand_steps"], stats["mean"], yerr=[stats["mean"] - low, high - stats["mean"]],
                             color=color, ls="none", elinewidth=0.8, capsize=1.5)
             if split == "test":
-                ax.fill_between(stats["thousand_steps"], stats["mean"], stats["mean"].cummax(), color=color, alpha=0.25, lw=0)
+                best = stats["mean"].cummax()
+                ax.fill_between(stats["thousand_steps"], stats["mean"], best, color=color, alpha=0.25, lw=0)
             series += _records(stats.assign(condition=condition, split=split, low=low, high=high))
     ax.set(xlabel="thousand steps", ylabel="accuracy", title=title, ylim=(0, 1.02))
     ax.legend(fontsize="small", loc="lower right")
