@@ -1,5 +1,6 @@
-"""Figures, tables and the claims check on small constructed metrics (with missing and
-non-converged cells), through their CLIs, as the workflow's rules call them."""
+"""The aggregation, figures, tables and the claims check on small constructed metrics (with
+missing and non-converged cells, several seeds), through their CLIs, as the workflow's rules
+call them."""
 
 import json
 
@@ -9,14 +10,14 @@ import pytest
 
 from conftest import SCHEMA
 from rethink import config as rconfig
-from rethink.analysis import claims, figures, metrics, tables
+from rethink.analysis import aggregate, claims, figures, metrics, paper, tables
 
 CLAIMS_SCHEMA = rconfig.load_schema(SCHEMA)["properties"]["claims"]["properties"]
 DEFAULT_THRESHOLDS = {name: value["default"] for name, value in CLAIMS_SCHEMA.items()}
 
 
 def cell(arch, noise="true_labels", reg="none", seed=0, train=1.0, test=0.8, steps=100, best=None, level=None,
-         crop=False, wd=0.0, aug=False, dropout=0.0):
+         crop=False, wd=0.0, aug=False, dropout=0.0, classes=10, online=None):
     fitted = train >= 1.0
     level = level if level is not None else {"true_labels": 0.0}.get(noise, 1.0)
     return {
@@ -24,21 +25,33 @@ def cell(arch, noise="true_labels", reg="none", seed=0, train=1.0, test=0.8, ste
         "regularizer": reg, "noise": noise, "level": level, "seed": seed, "final_train_acc": train,
         "final_test_acc": test, "best_test_acc": best if best is not None else test,
         "steps_to_fit": steps if fitted else None, "converged": fitted,
-        "stop_reason": "fit_threshold" if fitted else "max_epochs", "num_classes": 10, "n_test": 1000,
+        "stop_reason": "fit_threshold" if fitted else "max_epochs", "num_classes": classes, "n_test": 1000,
         "hp_random_crop": crop, "hp_augment": aug, "hp_weight_decay": wd, "hp_dropout": dropout,
+        "final_train_avg_acc": online, "final_train_avg_loss": None, "train_avg_acc_global": online,
     }  # fmt: skip
 
 
-def write_metrics(root, rows, experiments):
+NAN = float("nan")
+
+
+def history(r, online_loss=(1.8, 0.9, 0.3, 0.05), eval_loss=(2.3, 1.0, 0.01)):
+    """One cell's rows of curves.parquet as the trainer writes them: a row per epoch, eval-mode
+    numbers every second epoch (and at epoch 0), online numbers from epoch 1 on."""
+    return pd.DataFrame({
+        "cell": r["cell"], "arch_name": r["arch_name"], "noise": r["noise"], "seed": r["seed"],
+        "step": [0, 500, 1000, 1500, 2000], "epoch": [0, 1, 2, 3, 4],
+        "train_loss": [eval_loss[0], NAN, eval_loss[1], NAN, eval_loss[2]],
+        "train_acc": [0.1, NAN, 0.6, NAN, r["final_train_acc"]], "test_loss": [2.3, NAN, 1.2, NAN, 1.0],
+        "test_acc": [0.1, NAN, r["best_test_acc"], NAN, r["final_test_acc"]],
+        "train_avg_loss": [NAN, *online_loss], "train_avg_acc": [NAN, 0.3, 0.6, 0.9, 0.99],
+    })  # fmt: skip
+
+
+def write_metrics(root, rows, experiments, curves=None):
     root.mkdir(parents=True, exist_ok=True)
-    summary = pd.DataFrame(rows)
-    curves = pd.concat([
-        pd.DataFrame({"cell": r["cell"], "arch_name": r["arch_name"], "noise": r["noise"], "seed": r["seed"],
-                      "step": [0, 500, 1000], "epoch": [0, 1, 2], "train_loss": [2.3, 1.0, 0.01],
-                      "train_acc": [0.1, 0.6, r["final_train_acc"]], "test_loss": [2.3, 1.2, 1.0],
-                      "test_acc": [0.1, r["best_test_acc"], r["final_test_acc"]]})
-        for r in rows
-    ])  # fmt: skip
+    summary = pd.DataFrame(rows).astype({"final_train_avg_acc": float, "final_train_avg_loss": float,
+                                         "train_avg_acc_global": float})
+    curves = pd.concat([history(r) for r in rows]) if curves is None else curves
     summary.to_parquet(root / "summary.parquet")
     curves.to_parquet(root / "curves.parquet")
     (root / "experiments.json").write_text(json.dumps({"config": "test.yaml", "experiments": experiments}))
@@ -49,61 +62,147 @@ def ids(rows):
     return [r["cell"] for r in rows]
 
 
+# ----------------------------------------------------------------------------- aggregation
+
+
+def test_aggregate_reads_histories_with_and_without_the_online_record(tmp_path):
+    """history.csv has a row per epoch; results written before the online columns existed read
+    as not recorded (NaN), never as an error or as zeros."""
+    new, old = tmp_path / "new", tmp_path / "old"
+    rows = {new: cell("mlp", online=0.99), old: cell("mlp", seed=1)}
+    for out, row in rows.items():
+        out.mkdir()
+        summary = {k: v for k, v in row.items() if not k.startswith("hp_")}
+        summary["hparams"] = {"lr": 0.01, "weight_decay": 0.0}
+        if out == old:
+            summary = {k: v for k, v in summary.items() if k not in aggregate.ONLINE_SUMMARY}
+        (out / "summary.json").write_text(json.dumps(summary))
+    (new / "history.csv").write_text(
+        "step,epoch,lr,train_loss,train_acc,test_loss,test_acc,train_avg_loss,train_avg_acc,elapsed_s\n"
+        "0,0,0.01,2.3,0.1,2.3,0.1,,,0.1\n"
+        "16,1,0.01,,,,,1.9,0.3,0.5\n"
+        "32,2,0.01,1.0,0.7,1.2,0.6,1.1,0.62,0.9\n")
+    (old / "history.csv").write_text(
+        "step,epoch,lr,train_loss,train_acc,test_loss,test_acc,elapsed_s\n0,0,0.01,2.3,0.1,2.3,0.1,0.1\n"
+        "32,2,0.01,1.0,0.7,1.2,0.6,0.9\n")
+    summary, curves = aggregate.aggregate([new / "summary.json", old / "summary.json"])
+    by_cell = summary.set_index("seed")
+    assert by_cell.loc[0, "final_train_avg_acc"] == 0.99 and np.isnan(by_cell.loc[1, "final_train_avg_acc"])
+    assert by_cell.loc[0, "hp_lr"] == 0.01 and summary["final_train_avg_loss"].dtype == float  # null -> NaN
+    seed0, seed1 = curves[curves["seed"] == 0], curves[curves["seed"] == 1]
+    assert seed0["epoch"].tolist() == [0, 1, 2] and seed1["epoch"].tolist() == [0, 2]
+    assert seed0["train_avg_loss"].tolist()[1:] == [1.9, 1.1] and np.isnan(seed0["train_avg_loss"].iloc[0])
+    assert np.isnan(seed0["train_acc"].iloc[1])  # epoch 1 was not evaluated
+    assert seed1["train_avg_acc"].isna().all() and seed1["train_acc"].tolist() == [0.1, 0.7]
+    summary, curves = aggregate.aggregate([old / "summary.json"])  # only older results: the columns exist
+    assert summary[list(aggregate.ONLINE_SUMMARY)].isna().all().all()
+    assert curves[list(aggregate.ONLINE_CURVES)].isna().all().all()
+
+
 # ----------------------------------------------------------------------------- tables
 
 
 def test_table1_puts_ours_next_to_the_paper_and_marks_what_did_not_fit(tmp_path):
     rows = [
-        cell("inception", test=0.80), cell("inception", seed=1, test=0.90),  # two seeds: mean 85.0
+        cell("inception", test=0.80), cell("inception", seed=1, test=0.90),  # two seeds: 85.0 +- 7.07
         cell("inception", "random_labels", train=0.95, test=0.1),            # did not fit
         cell("alexnet", reg="wd", wd=5e-4, test=0.7),
+        cell("resnet", test=0.9),                                             # not in the paper
     ]
     out = tmp_path / "tables" / "table1"
     tables.main(["table1", "--metrics", str(write_metrics(tmp_path / "m", rows, {"table1": ids(rows)})), "--out", str(out)])
     table = pd.read_csv(out.with_suffix(".csv"))
-    assert len(table) == 19  # every paper row is listed, our rows are matched into them
+    assert len(table) == 20  # every paper row is listed, our rows are matched into them
     inc = table[(table["model"] == "inception") & (table["random crop"] == "no") & (table["weight decay"] == "no")].iloc[0]
-    assert (inc["test (ours)"], inc["test (paper)"], inc["test diff"], inc["n"]) == (85.0, 85.75, -0.75, 2)
+    assert (inc["test (ours)"], inc["test sd"], inc["test (paper)"], inc["test diff"], inc["n"]) == (85.0, 7.07, 85.75, -0.75, 2)
     rnd = table[table["model"] == "inception, random labels"].iloc[0]
     assert rnd["fitted"] == "NOT FITTED" and rnd["train (ours)"] == 95.0 and rnd["train (paper)"] == 100.0
+    assert np.isnan(rnd["train sd"])  # one seed: no sd
     alex = table[(table["model"] == "alexnet") & (table["weight decay"] == "yes") & (table["random crop"] == "no")].iloc[0]
     assert alex["test (ours)"] == 70.0 and alex["test (paper)"] == 77.36
     missing = table[table["model"] == "mlp_3x512"].iloc[0]
     assert missing["fitted"] == "no cell" and np.isnan(missing["train (ours)"]) and missing["train (paper)"] == 100.0
+    # the paper's row order (not alphabetical), then ours that the paper does not have
+    paper_order = [m + ("" if n == "true_labels" else ", random labels") for (m, _, _, n) in paper.TABLE1]
+    assert table["model"].tolist() == paper_order + ["resnet"]
+    assert table["model"].iloc[0] == "inception" and table["model"].iloc[8] == "alexnet"
     md = out.with_suffix(".md").read_text()
-    assert "| inception | no | no | 100.00 | 100.00 | 0.00 | 85.00 | 85.75 | -0.75 | yes | 2 |" in md
-    assert "from 4 cells of test.yaml, 2 seed(s)" in md
+    assert "| inception | no | no | 100.00 ± 0.00 | 100.00 | 0.00 | 85.00 ± 7.07 | 85.75 | -0.75 | yes | 2 |" in md
+    assert "| inception, random labels | no | no | 95.00 | 100.00 | -5.00 | 10.00 | 9.78 | 0.22 | NOT FITTED | 1 |" in md
+    assert "from 5 cells of test.yaml, 2 seed(s); ours: mean ± sample sd over the row's n seeds" in md
     tex = out.with_suffix(".tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex and "inception, random labels" in tex
-    assert json.loads(out.with_suffix(".json").read_text())["cells"] == 4
+    assert r"85.00 $\pm$ 7.07" in tex and "test sd" not in tex
+    assert json.loads(out.with_suffix(".json").read_text())["cells"] == 5
 
 
-def test_table2_matches_rows_by_what_the_cells_do(tmp_path):
-    rows = [
-        cell("alexnet", reg="all", crop=True, aug=True, wd=5e-4, dropout=0.5, test=0.7, best=0.75),
-        cell("alexnet", "random_labels", reg="none", train=0.9, test=0.11),
+def imagenet_like_rows(arch, classes):
+    """Table 2's grid: true labels with all / aug only / wd only / no regularizers, random labels
+    without regularizers; two seeds of the unregularized true-label row."""
+    return [
+        cell(arch, reg="all", crop=True, aug=True, wd=5e-4, dropout=0.5, test=0.70, best=0.75, classes=classes),
+        cell(arch, reg="aug", crop=True, aug=True, test=0.66, classes=classes),
+        cell(arch, reg="wd", wd=5e-4, test=0.62, best=0.66, classes=classes),
+        cell(arch, test=0.58, best=0.60, classes=classes), cell(arch, seed=1, test=0.60, best=0.64, classes=classes),
+        cell(arch, "random_labels", train=0.9, test=0.11, classes=classes),
     ]
+
+
+def test_table2_on_imagenet_sets_ours_against_the_paper(tmp_path):
+    rows = imagenet_like_rows("inception_v3", 1000)
     out = tmp_path / "table2"
     tables.main(["table2", "--metrics", str(write_metrics(tmp_path / "m", rows, {"table2": ids(rows)})), "--out", str(out)])
     table = pd.read_csv(out.with_suffix(".csv"))
+    assert len(table) == 7 and "Stand-in" not in out.with_suffix(".md").read_text()
     full = table[(table["labels"] == "true") & (table["aug"] == "yes") & (table["dropout"] == "yes")].iloc[0]
     assert (full["top-1 test (ours)"], full["best test (ours)"], full["top-1 test (paper)"]) == (70.0, 75.0, 77.84)
+    assert full["test diff"] == -7.84
     rnd = table[(table["labels"] == "random") & (table["wd"] == "no") & (table["dropout"] == "no")].iloc[0]
     assert rnd["top-1 train (ours)"] == 90.0 and rnd["fitted"] == "NOT FITTED" and rnd["top-1 test (paper)"] == 0.11
-    assert len(table) == 7
+    # rows in the paper's order: true labels first, the unregularized row fourth
+    assert table["labels"].tolist() == ["true"] * 4 + ["random"] * 3
+    plain = table.iloc[3]
+    assert (plain["aug"], plain["dropout"], plain["wd"], plain["top-1 test (ours)"], plain["n"]) == ("no", "no", "no", 59.0, 2)
+
+
+def test_table2_stand_in_compares_effects_not_imagenet_accuracies(tmp_path):
+    rows = imagenet_like_rows("alexnet", 10)
+    out = tmp_path / "table2"
+    tables.main(["table2", "--metrics", str(write_metrics(tmp_path / "m", rows, {"table2": ids(rows)})), "--out", str(out)])
+    table = pd.read_csv(out.with_suffix(".csv"))
+    assert not [c for c in table if "diff" in c or c.endswith("(paper)") and not c.startswith(("regularizer", "early"))]
+    md = out.with_suffix(".md").read_text()
+    assert "Stand-in: AlexNet on d (10 classes) for the paper's Inception V3 on ImageNet (1000 classes)" in md
+    assert "77.84" not in md and "0.11 |" not in md  # no ImageNet accuracy in the table
+    assert table["labels"].tolist() == ["true"] * 4 + ["random"] * 3
+    full = table.iloc[0]  # aug, dropout, wd: 70 vs 59 without (ours), 77.84 vs 59.80 (paper)
+    assert (full["regularizer effect (ours)"], full["regularizer effect (paper)"]) == (11.0, 18.04)
+    wd = table.iloc[2]  # wd only: best 66 vs final 62 (ours); 72.57 vs 67.18 (paper)
+    assert (wd["early-stopping gain (ours)"], wd["early-stopping gain (paper)"]) == (4.0, 5.39)
+    assert (wd["regularizer effect (ours)"], wd["regularizer effect (paper)"]) == (3.0, 7.38)
+    plain = table.iloc[3]
+    assert plain["regularizer effect (ours)"] == 0.0 and plain["early-stopping gain (ours)"] == 3.0
 
 
 def test_table4_names_the_regularizer_and_keeps_failed_to_converge(tmp_path):
-    rows = [cell("inception", "random_labels", reg="crop", crop=True, train=0.97),
-            cell("alexnet", "random_labels", reg="wd", wd=5e-4, train=0.5)]
+    rows = [cell("inception", "random_labels", reg="crop", crop=True, train=0.97, online=0.9),
+            cell("inception", "random_labels", reg="crop", crop=True, train=0.99, online=0.95, seed=1),
+            cell("alexnet", "random_labels", reg="wd", wd=5e-4, train=0.5)]  # older results: no online record
     out = tmp_path / "table4"
     tables.main(["table4", "--metrics", str(write_metrics(tmp_path / "m", rows, {"table4": ids(rows)})), "--out", str(out)])
     table = pd.read_csv(out.with_suffix(".csv")).set_index(["model", "regularizer"])
-    assert table.loc[("inception", "random cropping"), "train (ours)"] == 97.0
-    assert table.loc[("inception", "random cropping"), "train (paper)"] == "99.93"
+    crop = table.loc[("inception", "random cropping")]
+    assert (crop["train (ours)"], crop["train sd"], crop["train (paper)"], crop["n"]) == (98.0, 1.41, "99.93", 2)
+    # the paper's Table 4 reports the global average of online minibatch accuracy: that is what is compared
+    assert (crop["online train (ours)"], crop["online train sd"], crop["online diff"]) == (92.5, 3.54, -7.43)
     assert table.loc[("alexnet", "weight decay"), "train (paper)"] == "failed to converge"
     assert table.loc[("alexnet", "weight decay"), "fitted"] == "NOT FITTED"
+    assert np.isnan(table.loc[("alexnet", "weight decay"), "online train (ours)"])
     assert table.loc[("mlp_1x512", "weight decay"), "fitted"] == "no cell"
+    words = {"wd": "weight decay", "crop": "random cropping", "aug": "augmentation"}
+    assert list(table.index) == [(m, words[r]) for m, r in paper.TABLE4]  # the paper's order: wd, crop, aug
+    assert "| inception | random cropping | 98.00 ± 1.41 | 92.50 ± 3.54 | 99.93 | -7.43 | NOT FITTED | 2 |" in \
+        out.with_suffix(".md").read_text()
 
 
 # ----------------------------------------------------------------------------- figures
@@ -148,6 +247,75 @@ def test_each_figure_renders_with_provenance(tmp_path, name):
     assert f"{len(plotted)} of {len(plotted) + 1} planned cells" in side["caption"]
     if name == "fig1b":
         assert "1 cell(s) that never fitted" in side["caption"]
+
+
+def plot(tmp_path, name, rows, curves=None, band="minmax"):
+    """Run the figure's CLI on constructed metrics; -> its JSON sidecar."""
+    root = write_metrics(tmp_path / "m", rows, {name: ids(rows)}, curves)
+    figures.main([name, "--metrics", str(root), "--band", band, "--out", str(tmp_path / name)])
+    return json.loads((tmp_path / f"{name}.json").read_text())
+
+
+def test_fig1a_plots_the_online_training_loss_not_the_eval_mode_spikes(tmp_path):
+    rows = [cell("inception"), cell("inception", seed=1), cell("inception", "random_labels")]
+    # eval mode spikes to 40 at epoch 2 (BatchNorm's running statistics at a large lr); the online
+    # average over the epoch's minibatches does not
+    curves = pd.concat([
+        history(rows[0], online_loss=(1.8, 0.9, 0.3, 0.05), eval_loss=(2.3, 40.0, 0.01)),
+        history(rows[1], online_loss=(2.0, 1.1, 0.5, 0.05), eval_loss=(2.3, 40.0, 0.01)),
+        history(rows[2], online_loss=(2.2, 2.0, 1.0, 0.10), eval_loss=(2.3, 40.0, 0.01)),
+    ])  # fmt: skip
+    side = plot(tmp_path, "fig1a", rows, curves)
+    true = [r for r in side["series"] if r["condition"] == "true labels"]
+    assert [r["thousand_steps"] for r in true] == [0.5, 1.0, 1.5, 2.0]  # every epoch; no online number at step 0
+    assert [round(r["mean"], 6) for r in true] == [1.9, 1.0, 0.4, 0.05]  # the mean over the two seeds
+    assert [(round(r["low"], 6), round(r["high"], 6), r["n"]) for r in true][0] == (1.8, 2.0, 2)
+    assert max(r["mean"] for r in side["series"]) == 2.2 and "cut off" not in side["caption"]
+    assert side["caption"].startswith("Average training loss (online: training mode, mean over each epoch's minibatches)")
+    assert "band: min-max over seeds; n = 2 seeds: true labels; n = 1 seed: random labels" in side["caption"]
+    # results written before the online record: the eval-mode loss, saying so, and the spike cut off
+    old = curves.assign(train_avg_loss=NAN, train_avg_acc=NAN)
+    side = plot(tmp_path / "old", "fig1a", rows, old)
+    assert "eval mode (these results predate the online record)" in side["caption"]
+    assert "2 point(s) above 3.45 are cut off" in side["caption"]
+    assert [r["thousand_steps"] for r in side["series"] if r["condition"] == "random labels"] == [0.0, 1.0, 2.0]
+
+
+def test_figures_draw_the_seed_spread_and_say_what_it_is(tmp_path):
+    rows = []
+    for seed, (base, slow, err) in enumerate([(100, 200, 0.20), (200, 300, 0.30)]):  # p = 1 takes 2.0x, then 1.5x
+        rows += [cell("alexnet", seed=seed, steps=base, test=0.8), cell("alexnet", "random_labels", seed=seed, steps=slow, test=err)]
+    rows += [cell("inception", steps=100), cell("inception", "random_labels", steps=400, test=0.1)]
+    side = plot(tmp_path, "fig1b", rows)
+    alex = {r["level"]: r for r in side["series"] if r["model"] == "AlexNet"}
+    # normalised per seed, then averaged: (2.0 + 1.5) / 2, not 250 / 150
+    assert (alex[1.0]["mean"], alex[1.0]["low"], alex[1.0]["high"], alex[1.0]["n"]) == (1.75, 1.5, 2.0, 2)
+    inc = {r["level"]: r for r in side["series"] if r["model"] == "Inception"}
+    assert (inc[1.0]["mean"], inc[1.0]["n"], inc[1.0]["sd"]) == (4.0, 1, None)
+    assert "line: mean over seeds, band: min-max over seeds; n = 2 seeds: AlexNet; n = 1 seed: Inception" in side["caption"]
+    assert side["seeds"] == 2
+    side = plot(tmp_path / "sd", "fig1c", rows, band="sd")
+    alex = {r["level"]: r for r in side["series"] if r["model"] == "AlexNet"}
+    sd = np.std([0.8, 0.7], ddof=1)
+    assert alex[1.0]["mean"] == pytest.approx(0.75) and alex[1.0]["low"] == pytest.approx(0.75 - sd)
+    assert "band: mean +- 1 sd over seeds; n = 2 seeds: AlexNet" in side["caption"]
+    side = plot(tmp_path / "2b", "fig2b", [r for r in rows if r["noise"] == "true_labels"])
+    test = [r for r in side["series"] if r["condition"] == "AlexNet" and r["split"] == "test"]
+    assert [r["thousand_steps"] for r in test] == [0.0, 1.0, 2.0]  # evaluated epochs only
+    assert (test[-1]["low"], test[-1]["high"], test[-1]["n"]) == (0.8, 0.8, 2)
+    assert "error bars: min-max over seeds; n = 2 seeds: AlexNet" in side["caption"]
+
+
+def test_fig2a_says_when_it_is_a_stand_in(tmp_path):
+    stand_in = plot(tmp_path, "fig2a", [cell("alexnet", reg="d", dropout=0.5)])
+    assert "Stand-in: AlexNet on d (10 classes) for the paper's Inception V3 on ImageNet (1000 classes)" in stand_in["caption"]
+    imagenet = plot(tmp_path / "in", "fig2a", [cell("inception_v3", reg="d", dropout=0.5, classes=1000)])
+    assert "Stand-in" not in imagenet["caption"]
+
+
+def test_band_kinds_are_the_config_schema_s():
+    schema = rconfig.load_schema(SCHEMA)["properties"]["figures"]["properties"]["band"]
+    assert set(schema["enum"]) == set(metrics.BANDS) and schema["default"] in metrics.BANDS
 
 
 def test_fig2a_condition_names_follow_the_paper():

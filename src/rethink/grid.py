@@ -7,8 +7,9 @@ this order, later entries winning:
     training  <  architectures.<arch>.hparams  <  regularizers.<reg>
               <  experiments.<exp>.overrides  <  experiments.<exp>.grid[i].overrides
 
-Every experiment lists sub-grids (architectures x regularizers x noises); the union over all
-enabled experiments, deduplicated by cell id, is what trains. Two experiments that resolve
+Every experiment lists sub-grids (architectures x regularizers x noises x seeds; a sub-grid's
+`seeds` default to the experiment's); the union over all enabled experiments, deduplicated by
+cell id, is what trains. Two experiments that resolve
 the same cell id to different hyper-parameters are a config error: a cell has one meaning.
 
     python -m rethink.grid [--configfile config/paper.yaml]   # cell count, experiment table
@@ -88,7 +89,7 @@ def expand(config):
                         **config["regularizers"][reg], **exp["overrides"], **entry["overrides"],
                     }  # fmt: skip
                     for noise in entry_noises(entry):
-                        for seed in exp["seeds"]:
+                        for seed in entry.get("seeds") or exp["seeds"]:
                             cell = Cell(exp["dataset"], arch, reg, noise, seed)
                             _add(cells, owners, cell, spec(config, cell, hparams), where)
                             ids.append(cell.id)

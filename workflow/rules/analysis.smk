@@ -54,9 +54,10 @@ for figure in FIGURES:
         params:
             figure=figure,
             metrics=metrics_argument(figure),
+            band=config["figures"]["band"],
             code=CODE["report"],
         shell:
-            "python -m rethink.analysis.figures {params.figure} {params.metrics}"
+            "python -m rethink.analysis.figures {params.figure} {params.metrics} --band {params.band}"
             " --out $(dirname {output.pdf})/{params.figure} > {log} 2>&1"
 
 

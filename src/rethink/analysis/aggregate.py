@@ -1,6 +1,9 @@
 """Cells -> results/metrics/summary.{csv,parquet} (one row per cell: every wildcard, every
 resolved hyper-parameter as `hp_<name>`, every result) and curves.{csv,parquet} (one row per
-evaluation, keyed by the same cell columns).
+epoch of history.csv, keyed by the same cell columns).
+
+Results written before the trainer recorded the online (training-mode minibatch) averages
+read as if those were never measured: the columns exist, empty.
 
     python -m rethink.analysis.aggregate --summaries results/cells/.../summary.json ... --out-dir results/metrics
 """
@@ -16,11 +19,15 @@ from rethink.errors import RethinkError, cli_main
 from rethink.fileio import atomic_path
 
 KEYS = ("cell", "dataset", "arch_name", "arch", "width", "regularizer", "noise", "level", "seed")
+# Online numbers (the mean over an epoch's minibatches, in training mode): missing in older results
+ONLINE_CURVES = ("train_avg_loss", "train_avg_acc")
+ONLINE_SUMMARY = ("final_train_avg_acc", "final_train_avg_loss", "train_avg_acc_global")
 
 
 def summary_row(summary):
     """Flatten one summary.json: hyper-parameters as hp_<name>, lists as JSON text."""
     row = {k: v for k, v in summary.items() if k != "hparams"}
+    row.update({k: None for k in ONLINE_SUMMARY if k not in row})  # older results: not recorded
     row.update({f"hp_{k}": v for k, v in summary["hparams"].items()})
     return {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()}
 
@@ -32,6 +39,9 @@ def load_cell(summary_path):
         curves = pd.read_csv(summary_path.with_name("history.csv"))
     except (OSError, ValueError) as err:
         raise RethinkError(f"{summary_path.parent}: unreadable cell results ({err}); rerun that cell") from None
+    for column in ONLINE_CURVES:
+        if column not in curves:
+            curves[column] = float("nan")
     for key in KEYS:
         curves.insert(KEYS.index(key), key, summary[key])
     return summary_row(summary), curves
@@ -40,6 +50,7 @@ def load_cell(summary_path):
 def aggregate(summary_paths):
     rows, curves = zip(*(load_cell(p) for p in summary_paths))
     summary = pd.DataFrame(list(rows)).sort_values("cell", kind="stable").reset_index(drop=True)
+    summary = summary.astype(dict.fromkeys(ONLINE_SUMMARY, float))  # None (not recorded) -> NaN
     columns = [k for k in KEYS if k in summary] + [c for c in summary if c not in KEYS]
     curves = pd.concat(curves, ignore_index=True)
     return summary[columns], curves.sort_values(["cell", "step"], kind="stable").reset_index(drop=True)
@@ -65,7 +76,7 @@ def main(argv=None):
     for name, frame in (("summary", summary), ("curves", curves)):
         for ext in ("csv", "parquet"):
             write(frame, out / f"{name}.{ext}")
-    print(f"aggregate: {len(summary)} cells, {len(curves)} evaluations -> {out}")
+    print(f"aggregate: {len(summary)} cells, {len(curves)} epochs -> {out}")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 `experiments.json` (written by the workflow from the config) names each experiment's cells
 and the config they came from; `summary.parquet` has one row per cell, `curves.parquet` one
-row per evaluation.
+row per epoch (eval-mode columns empty on epochs that were not evaluated, online columns
+empty at epoch 0).
 """
 
 import json
@@ -63,3 +64,22 @@ def relative_time_to_overfit(cells):
     base = cells.assign(base=steps)[cells["level"] == 0].groupby(keys)["base"].first().reset_index()
     matched = cells[keys].merge(base, on=keys, how="left")["base"].to_numpy(dtype=float)
     return cells.assign(relative_time=steps.to_numpy(dtype=float) / matched)
+
+
+def over_seeds(frame, keys, column):
+    """Per group of `keys`, the seed statistics of `column`: mean, sd (sample, n - 1; NaN for
+    one seed), min, max and n (seeds with a value), in the groups' order of appearance."""
+    values = frame.assign(_v=pd.to_numeric(frame[column], errors="coerce")).dropna(subset=["_v"])
+    stats = values.groupby(keys, sort=False)["_v"].agg(["mean", "std", "min", "max", "count"])
+    return stats.rename(columns={"std": "sd", "count": "n"}).reset_index()
+
+
+BANDS = {"minmax": "min-max over seeds", "sd": "mean +- 1 sd over seeds"}
+
+
+def band(stats, kind):
+    """(low, high) of the band of `kind` (a key of BANDS) around `stats`' means."""
+    if kind == "minmax":
+        return stats["min"], stats["max"]
+    sd = stats["sd"].fillna(0.0)
+    return stats["mean"] - sd, stats["mean"] + sd

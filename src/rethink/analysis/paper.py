@@ -4,8 +4,33 @@ Rows are keyed by what a cell does, not by what a config calls it: architecture 
 the shipped configs), noise, and the regularization switches read from the cell's resolved
 hyper-parameters (random crop, weight decay > 0, augmentation, dropout > 0). Values are
 percentages as printed; `None` where the paper printed none. Table 2's starred entries are
-the least certain transcriptions.
+the least certain transcriptions. Each table's rows are in the paper's order.
 """
+
+# The models as the paper names them
+ARCH_WORDS = {
+    "inception": "Inception", "inception_nobn": "Inception w/o BatchNorm", "alexnet": "AlexNet",
+    "mlp_1x512": "MLP 1x512", "mlp_3x512": "MLP 3x512", "inception_v3": "Inception V3",
+}  # fmt: skip
+
+# Where the paper measured Table 2 and Figure 2a; cells of any other model or class count only
+# stand in for it, and their absolute accuracies are not set against the paper's.
+IMAGENET = {"arch": "inception_v3", "num_classes": 1000, "words": "Inception V3 on ImageNet (1000 classes)"}
+SETTINGS = {"table2": IMAGENET, "fig2a": IMAGENET}
+
+
+def stand_in(cells, name):
+    """For the paper's table or figure `name`: a sentence saying what stands in for the paper's
+    setting, or None when the cells are that setting (or the paper has one setting for all)."""
+    setting = SETTINGS.get(name)
+    if setting is None:
+        return None
+    ours = cells[["arch", "arch_name", "dataset", "num_classes"]].drop_duplicates()
+    if (ours["arch"].eq(setting["arch"]) & ours["num_classes"].eq(setting["num_classes"])).all():
+        return None
+    words = ", ".join(f"{ARCH_WORDS.get(r.arch, r.arch_name)} on {r.dataset} ({r.num_classes} classes)"
+                      for r in ours.itertuples())
+    return f"Stand-in: {words} for the paper's {setting['words']}"
 
 # Table 1: (architecture, random crop, weight decay, noise) -> (train %, test %)
 TABLE1 = {

@@ -1,10 +1,13 @@
 """Tables 1, 2 and 4: our numbers next to the paper's, as CSV, Markdown and LaTeX (booktabs).
 
 Rows come from one experiment's cells (results/metrics/experiments.json says which) and are
-matched to the paper by what the cells do, read from their resolved hyper-parameters. With
-several seeds a value is the mean over seeds and `n` says how many. A row whose cells did not
-reach the fitting threshold is marked in the `fitted` column, never dropped; a paper row with
-no cell is listed with our values empty.
+matched to the paper by what the cells do, read from their resolved hyper-parameters, in the
+paper's row order (rows the paper does not have follow). With several seeds a value is the mean
+over seeds with its sample sd beside it (`<x> sd` in the CSV, `mean ± sd` in Markdown and
+LaTeX), and `n` says how many seeds. A row whose cells did not reach the fitting threshold is
+marked in the `fitted` column, never dropped; a paper row with no cell is listed with our
+values empty. A stand-in (Table 2 measured on anything but ImageNet) leaves out the paper's
+absolute numbers and compares regularizer effects and early-stopping gains instead.
 
     python -m rethink.analysis.tables table1 --metrics results/metrics --out results/tables/table1
 """
@@ -21,6 +24,9 @@ from rethink.errors import RethinkError, cli_main
 from rethink.fileio import write_text_atomic
 
 NOISE_WORDS = {"true_labels": "true labels", "random_labels": "random labels"}
+# what a row measures: column name -> the summary column it is the seed mean (and sd) of
+MEASURED = {"train": "final_train_acc", "test": "final_test_acc", "best test": "best_test_acc",
+            "online train": "train_avg_acc_global"}
 
 
 def _pct(x):
@@ -32,51 +38,94 @@ def _diff(ours, theirs):
 
 
 def _grouped(cells, keys):
-    """Per row key (a tuple of `keys`' values): the mean over seeds of its metrics, the seed
-    count and whether every seed fitted."""
-    agg = cells.groupby(keys, dropna=False, sort=False).agg(
-        train=("final_train_acc", "mean"), test=("final_test_acc", "mean"),
-        best_test=("best_test_acc", "mean"), n=("seed", "nunique"), fitted=("converged", "all"),
-    )  # fmt: skip
-    return {tuple(r[k] for k in keys): r for r in agg.reset_index().to_dict("records")}
+    """Per row key (a tuple of `keys`' values): each MEASURED quantity's mean and sample sd
+    over seeds in % (sd None for one seed), the seed count n, and whether every seed fitted."""
+    rows = {}
+    for key, group in cells.groupby(keys, dropna=False, sort=False):
+        row = {"n": group["seed"].nunique(), "fitted": bool(group["converged"].all())}
+        for name, column in MEASURED.items():
+            values = pd.to_numeric(group[column], errors="coerce").dropna() if column in group else pd.Series()
+            row[name] = _pct(values.mean()) if len(values) else None
+            row[f"{name} sd"] = _pct(values.std()) if len(values) > 1 else None
+        rows[key] = row
+    return rows
+
+
+def _get(mine, name):
+    return mine[name] if mine else None
+
+
+def _ours(mine, name, label=None):
+    """The columns of one measured quantity: `<label> (ours)` (the seed mean) and `<label> sd`."""
+    label = label or name
+    return {f"{label} (ours)": _get(mine, name), f"{label} sd": _get(mine, f"{name} sd")}
+
+
+def _in_paper_order(ours, theirs):
+    """Row keys: the paper's rows in its order, then ours that the paper does not have."""
+    return list(dict.fromkeys([*theirs, *ours]))
 
 
 def table1(cells):
     cells = metrics.with_switches(cells)
     ours = _grouped(cells, ["arch_name", "crop", "wd", "noise"])
-    keys = list(dict.fromkeys([*ours, *paper.TABLE1]))
     rows = []
-    for arch, crop, wd, noise in keys:
-        mine, theirs = ours.get((arch, crop, wd, noise)), paper.TABLE1.get((arch, crop, wd, noise), (None, None))
-        train, test = (_pct(mine["train"]), _pct(mine["test"])) if mine else (None, None)
+    for key in _in_paper_order(ours, paper.TABLE1):
+        (arch, crop, wd, noise), mine = key, ours.get(key)
+        theirs = paper.TABLE1.get(key, (None, None))
         rows.append({
             "model": arch + ("" if noise == "true_labels" else f", {NOISE_WORDS.get(noise, noise)}"),
             "random crop": _yn(crop), "weight decay": _yn(wd),
-            "train (ours)": train, "train (paper)": theirs[0], "train diff": _diff(train, theirs[0]),
-            "test (ours)": test, "test (paper)": theirs[1], "test diff": _diff(test, theirs[1]),
+            **_ours(mine, "train"), "train (paper)": theirs[0], "train diff": _diff(_get(mine, "train"), theirs[0]),
+            **_ours(mine, "test"), "test (paper)": theirs[1], "test diff": _diff(_get(mine, "test"), theirs[1]),
             "fitted": _fitted(mine), "n": mine["n"] if mine else 0,
         })  # fmt: skip
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), ""
 
 
 def table2(cells):
+    """Next to the paper's values; for a stand-in (paper.stand_in) only what compares across
+    settings: each regularizer's effect on test accuracy (vs the same labels without any) and
+    the early-stopping gain (best minus final test accuracy), ours and the paper's."""
+    setting = paper.stand_in(cells, "table2")
     cells = metrics.with_switches(cells)
     ours = _grouped(cells, ["noise", "aug", "dropout", "wd"])
+    paper_test = {key: v[2] for key, v in paper.TABLE2.items()}
+    ours_test = {key: r["test"] for key, r in ours.items()}
     rows = []
-    for key in dict.fromkeys([*ours, *paper.TABLE2]):
+    for key in _in_paper_order(ours, paper.TABLE2):
         noise, aug, dropout, wd = key
         mine = ours.get(key)
         theirs = paper.TABLE2.get(key, (None,) * 6)
-        train, test, best = (_pct(mine["train"]), _pct(mine["test"]), _pct(mine["best_test"])) if mine else (None,) * 3
         rows.append({
             "labels": NOISE_WORDS.get(noise, noise).split()[0], "aug": _yn(aug), "dropout": _yn(dropout), "wd": _yn(wd),
-            "top-1 train (ours)": train, "top-1 train (paper)": theirs[0], "train diff": _diff(train, theirs[0]),
-            "top-1 test (ours)": test, "top-1 test (paper)": theirs[2], "test diff": _diff(test, theirs[2]),
-            "best test (ours)": best, "best test (paper)": theirs[4],
+            **_ours(mine, "train", "top-1 train"), "top-1 train (paper)": theirs[0],
+            "train diff": _diff(_get(mine, "train"), theirs[0]),
+            **_ours(mine, "test", "top-1 test"), "top-1 test (paper)": theirs[2],
+            "test diff": _diff(_get(mine, "test"), theirs[2]),
+            **_ours(mine, "best test"), "best test (paper)": theirs[4],
             "top-5 train (paper)": theirs[1], "top-5 test (paper)": theirs[3],
+            "regularizer effect (ours)": _effect(ours_test, key),
+            "regularizer effect (paper)": _effect(paper_test, key),
+            "early-stopping gain (ours)": _diff(_get(mine, "best test"), _get(mine, "test")),
+            "early-stopping gain (paper)": _diff(theirs[4], theirs[2]),
             "fitted": _fitted(mine), "n": mine["n"] if mine else 0,
         })  # fmt: skip
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if setting is None:
+        return frame, ""
+    absolute = [c for c in frame if c.endswith("(paper)") and not c.startswith(("regularizer", "early"))]
+    note = (f" {setting}: absolute accuracies do not compare across datasets and class "
+            "counts, so the paper's are left out; compared are each regularizer's effect on top-1 test accuracy "
+            "(points, vs the same labels without regularizers) and the early-stopping gain (best minus final "
+            "top-1 test accuracy, points).")
+    return frame.drop(columns=absolute + ["train diff", "test diff"]), note
+
+
+def _effect(test, key):
+    """Test accuracy of row `key` minus that of the same labels without any regularizer."""
+    base = test.get((key[0], False, False, False))
+    return _diff(test.get(key), base)
 
 
 def table4(cells):
@@ -85,15 +134,19 @@ def table4(cells):
     ours = _grouped(cells, ["arch_name", "regularizer_kind"])
     words = {"wd": "weight decay", "crop": "random cropping", "aug": "augmentation"}
     rows = []
-    for key in dict.fromkeys([*ours, *paper.TABLE4]):
+    for key in _in_paper_order(ours, paper.TABLE4):
         mine, theirs = ours.get(key), paper.TABLE4.get(key)
-        train = _pct(mine["train"]) if mine else None
         rows.append({
             "model": key[0], "regularizer": words.get(key[1], key[1]),
-            "train (ours)": train, "train (paper)": "failed to converge" if key in paper.TABLE4 and theirs is None else theirs,
-            "train diff": _diff(train, theirs), "fitted": _fitted(mine), "n": mine["n"] if mine else 0,
+            **_ours(mine, "train"), **_ours(mine, "online train"),
+            "train (paper)": "failed to converge" if key in paper.TABLE4 and theirs is None else theirs,
+            "online diff": _diff(_get(mine, "online train"), theirs), "fitted": _fitted(mine),
+            "n": mine["n"] if mine else 0,
         })  # fmt: skip
-    return pd.DataFrame(rows)
+    note = (" train: accuracy on the whole training set in eval mode at the end (what `fitted` checks); online "
+            "train: the global average of online minibatch accuracy, the quantity the paper's Table 4 reports, "
+            "and the one `online diff` sets against the paper's.")
+    return pd.DataFrame(rows), note
 
 
 def _table4_kind(row):
@@ -121,7 +174,7 @@ def table3(kernel):
         mine, theirs = ours.get(key), paper.TABLE3.get(key)
         rows.append({"dataset": key[0], "features": key[1], "test error (ours)": mine,
                      "test error (paper)": theirs, "diff": _diff(mine, theirs)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), ""
 
 
 TABLES = {"table1": table1, "table2": table2, "table3": table3, "table4": table4}
@@ -130,21 +183,31 @@ TABLES = {"table1": table1, "table2": table2, "table3": table3, "table4": table4
 # ----------------------------------------------------------------------------- output
 
 
-def to_markdown(frame, caption):
+def _shown(frame):
+    """The table as Markdown and LaTeX show it: blanks for missing values, and each `<x> (ours)`
+    with its `<x> sd` column in one cell, `mean ± sd` (the CSV keeps the two numbers apart)."""
     cells = frame.astype(object).where(frame.notna(), "")
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    for sd in [c for c in cells if c.endswith(" sd")]:
+        mean = sd.removesuffix(" sd") + " (ours)"
+        cells[mean] = [_text(m) + (f" ± {_text(d)}" if d != "" else "") for m, d in zip(cells[mean], cells[sd])]
+    return cells.drop(columns=[c for c in cells if c.endswith(" sd")])
+
+
+def to_markdown(frame, caption):
+    cells = _shown(frame)
+    lines = ["| " + " | ".join(cells.columns) + " |", "|" + "---|" * len(cells.columns)]
     lines += ["| " + " | ".join(_text(v) for v in row) + " |" for row in cells.itertuples(index=False)]
     return f"{caption}\n\n" + "\n".join(lines) + "\n"
 
 
 def to_latex(frame, caption):
-    escape = lambda v: _text(v).replace("_", r"\_").replace("%", r"\%")  # noqa: E731
-    cells = frame.astype(object).where(frame.notna(), "")
+    escape = lambda v: _text(v).replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")  # noqa: E731
+    cells = _shown(frame)
     body = [" & ".join(escape(v) for v in row) + r" \\" for row in cells.itertuples(index=False)]
     return "\n".join([
         r"\begin{table}[t]", r"\centering", rf"\caption{{{escape(caption)}}}",
-        r"\begin{tabular}{" + "l" * 3 + "r" * (len(frame.columns) - 3) + "}", r"\toprule",
-        " & ".join(escape(c) for c in frame.columns) + r" \\", r"\midrule", *body,
+        r"\begin{tabular}{" + "l" * 3 + "r" * (len(cells.columns) - 3) + "}", r"\toprule",
+        " & ".join(escape(c) for c in cells.columns) + r" \\", r"\midrule", *body,
         r"\bottomrule", r"\end{tabular}", r"\end{table}", "",
     ])  # fmt: skip
 
@@ -155,10 +218,11 @@ def _text(value):
     return str(value)
 
 
-def write_table(name, frame, provenance, out_prefix):
+def write_table(name, frame, note, provenance, out_prefix):
     out_prefix = pathlib.Path(out_prefix)
     caption = (f"{name}: ours vs the paper (%), from {provenance['cells']} cells of {provenance['config']}, "
-               f"{provenance['seeds']} seed(s) per row; 'NOT FITTED' rows did not reach the fitting threshold.")
+               f"{provenance['seeds']} seed(s); ours: mean ± sample sd over the row's n seeds (sd from n = 2 on); "
+               f"'NOT FITTED' rows did not reach the fitting threshold.{note}")
     write_text_atomic(out_prefix.with_suffix(".csv"), frame.to_csv(index=False))
     write_text_atomic(out_prefix.with_suffix(".md"), to_markdown(frame, caption))
     write_text_atomic(out_prefix.with_suffix(".tex"), to_latex(frame, caption))
@@ -177,12 +241,12 @@ def main(argv=None):
         kernel = pd.read_csv(pathlib.Path(args.metrics) / "kernel.csv")
         provenance = {"experiment": "table3", "config": metrics.membership(args.metrics)["config"],
                       "cells": len(kernel), "cells_planned": len(kernel), "seeds": 1}
-        write_table("table3", table3(kernel), provenance, args.out)
+        write_table("table3", *table3(kernel), provenance, args.out)
         return 0
     cells, provenance = metrics.experiment_cells(args.metrics, args.experiment or args.table)
     if cells.empty:
         raise RethinkError(f"experiment {args.experiment or args.table} has no finished cells in {args.metrics}")
-    write_table(args.table, TABLES[args.table](cells), provenance, args.out)
+    write_table(args.table, *TABLES[args.table](cells), provenance, args.out)
     print(f"{args.table}: wrote {args.out}.{{csv,md,tex,json}} from {provenance['cells']} cells")
     return 0
 
