@@ -36,6 +36,7 @@ def test_defaults_are_filled_in():
     assert config["experiments"]["fig1a"]["grid"][0]["regularizers"] == ["none"]
     assert config["datasets"]["synth"]["name"] == "synth"
     assert config["training"]["batch_size"] == 128 and config["training"]["lr_decay"] == 0.95
+    assert config["training"]["init"] == "tensorflow"
     assert config["architectures"]["mlp_1x512"] == {"width": 1.0, "hparams": {}, "runtime_minutes": 60,
                                                     "mem_mb": 4000, "model": "mlp_1x512"}
 
@@ -56,6 +57,7 @@ def test_defaults_are_filled_in():
         ("regularizers.wd", {"wieght_decay": 0.1},
          r"regularizers\.wd: Additional properties are not allowed \('wieght_decay' was unexpected\)"),
         ("training", {"device": "tpu"}, r"training\.device: 'tpu' is not one of \['auto', 'cpu', 'cuda'\]"),
+        ("training", {"init": "glorot"}, r"training\.init: 'glorot' is not one of \['tensorflow', 'pytorch'\]"),
         ("architectures.small.model", "resnet", r"architectures\.small\.model: 'resnet' is not one of"),
         ("architectures.vgg", {}, r"architectures\.vgg: 'vgg' is not a model name, so set architectures\.vgg\.model"),
         ("datasets.synth.source", "imagenet21k",
@@ -95,6 +97,7 @@ def test_paper_config_is_the_papers_setup():
     assert inception["width"] == 1.0 and inception["hparams"]["lr"] == 0.1
     assert inception["hparams"]["lr_decay"] == 0.95 and inception["hparams"]["batch_size"] == 128
     assert specs["cifar10/alexnet/none/true_labels/s0"]["hparams"]["lr"] == 0.01
+    assert {spec["hparams"]["init"] for spec in specs.values()} == {"tensorflow"}
     assert specs["cifar10/inception/aug/random_labels/s0"]["hparams"]["lr_decay"] == 0.999
     assert len(experiments["fig1b"]) == 33 and "fig2a" not in experiments  # ImageNet: disabled
 
@@ -151,6 +154,13 @@ def test_model_enum_matches_the_registry():
     schema = rconfig.load_schema(SCHEMA)
     assert tuple(schema["properties"]["architectures"]["additionalProperties"]["properties"]["model"]["enum"]) \
         == ARCHITECTURES
+
+
+def test_init_enum_matches_the_registry():
+    from rethink.models import INITS
+
+    schema = rconfig.load_schema(SCHEMA)
+    assert tuple(schema["$defs"]["hparams"]["properties"]["init"]["enum"]) == tuple(INITS)
 
 
 def test_schema_hyperparameters_match_the_trainer():

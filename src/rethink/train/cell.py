@@ -9,7 +9,7 @@ from rethink.data.shards import stored_checksum
 from rethink.data.randomize import parse_noise
 from rethink.data.sources import canonical_json
 from rethink.errors import RethinkError
-from rethink.models import ARCHITECTURES
+from rethink.models import ARCHITECTURES, INITS
 
 
 def _number(test, allowed):
@@ -42,6 +42,7 @@ HPARAMS = {
     "eval_every_epochs": _integer(lambda v: v >= 1, "an integer >= 1"),
     "checkpoint_minutes": _number(lambda v: v > 0, "a number > 0"),
     "device": ((lambda v: v in ("auto", "cpu", "cuda")), "one of auto, cpu, cuda"),
+    "init": ((lambda v: isinstance(v, str) and v in INITS), f"one of {', '.join(INITS)}"),
 }
 TOP = {
     "cell": ((lambda v: isinstance(v, str) and v != ""), "a non-empty string"),
