@@ -6,7 +6,7 @@ import math
 import pathlib
 
 from rethink.data.shards import stored_checksum
-from rethink.data.randomize import parse_noise
+from rethink.data.randomize import DEFAULT_OPTIONS, parse_noise
 from rethink.data.sources import canonical_json
 from rethink.errors import RethinkError
 from rethink.models import ARCHITECTURES, INITS
@@ -116,7 +116,9 @@ def check_shards(cell, split, attrs, path):
     if "dataset" in cell:
         expected["dataset"] = cell["dataset"]
     if "noise" in cell:
-        randomized = split in parse_noise(cell["noise"]).splits
+        # a cell without `test_labels` (hand-written) means the default, clean test labels
+        test_labels = cell.get("test_labels", DEFAULT_OPTIONS["test_labels"])
+        randomized = split in parse_noise(cell["noise"]).splits(test_labels)
         expected["noise"] = cell["noise"] if randomized else "clean"
         if randomized:
             expected["seed"] = cell["seed"]
