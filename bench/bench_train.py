@@ -34,7 +34,7 @@ def hparams(augment, batch_size):
     return {"lr": 0.01, "lr_decay": 0.95, "momentum": 0.9, "batch_size": batch_size, "max_epochs": 1,
             "weight_decay": 0.0, "dropout": 0.0, "random_crop": augment, "crop_size": 28, "crop_pad": 2,
             "augment": augment, "rotate_degrees": 25.0, "fit_threshold": 1.0, "eval_every_epochs": 1,
-            "checkpoint_minutes": 5.0, "device": "cpu"}  # fmt: skip
+            "checkpoint_minutes": 5.0, "device": "cpu", "init": "tensorflow"}  # fmt: skip
 
 
 def standardize_one(x):

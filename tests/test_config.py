@@ -36,6 +36,8 @@ def test_defaults_are_filled_in():
     assert config["experiments"]["fig1a"]["grid"][0]["regularizers"] == ["none"]
     assert config["datasets"]["synth"]["name"] == "synth"
     assert config["training"]["batch_size"] == 128 and config["training"]["lr_decay"] == 0.95
+    assert config["training"]["init"] == "tensorflow"
+    assert config["randomization"] == {"permute": "positions", "gaussian_stats": "per_channel", "test_labels": "clean"}
     assert config["architectures"]["mlp_1x512"] == {"width": 1.0, "hparams": {}, "runtime_minutes": 60,
                                                     "mem_mb": 4000, "model": "mlp_1x512"}
 
@@ -56,6 +58,8 @@ def test_defaults_are_filled_in():
         ("regularizers.wd", {"wieght_decay": 0.1},
          r"regularizers\.wd: Additional properties are not allowed \('wieght_decay' was unexpected\)"),
         ("training", {"device": "tpu"}, r"training\.device: 'tpu' is not one of \['auto', 'cpu', 'cuda'\]"),
+        ("training", {"init": "glorot"}, r"training\.init: 'glorot' is not one of \['tensorflow', 'pytorch'\]"),
+        ("randomization", {"test_labels": "noisy"}, r"randomization\.test_labels: 'noisy' is not one of \['clean', 'corrupted'\]"),
         ("architectures.small.model", "resnet", r"architectures\.small\.model: 'resnet' is not one of"),
         ("architectures.vgg", {}, r"architectures\.vgg: 'vgg' is not a model name, so set architectures\.vgg\.model"),
         ("datasets.synth.source", "imagenet21k",
@@ -95,6 +99,8 @@ def test_paper_config_is_the_papers_setup():
     assert inception["width"] == 1.0 and inception["hparams"]["lr"] == 0.1
     assert inception["hparams"]["lr_decay"] == 0.95 and inception["hparams"]["batch_size"] == 128
     assert specs["cifar10/alexnet/none/true_labels/s0"]["hparams"]["lr"] == 0.01
+    assert {spec["hparams"]["init"] for spec in specs.values()} == {"tensorflow"}
+    assert {spec["test_labels"] for spec in specs.values()} == {"clean"}
     assert specs["cifar10/inception/aug/random_labels/s0"]["hparams"]["lr_decay"] == 0.999
     assert len(experiments["fig1b"]) == 33 and "fig2a" not in experiments  # ImageNet: disabled
 
@@ -135,6 +141,17 @@ def test_hyperparameters_resolve_in_the_documented_order():
     assert cell.id == "synth/small/wd/true_labels/s0" and spec["cell"] == cell.id
 
 
+@pytest.mark.parametrize("test_labels", ["clean", "corrupted"])
+def test_a_cell_records_whether_its_test_labels_are_corrupted(test_labels):
+    entry = {"architectures": ["mlp_1x512"], "noises": ["true_labels", "random_labels", "shuffled_pixels"],
+             "corruption_levels": [0.5]}
+    config = validated({"randomization": {"test_labels": test_labels},
+                        "experiments": {"e": {"dataset": "synth", "grid": [entry]}}})
+    recorded = {cell.noise.name: spec["test_labels"] for cell, spec in grid.expand(config)[0].values()}
+    assert recorded == {"true_labels": "clean", "shuffled_pixels": "clean",
+                        "random_labels": test_labels, "corrupt_p0.5": test_labels}
+
+
 def test_one_cell_with_two_meanings_is_an_error():
     config = copy.deepcopy(MINIMAL)
     config["experiments"]["other"] = {"dataset": "synth", "grid": [
@@ -151,6 +168,13 @@ def test_model_enum_matches_the_registry():
     schema = rconfig.load_schema(SCHEMA)
     assert tuple(schema["properties"]["architectures"]["additionalProperties"]["properties"]["model"]["enum"]) \
         == ARCHITECTURES
+
+
+def test_init_enum_matches_the_registry():
+    from rethink.models import INITS
+
+    schema = rconfig.load_schema(SCHEMA)
+    assert tuple(schema["$defs"]["hparams"]["properties"]["init"]["enum"]) == tuple(INITS)
 
 
 def test_schema_hyperparameters_match_the_trainer():

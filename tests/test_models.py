@@ -1,9 +1,11 @@
-"""The model registry: exact paper parameter counts, shapes, padding, dropout, errors."""
+"""The model registry: exact paper parameter counts, shapes, padding, dropout, init, errors."""
 
+import math
 import re
 
 import pytest
 import torch
+import torch.nn as nn
 
 from rethink.errors import RethinkError
 from rethink.models import ARCHITECTURES, build_model, count_parameters
@@ -133,6 +135,8 @@ def test_unknown_name_lists_known_names():
         ("inception", dict(input_shape=(3, 28)), "(3, 28)"),
         ("inception", dict(input_shape=(3, 0, 28)), "(3, 0, 28)"),
         ("inception", dict(num_classes=0), "num_classes=0"),
+        ("mlp_1x512", dict(init="glorot"), "init='glorot' is unknown; allowed: tensorflow, pytorch"),
+        ("mlp_1x512", dict(init=None), "init=None"),
         ("inception_v3", dict(width=0.5), "width=0.5"),
         ("inception_v3", dict(input_shape=(3, 64, 64)), "(3, 64, 64)"),
         ("inception_v3", dict(input_shape=(1, 299, 299)), "(1, 299, 299)"),
@@ -150,3 +154,57 @@ def test_inception_v3():
     with torch.no_grad():
         out = model(torch.randn(2, 3, 299, 299))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+def weighted_layers(model):
+    """(weights as float64, bias, fan_in, fan_out) of every conv and linear layer; fans count
+    the kernel's receptive field (k*k*channels), as both frameworks do."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            w = m.weight.detach().double()
+            receptive = w[0, 0].numel()
+            yield w.flatten(), m.bias.detach(), w.shape[1] * receptive, w.shape[0] * receptive
+
+
+def assert_uniform(w, bound):
+    """w looks like iid U(-bound, bound): inside the bound, and its mean square bound^2/3 within
+    5 sampling standard deviations (Var(w^2) = 4 bound^4 / 45 for the uniform)."""
+    assert w.abs().max().item() <= bound
+    sd = math.sqrt(4 / 45) * bound**2 / math.sqrt(w.numel())
+    assert abs(w.square().mean().item() - bound**2 / 3) < 5 * sd, (w.square().mean().item(), bound**2 / 3)
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_tensorflow_init_is_glorot_uniform_with_zero_biases(name):
+    layers = list(weighted_layers(build_model(name, (3, 28, 28), 10, init="tensorflow")))
+    assert len(layers) == {"inception": 20, "inception_nobn": 20, "alexnet": 5, "mlp_1x512": 2, "mlp_3x512": 4}[name]
+    for w, bias, fan_in, fan_out in layers:
+        # Glorot/Xavier uniform: U(+-sqrt(6 / (fan_in + fan_out))), variance 2 / (fan_in + fan_out)
+        assert_uniform(w, math.sqrt(6 / (fan_in + fan_out)))
+        assert torch.count_nonzero(bias) == 0
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_pytorch_init_is_the_layers_default(name):
+    for w, bias, fan_in, _ in weighted_layers(build_model(name, (3, 28, 28), 10, init="pytorch")):
+        # kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in)), variance 1 / (3 fan_in); biases U(+-1/sqrt(fan_in))
+        assert_uniform(w, 1 / math.sqrt(fan_in))
+        assert bias.abs().max() <= 1 / math.sqrt(fan_in) and torch.count_nonzero(bias) == len(bias)
+
+
+def test_init_draws_from_the_seeded_global_rng():
+    torch.manual_seed(3)
+    a = build_model("inception_nobn", (1, 28, 28), 10, width=0.125)
+    torch.manual_seed(3)
+    b = build_model("inception_nobn", (1, 28, 28), 10, width=0.125)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_inception_v3_keeps_torchvisions_init_whatever_init_says():
+    models = []
+    for init in ("tensorflow", "pytorch"):
+        torch.manual_seed(0)
+        models.append(build_model("inception_v3", (3, 299, 299), 10, init=init))
+    assert all(torch.equal(x, y) for x, y in zip(models[0].state_dict().values(), models[1].state_dict().values()))
+    # torchvision's normal with std 0.1 (truncated at +-2, i.e. hardly), not Glorot's std 0.031 for 2048 -> 10
+    assert 0.095 < models[0].fc.weight.std() < 0.105

@@ -13,6 +13,7 @@ import torch
 from test_train import cli, make_cell, read_history, untimed, write_split
 
 from rethink.errors import RethinkError
+from rethink.train import cell as cells
 from rethink.train import checkpoint
 from rethink.train.loop import Job, setup, train
 
@@ -156,6 +157,20 @@ def test_shards_of_another_cell_are_refused_naming_file_and_field(tmp_path, data
     with pytest.raises(RethinkError, match=r"this shard has dataset='synth', but .* needs dataset='cifar10'"):
         train(Job(dict(make_cell(), dataset="cifar10"), *data, tmp_path / "o", tmp_path / "c.pt"), echo=False)
     assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_a_cell_with_corrupted_test_labels_needs_its_noises_test_shard():
+    cell = dict(make_cell(), noise="random_labels", level=1.0, test_labels="corrupted")
+    clean = {"split": "test", "dataset": "synth", "noise": "clean"}
+    corrupted = dict(clean, noise="random_labels", seed=0, level=1.0)
+    with pytest.raises(RethinkError, match=r"t\.h5: this shard has noise='clean', but cell test/mlp_1x512 "
+                                           r"needs noise='random_labels' for its test split"):
+        cells.check_shards(cell, "test", clean, "t.h5")
+    cells.check_shards(cell, "test", corrupted, "t.h5")
+    for clean_cell in (dict(cell, test_labels="clean"), make_cell()):  # no test_labels: clean
+        cells.check_shards(clean_cell, "test", clean, "t.h5")
+        with pytest.raises(RethinkError, match="this shard has noise='random_labels', but .* needs noise='clean'"):
+            cells.check_shards(clean_cell, "test", corrupted, "t.h5")
 
 
 def test_logits_and_lrn_stay_float32_under_bf16_autocast():

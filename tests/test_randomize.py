@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rethink.data.randomize import (
-    channel_stats, label_corruption, parse_noise, randomize_shard,
+    DEFAULT_OPTIONS, channel_stats, label_corruption, noise_options, parse_noise, randomize_shard,
 )
 from rethink.errors import RethinkError
 
@@ -123,20 +123,51 @@ def test_noise_names_are_canonical_and_bad_ones_rejected():
     assert label_corruption(1.0).name == "random_labels"
     assert label_corruption(0.1 + 0.2).name == "corrupt_p0.3"
     assert parse_noise("corrupt_p0.25").level == 0.25
-    assert parse_noise("shuffled_pixels").splits == ("train", "test")
-    assert parse_noise("random_pixels").splits == ("train",)
-    assert parse_noise("true_labels").splits == ()
+    assert parse_noise("shuffled_pixels").splits("clean") == ("train", "test")
+    assert parse_noise("random_pixels").splits("clean") == ("train",)
+    assert parse_noise("true_labels").splits("clean") == ()
     with pytest.raises(RethinkError, match=r"1\.5 is outside \[0, 1\]"):
         parse_noise("corrupt_p1.5")
     with pytest.raises(RethinkError, match="unknown noise 'blur'.*gaussian"):
         parse_noise("blur")
 
 
-def test_test_labels_are_never_randomized():
-    with pytest.raises(RethinkError, match="leaves the test split clean"):
+def test_test_labels_stay_clean_by_default():
+    with pytest.raises(RethinkError, match=r"leaves the test split clean \(test_labels=clean\)"):
         randomize_shard(parse_noise("random_labels"), 0, "test", 0, None, labels(10), K)
     with pytest.raises(RethinkError, match="leaves the test split clean"):
         randomize_shard(parse_noise("random_pixels"), 0, "test", 0, positional_images(2), labels(2), K)
+    assert parse_noise("random_labels").splits("clean") == ("train",)
+
+
+def test_corrupted_test_labels_get_the_training_labels_process_from_their_own_stream():
+    corrupted = {"test_labels": "corrupted"}
+    for name in ("random_labels", "corrupt_p0.4"):
+        assert parse_noise(name).splits("corrupted") == ("train", "test")
+    for name in ("true_labels", "random_pixels", "gaussian", "shuffled_pixels"):  # no labels to corrupt
+        assert parse_noise(name).splits("corrupted") == parse_noise(name).splits("clean")
+    true = labels()
+    test = randomize_shard(label_corruption(0.4), 5, "test", 0, None, true, K, options=corrupted)
+    train = randomize_shard(label_corruption(0.4), 5, "train", 0, None, true, K, options=corrupted)
+    expected = 0.4 * (K - 1) / K
+    assert abs(test["changed"].mean() - expected) < 4 * math.sqrt(expected * (1 - expected) / N)
+    assert (test["labels"] != train["labels"]).mean() > 0.3  # not the training split's draws
+    # the option changes which splits are written, never the training labels' draws
+    clean_train = randomize_shard(label_corruption(0.4), 5, "train", 0, None, true, K)
+    np.testing.assert_array_equal(train["labels"], clean_train["labels"])
+    with pytest.raises(RethinkError, match="test_labels='noisy' is unknown; allowed: clean, corrupted"):
+        randomize_shard(parse_noise("random_labels"), 0, "test", 0, None, labels(10), K, None, {"test_labels": "noisy"})
+
+
+def test_a_noise_depends_only_on_the_options_that_shape_it():
+    options = {"permute": "values", "gaussian_stats": "global", "test_labels": "corrupted"}
+    assert noise_options(parse_noise("corrupt_p0.2"), options) == {"test_labels": "corrupted"}
+    assert noise_options(parse_noise("random_pixels"), options) == {"permute": "values"}
+    assert noise_options(parse_noise("gaussian"), options) == {"gaussian_stats": "global"}
+    assert noise_options(parse_noise("random_labels")) == {"test_labels": DEFAULT_OPTIONS["test_labels"]} \
+        == {"test_labels": "clean"}
+    with pytest.raises(RethinkError, match="unknown randomization option 'test_lables'; known: permute"):
+        noise_options(parse_noise("random_labels"), {"test_lables": "clean"})
 
 
 def test_permuting_values_instead_of_positions_separates_the_channels():

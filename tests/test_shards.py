@@ -10,6 +10,7 @@ from conftest import SHARDS, synthetic_spec
 
 from rethink.data import prepare, shards
 from rethink.data.shards import ShardError
+from rethink.errors import RethinkError
 
 
 def build(tmp_path, spec, noise="corrupt_p0.5", seed=0, shards_cfg=SHARDS):
@@ -49,6 +50,27 @@ def test_round_trip_and_label_noise_links_instead_of_copying(tmp_path):
         assert f.get("images", getlink=True).filename == "../../clean/train-00000.h5"
         assert f["images"].shape == (300, 3, 32, 32)
     assert noisy.stat().st_size < clean.stat().st_size / 20
+
+
+def test_corrupted_test_labels_are_a_test_shard_that_records_the_choice(tmp_path):
+    spec, corrupted = synthetic_spec(n_test=400), {"test_labels": "corrupted"}
+    clean = tmp_path / "clean" / "test-00000.h5"
+    prepare.make_clean(spec, SHARDS, "test", 0, clean)
+    noisy = tmp_path / "random_labels" / "s0" / "test-00000.h5"
+    prepare.make_randomized(spec, SHARDS, "random_labels", 0, "test", 0, clean, None, noisy, corrupted)
+    arrays, attrs = shards.read_split([noisy])
+    clean_arrays, clean_attrs = shards.read_split([clean])
+    np.testing.assert_array_equal(arrays["true_labels"], clean_arrays["labels"])
+    assert 0.8 < (arrays["labels"] != clean_arrays["labels"]).mean() < 0.98  # ~0.9 of them change
+    assert (attrs["split"], attrs["noise"], attrs["level"]) == ("test", "random_labels", 1.0)
+    assert json.loads(attrs["randomization"]) == corrupted and clean_attrs["noise"] == "clean"
+    # the training shard of the same noise records the choice too; a pixel noise's does not
+    for noise, recorded in (("random_labels", corrupted), ("random_pixels", {"permute": "positions"})):
+        clean_train, train = build(tmp_path / noise, spec, noise=noise)
+        prepare.make_randomized(spec, SHARDS, noise, 0, "train", 0, clean_train, None, train, corrupted)
+        assert json.loads(shards.read_split([train])[1]["randomization"]) == recorded
+    with pytest.raises(RethinkError, match=r"random_labels leaves the test split clean \(test_labels=clean\)"):
+        prepare.make_randomized(spec, SHARDS, "random_labels", 0, "test", 0, clean, None, tmp_path / "x.h5")
 
 
 def test_image_noise_stores_images_and_links_labels(tmp_path):

@@ -25,7 +25,7 @@ HPARAMS = {
     "lr": 0.01, "lr_decay": 0.95, "momentum": 0.9, "batch_size": 32, "max_epochs": 30,
     "weight_decay": 0.0, "dropout": 0.0, "random_crop": False, "crop_size": 28, "crop_pad": 2,
     "augment": False, "rotate_degrees": 25.0, "fit_threshold": 1.0, "eval_every_epochs": 1,
-    "checkpoint_minutes": 5.0, "device": "cpu",
+    "checkpoint_minutes": 5.0, "device": "cpu", "init": "tensorflow",
 }  # fmt: skip
 TIMING = {"elapsed_s", "wall_s"}
 
@@ -240,6 +240,8 @@ def test_dropout_only_in_training_mode(tmp_path, data):
     (lambda c: c["hparams"].update(dropout=1.0), r"hparams\.dropout=1\.0 is invalid; allowed: a number in \[0, 1\)"),
     (lambda c: c["hparams"].update(lr=True), r"hparams\.lr=True is invalid; allowed: a number > 0"),
     (lambda c: c["hparams"].update(device="tpu"), r"hparams\.device='tpu' is invalid; allowed: one of auto, cpu, cuda"),
+    (lambda c: c["hparams"].update(init="glorot"), r"hparams\.init='glorot' is invalid; allowed: one of tensorflow, pytorch"),
+    (lambda c: c["hparams"].update(init=["pytorch"]), r"hparams\.init=\['pytorch'\] is invalid; allowed: one of tensorflow"),
     (lambda c: c.update(arch="resnet"), r"arch='resnet' is invalid; allowed: one of inception, "),
     (lambda c: c.pop("seed"), r"seed is missing"),
     (lambda c: c.update(wall_s=3), r"'wall_s' is reserved for summary\.json"),

@@ -1,6 +1,7 @@
 """The data rules through the real snakemake CLI, in a temporary copy of the workflow."""
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -61,6 +62,27 @@ def test_editing_the_dataset_rebuilds_its_shards(workflow):
         **TINY["datasets"]["synth"]["synthetic"], "seed": 1}}}}
     dry = workflow.run("--configfile", workflow.write_config(edited), "-n", "data_shards")
     assert "data_clean" in dry.stdout and "data_randomize" in dry.stdout
+
+
+def test_corrupted_test_labels_rebuild_only_the_label_noises_and_add_their_test_shards(workflow):
+    workflow.run("--configfile", workflow.write_config(TINY), "-c2", "data_shards")
+    before = shard_digests(workflow.root)
+    corrupted = {**TINY, "randomization": {"test_labels": "corrupted"}}
+    proc = workflow.run("--configfile", workflow.write_config(corrupted), "-c2", "data_shards")
+    after = shard_digests(workflow.root)
+    data = "results/data/synth"
+    label_shards = {f"{data}/{noise}/s0/{split}-0000{i}.h5" for noise in ("random_labels", "corrupt_p0.5")
+                    for split, i in (("train", 0), ("train", 1), ("train", 2), ("test", 0))}
+    assert {path for path in after if before.get(path) != after[path]} == label_shards
+    assert proc.stderr.count("rule data_randomize:") == len(label_shards)  # the pixel noises were not rebuilt
+    arrays, attrs = shards.read_split([workflow.root / data / "random_labels/s0/test-00000.h5"])
+    clean, _ = shards.read_split([workflow.root / data / "clean/test-00000.h5"])
+    assert (attrs["split"], attrs["noise"], json.loads(attrs["randomization"])) == \
+        ("test", "random_labels", {"test_labels": "corrupted"})
+    np.testing.assert_array_equal(arrays["true_labels"], clean["labels"])
+    assert 0.7 < (arrays["labels"] != clean["labels"]).mean() < 1.0  # ~0.9 of 40 change
+    _, train_attrs = shards.read_split(sorted((workflow.root / data / "corrupt_p0.5/s0").glob("train-*.h5")))
+    assert json.loads(train_attrs["randomization"]) == {"test_labels": "corrupted"}
 
 
 def test_a_bad_config_stops_before_any_job_naming_the_key(workflow):

@@ -55,10 +55,11 @@ def test_a_complete_run_trains_every_cell_once_and_aggregates(finished):
     assert set(summary["cell"]) == CELLS and len(summary) == 4
     for column in ("dataset", "arch_name", "arch", "width", "regularizer", "noise", "level", "seed",
                    "hp_lr", "hp_weight_decay", "hp_batch_size", "final_train_acc", "final_test_acc",
-                   "stop_reason", "n_params"):
+                   "stop_reason", "n_params", "test_labels", "hp_init"):
         assert column in summary, column
     wd = summary.set_index("cell").loc["synth/mlp/wd/random_labels/s0"]
     assert wd["hp_weight_decay"] == 0.0005 and wd["regularizer"] == "wd" and wd["arch"] == "mlp_1x512"
+    assert set(summary["test_labels"]) == {"clean"} and set(summary["hp_init"]) == {"tensorflow"}
     curves = pd.read_parquet(wf.root / "results/metrics/curves.parquet")
     assert set(curves["cell"]) == CELLS and len(curves) == 4 * 3  # epochs 0, 1, 2 per cell
     parquet = pd.read_parquet(wf.root / "results/metrics/summary.parquet")
@@ -91,6 +92,24 @@ def test_editing_one_cells_hyperparameter_reruns_that_cell_and_the_aggregation(c
     counts, cells = wf.planned_jobs("--configfile", wf.write_config(edited))
     assert counts == {"train": 1, "analysis_aggregate": 1, **REPORTS, "all": 1}
     assert cells == {"synth/mlp/wd/random_labels/s0"}
+
+
+def test_switching_one_architectures_init_reruns_only_its_cells(copy):
+    wf, config = copy
+    edited = json.loads(json.dumps(CONFIG))
+    edited["architectures"]["alexnet"]["hparams"] = {"init": "pytorch"}
+    counts, cells = wf.planned_jobs("--configfile", wf.write_config(edited))
+    assert counts == {"train": 1, "analysis_aggregate": 1, **REPORTS, "all": 1}
+    assert cells == {"synth/alexnet/none/true_labels/s0"}
+
+
+def test_corrupting_the_test_labels_reruns_only_the_label_noise_cells(copy):
+    wf, config = copy
+    edited = dict(CONFIG, randomization={"test_labels": "corrupted"})
+    counts, cells = wf.planned_jobs("--configfile", wf.write_config(edited))
+    # the random-label training shard (its provenance records the choice) and the new test shard
+    assert counts == {"data_randomize": 2, "train": 2, "analysis_aggregate": 1, **REPORTS, "all": 1}
+    assert cells == {"synth/mlp/none/random_labels/s0", "synth/mlp/wd/random_labels/s0"}
 
 
 def test_editing_aggregation_code_reruns_no_training(copy):

@@ -60,12 +60,16 @@ def _known(config, section, name, where):
 
 
 def spec(config, cell, hparams):
-    """The cell JSON the trainer reads (its canonical form decides reruns)."""
+    """The cell JSON the trainer reads (its canonical form decides reruns). `test_labels` says
+    what its test labels are: corrupted only for a label noise under randomization.test_labels:
+    corrupted, so switching that option reruns exactly the label-noise cells."""
     arch = config["architectures"][cell.arch]
+    test_labels = config["randomization"]["test_labels"] if cell.noise.changes_labels else "clean"
     return {
         "cell": cell.id, "dataset": cell.dataset, "arch": arch.get("model", cell.arch),
         "arch_name": cell.arch, "width": arch["width"], "regularizer": cell.regularizer,
-        "noise": cell.noise.name, "level": cell.noise.level, "seed": cell.seed, "hparams": hparams,
+        "noise": cell.noise.name, "level": cell.noise.level, "seed": cell.seed,
+        "test_labels": test_labels, "hparams": hparams,
     }  # fmt: skip
 
 

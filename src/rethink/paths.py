@@ -42,9 +42,10 @@ def clean_shards(spec, shards_cfg, split):
     ]
 
 
-def split_shards(spec, shards_cfg, noise, seed, split):
-    """The shards a cell reads for one split: randomized where the noise rewrites the split."""
-    if split not in noise.splits:
+def split_shards(spec, shards_cfg, noise, seed, split, test_labels):
+    """The shards a cell reads for one split: randomized where the noise rewrites the split
+    (which, for the test split of a label noise, `test_labels` decides)."""
+    if split not in noise.splits(test_labels):
         return clean_shards(spec, shards_cfg, split)
     return [
         NOISE_SHARD.format(dataset=spec["name"], noise=noise.name, seed=seed, split=split, shard=shard_id(i))

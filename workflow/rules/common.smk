@@ -18,6 +18,7 @@ except RethinkError as err:
     raise WorkflowError(str(err)) from None
 
 SHARDS = config["shards"]
+TEST_LABELS = config["randomization"]["test_labels"]
 # For --software-deployment-method conda: the pinned environment of the whole project.
 ENV = "../../environment.yml"
 NAME = r"[a-z][a-z0-9_]*"
@@ -47,7 +48,9 @@ def data_targets():
     for name, noise, seed in DATA_UNITS:
         for split in sources.SPLITS:
             targets.update(
-                paths.split_shards(dataset_spec(name), SHARDS, noise, seed, split)
+                paths.split_shards(
+                    dataset_spec(name), SHARDS, noise, seed, split, TEST_LABELS
+                )
             )
     return sorted(targets)
 
@@ -137,10 +140,14 @@ def shard_spec(wildcards):
 
 
 def randomize_spec(wildcards):
+    # only the options that shape this noise: editing another one rebuilds none of its shards
+    options = randomize.noise_options(
+        randomize.parse_noise(wildcards.noise), config["randomization"]
+    )
     spec = {
         "dataset": dataset_spec(wildcards.dataset),
         "shards": SHARDS,
-        "randomization": config["randomization"],
+        "randomization": options,
     }
     return sources.canonical_json(spec)
 
@@ -172,7 +179,7 @@ def pack_members(pack):
 
 def cell_split_shards(cell, split):
     return paths.split_shards(
-        dataset_spec(cell.dataset), SHARDS, cell.noise, cell.seed, split
+        dataset_spec(cell.dataset), SHARDS, cell.noise, cell.seed, split, TEST_LABELS
     )
 
 

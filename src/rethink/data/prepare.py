@@ -85,7 +85,8 @@ def make_randomized(dataset, shards_cfg, noise_name, seed, split, shard, clean, 
         for key in ("dataset", "source", "split", "shard_index", "n_shards", "offset", "split_samples",
                     "num_classes")
     }
-    options = {**randomize.DEFAULT_OPTIONS, **(options or {})}
+    # provenance: the options that shape this noise (test_labels for label noises)
+    options = randomize.noise_options(noise, options)
     attrs.update(noise=noise.name, level=noise.level, seed=seed, randomization=sources.canonical_json(options))
     if channel_stats:
         mean, std = randomize.gaussian_moments(channel_stats, options["gaussian_stats"])

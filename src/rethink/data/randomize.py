@@ -10,10 +10,13 @@ Names (the `noise` wildcard and config values):
   gaussian          training images replaced by Gaussian noise with the clean training set's
                     per-channel mean and standard deviation
 
-Two choices the paper leaves open are options (config key `randomization`): whether pixel
+Three choices the paper leaves open are options (config key `randomization`): whether pixel
 permutations move a position's C channel values together (`permute: positions`, default) or
-permute all C*H*W values (`permute: values`), and whether gaussian noise matches each
-channel's statistics (`gaussian_stats: per_channel`, default) or one global mean and std.
+permute all C*H*W values (`permute: values`); whether gaussian noise matches each channel's
+statistics (`gaussian_stats: per_channel`, default) or one global mean and std; and whether
+label noise leaves the test labels clean (`test_labels: clean`, default: the paper's reading,
+which gives Fig. 1c its 90% limit) or corrupts them by the same process (`corrupted`, what the
+first author's PyTorch demo does). A shard records only the options that change its noise.
 
 Seeding: every draw comes from numpy's PCG64 seeded with (seed, stream, split, shard). Label
 corruptions at every level share the "labels" stream, so with one seed the samples corrupted
@@ -39,7 +42,14 @@ WILDCARD_PATTERN = "|".join(["random_labels", "shuffled_pixels", "random_pixels"
 # ... and for a cell, whose noise may also be true_labels (it then reads the clean shards).
 CELL_WILDCARD_PATTERN = "true_labels|" + WILDCARD_PATTERN
 _CHUNK = 1024  # images per block when drawing per-image noise (bounds memory for big images)
-DEFAULT_OPTIONS = {"permute": "positions", "gaussian_stats": "per_channel"}
+TEST_LABELS = ("clean", "corrupted")
+# option -> (default, the noise kinds whose shards it changes)
+OPTIONS = {
+    "permute": ("positions", ("shuffled_pixels", "random_pixels")),
+    "gaussian_stats": ("per_channel", ("gaussian",)),
+    "test_labels": ("clean", ("corrupt", "random_labels")),
+}
+DEFAULT_OPTIONS = {name: default for name, (default, _) in OPTIONS.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +69,24 @@ class Noise:
     def changes_images(self):
         return self.kind in IMAGE_NOISES
 
-    @property
-    def splits(self):
-        """The splits this noise rewrites; the others are read from the clean shards."""
-        if self.kind == "shuffled_pixels":
+    def splits(self, test_labels):
+        """The splits this noise rewrites; the others are read from the clean shards. Label noise
+        rewrites the test labels too when `test_labels` (randomization.test_labels) is corrupted."""
+        if test_labels not in TEST_LABELS:
+            raise RethinkError(f"test_labels={test_labels!r} is unknown; allowed: {', '.join(TEST_LABELS)}")
+        if self.kind == "shuffled_pixels" or (self.changes_labels and test_labels == "corrupted"):
             return ("train", "test")
         return ("train",) if self.changes_labels or self.changes_images else ()
+
+
+def noise_options(noise, options=None):
+    """The options that change `noise`'s shards, defaults filled in. A shard records, and its
+    rule depends on, only these: changing another option rebuilds nothing of this noise."""
+    options = {**DEFAULT_OPTIONS, **(options or {})}
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise RethinkError(f"unknown randomization option {unknown[0]!r}; known: {', '.join(OPTIONS)}")
+    return {name: value for name, value in options.items() if noise.kind in OPTIONS[name][1]}
 
 
 def format_level(level):
@@ -110,8 +132,9 @@ def randomize_shard(noise, seed, split, shard, images, labels, num_classes, stat
     gaussian only. `options`: see DEFAULT_OPTIONS.
     """
     options = {**DEFAULT_OPTIONS, **(options or {})}
-    if split not in noise.splits:
-        raise RethinkError(f"noise {noise.name} leaves the {split} split clean; nothing to write")
+    if split not in noise.splits(options["test_labels"]):
+        why = f" (test_labels={options['test_labels']})" if noise.changes_labels else ""
+        raise RethinkError(f"noise {noise.name} leaves the {split} split clean{why}; nothing to write")
     if noise.changes_labels:
         rng = _rng(seed, "labels", split, shard)
         redraw = rng.random(len(labels)) < noise.level

@@ -3,6 +3,8 @@
 import functools
 import math
 
+import torch.nn as nn
+
 from rethink.errors import RethinkError
 from rethink.models import small
 
@@ -19,6 +21,25 @@ _REGISTRY = {
 ARCHITECTURES = tuple(_REGISTRY)
 
 
+def _tensorflow_init(model):
+    """TensorFlow's layer defaults, which the paper's (TF) code would have used: tf.layers,
+    tf.contrib.layers / TF-slim and Keras conv and dense layers all start with Glorot-uniform
+    kernels, U(+-sqrt(6 / (fan_in + fan_out))) with fan = k*k*channels, and zero biases. The
+    small Inception's BatchNorm has no scale/shift, so there is nothing else to initialise (its
+    running statistics start at mean 0, variance 1 in both frameworks)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return model
+
+
+# config value (hparams.init) -> what it does to a freshly built small model. `pytorch` keeps the
+# layers' own initialisation: kaiming-uniform(a=sqrt(5)) weights, U(+-1/sqrt(fan_in)) biases.
+INITS = {"tensorflow": _tensorflow_init, "pytorch": lambda model: model}
+
+
 def _inception_v3(input_shape, num_classes, width=1.0, dropout=0.0):
     if width != 1.0:
         raise RethinkError(f"model inception_v3: width={width!r} is not supported; it must be 1.0")
@@ -30,7 +51,7 @@ def _inception_v3(input_shape, num_classes, width=1.0, dropout=0.0):
     from rethink.torchvision_guard import torchvision
 
     # aux head off [choice]: one loss, like the small models. init_weights=True: torchvision's
-    # truncated-normal init (std 0.1 for conv/linear), not PyTorch's default
+    # truncated-normal init (std 0.1 for conv/linear), whatever build_model's `init` says
     return torchvision.models.inception_v3(
         weights=None, aux_logits=False, init_weights=True, num_classes=num_classes, dropout=dropout
     )
@@ -40,11 +61,13 @@ def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def build_model(name, input_shape, num_classes, width=1.0, dropout=0.0):
+def build_model(name, input_shape, num_classes, width=1.0, dropout=0.0, init="tensorflow"):
     """Build architecture `name` for images of shape (C, H, W) and `num_classes` outputs.
 
     `width` multiplies every channel/unit count (1.0 = the paper's model); `dropout` is the
-    rate of a dropout layer before the final linear layer (0 = off, same parameter count).
+    rate of a dropout layer before the final linear layer (0 = off, same parameter count);
+    `init` is one of INITS (the small models' initialisation; Inception V3 keeps torchvision's).
+    Weights are drawn from torch's global RNG: seed it first for a reproducible model.
     """
     if name not in _REGISTRY:
         raise RethinkError(f"unknown model {name!r}; known models: {', '.join(ARCHITECTURES)}")
@@ -59,8 +82,11 @@ def build_model(name, input_shape, num_classes, width=1.0, dropout=0.0):
         raise RethinkError(f"model {name}: width={width!r} must be a finite number > 0")
     if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise RethinkError(f"model {name}: dropout={dropout!r} must be in [0, 1)")
-    build = _REGISTRY[name] or _inception_v3
-    return build(shape, num_classes, width=float(width), dropout=float(dropout))
+    if not isinstance(init, str) or init not in INITS:
+        raise RethinkError(f"model {name}: init={init!r} is unknown; allowed: {', '.join(INITS)}")
+    if _REGISTRY[name] is None:
+        return _inception_v3(shape, num_classes, width=float(width), dropout=float(dropout))
+    return INITS[init](_REGISTRY[name](shape, num_classes, width=float(width), dropout=float(dropout)))
 
 
 def count_parameters(model):
@@ -68,4 +94,4 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["ARCHITECTURES", "build_model", "count_parameters"]
+__all__ = ["ARCHITECTURES", "INITS", "build_model", "count_parameters"]

@@ -2,7 +2,7 @@
 
 Every builder takes an input shape (C, H, W) and a class count and returns a plain
 nn.Sequential of stock ops, so channels_last and bfloat16 autocast work unchanged.
-Init: PyTorch's default initialisation for every layer (the paper does not state one).
+Init: the layers' PyTorch defaults; build_model applies the configured one (models.INITS).
 """
 
 import math

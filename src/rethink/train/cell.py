@@ -6,10 +6,10 @@ import math
 import pathlib
 
 from rethink.data.shards import stored_checksum
-from rethink.data.randomize import parse_noise
+from rethink.data.randomize import DEFAULT_OPTIONS, parse_noise
 from rethink.data.sources import canonical_json
 from rethink.errors import RethinkError
-from rethink.models import ARCHITECTURES
+from rethink.models import ARCHITECTURES, INITS
 
 
 def _number(test, allowed):
@@ -42,6 +42,7 @@ HPARAMS = {
     "eval_every_epochs": _integer(lambda v: v >= 1, "an integer >= 1"),
     "checkpoint_minutes": _number(lambda v: v > 0, "a number > 0"),
     "device": ((lambda v: v in ("auto", "cpu", "cuda")), "one of auto, cpu, cuda"),
+    "init": ((lambda v: isinstance(v, str) and v in INITS), f"one of {', '.join(INITS)}"),
 }
 TOP = {
     "cell": ((lambda v: isinstance(v, str) and v != ""), "a non-empty string"),
@@ -115,7 +116,9 @@ def check_shards(cell, split, attrs, path):
     if "dataset" in cell:
         expected["dataset"] = cell["dataset"]
     if "noise" in cell:
-        randomized = split in parse_noise(cell["noise"]).splits
+        # a cell without `test_labels` (hand-written) means the default, clean test labels
+        test_labels = cell.get("test_labels", DEFAULT_OPTIONS["test_labels"])
+        randomized = split in parse_noise(cell["noise"]).splits(test_labels)
         expected["noise"] = cell["noise"] if randomized else "clean"
         if randomized:
             expected["seed"] = cell["seed"]

@@ -140,7 +140,8 @@ def setup(cell, input_shape, num_classes, dev, amp_dtype=None):
     hp, cuda = cell["hparams"], dev.type == "cuda"
     amp_dtype = amp_dtype if amp_dtype is not None else (torch.bfloat16 if cuda else None)
     torch.manual_seed(cell["seed"])  # the global RNG: weight init only
-    model = build_model(cell["arch"], input_shape, num_classes, cell["width"], hp["dropout"]).to(dev)
+    model = build_model(cell["arch"], input_shape, num_classes, cell["width"], hp["dropout"], init=hp["init"])
+    model = model.to(dev)
     dropout_gen = torch.Generator(dev).manual_seed(stream_seed(cell["seed"], "dropout"))
     for parent in list(model.modules()):
         for name, child in parent.named_children():
