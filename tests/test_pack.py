@@ -188,3 +188,23 @@ def test_logits_and_lrn_stay_float32_under_bf16_autocast():
     assert seen["inp"].dtype == torch.bfloat16  # the conv before it did run in bf16
     expected = torch.nn.functional.local_response_norm(seen["inp"].float(), 9, 0.001, 0.75, 1.0)
     assert torch.equal(seen["out"], expected) and not torch.equal(seen["out"], seen["inp"].float())
+
+
+def test_a_compiled_step_trains_like_the_eager_one(tmp_path, data, monkeypatch):
+    """torch.compile of the step (inductor, on CPU here; CUDA graphs in test_gpu.py): one compile
+    serves every epoch (the lr is a device tensor, the randomness is drawn per epoch), and the
+    numbers match the eager step's to float32 rounding."""
+    cell = make_cell(max_epochs=3, batch_size=32, dropout=0.3, lr_decay=0.5)  # lr changes each epoch
+    torch._dynamo.reset()
+    # one shape (128 = 4 full batches); the optimizer's first step (no momentum yet) compiles once
+    # more; a compile per epoch, for the new lr, would pass this limit and fail the run
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    (eager,), (compiled,) = (train(jobs(tmp_path, data, [cell], mode), echo=False, compile_mode=mode)
+                             for mode in ("off", "default"))
+    histories = [read_history(tmp_path / mode / "0" / "history.csv") for mode in ("off", "default")]
+    for a, b in zip(*histories):
+        for key in ("train_loss", "test_loss", "train_avg_loss"):
+            if a[key]:
+                assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4, abs=1e-5), (key, a, b)
+    assert eager["stop_reason"] == compiled["stop_reason"] and eager["steps"] == compiled["steps"]
