@@ -1,0 +1,90 @@
+"""How to train K cells of one architecture in one process: the lockstep pack the trainer uses
+(K models, one SGD step of each in turn) against one vmapped model stack
+(torch.func.stack_module_state + vmap: one batched kernel per layer for all K).
+
+    python bench/bench_pack.py [--device cuda] [--k 4] [--steps 20] [--repeats 3]
+
+Prints, per model, seconds per pack step (K cells one step each) of both, and their ratio.
+Forward + backward + SGD update, batch 32 (CPU) or 128 (CUDA), 3x28x28.
+"""
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
+
+from rethink.models import build_model
+
+WIDTHS = {"inception": 0.125, "alexnet": 0.25, "mlp_1x512": 1.0, "mlp_3x512": 1.0}  # the default config's
+
+
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def timed(step, steps, repeats, dev):
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        sync(dev)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync(dev)
+        times.append((time.perf_counter() - start) / steps)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--k", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    dev, k = torch.device(args.device), args.k
+    bs = 128 if dev.type == "cuda" else 32
+    torch.set_num_threads(1) if dev.type == "cpu" else None
+    print(f"| model (width) | lockstep: K steps (s) | vmap: one stacked step (s) | vmap / lockstep |  (K = {k}, batch {bs}, {dev.type})")
+    print("|---|---:|---:|---:|")
+    for arch, width in WIDTHS.items():
+        models = []
+        for seed in range(k):
+            torch.manual_seed(seed)
+            models.append(build_model(arch, (3, 28, 28), 10, width).to(dev).train())
+        x = torch.randn(k, bs, 3, 28, 28, device=dev)
+        y = torch.randint(0, 10, (k, bs), device=dev)
+        opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in models]
+
+        def lockstep():
+            for i, (m, opt) in enumerate(zip(models, opts)):
+                loss = F.cross_entropy(m(x[i]), y[i])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+        params, buffers = stack_module_state(copy.deepcopy(models))
+        base = copy.deepcopy(models[0]).to("meta")
+        stacked_opt = torch.optim.SGD(params.values(), lr=0.01, momentum=0.9)
+
+        def loss_of(p, b, xi, yi):
+            return F.cross_entropy(functional_call(base, (p, b), (xi,)), yi)
+
+        def stacked():
+            loss = vmap(loss_of, randomness="different")(params, buffers, x, y).sum()
+            stacked_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            stacked_opt.step()
+
+        a = timed(lockstep, args.steps, args.repeats, dev)
+        b = timed(stacked, args.steps, args.repeats, dev)
+        print(f"| {arch} ({width:g}) | {a:.4f} | {b:.4f} | {b / a:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
