@@ -10,6 +10,9 @@ Forward + backward + SGD update, batch 32 (CPU) or 128 (CUDA), 3x28x28.
 
 import argparse
 import copy
+import datetime
+import os
+import platform
 import statistics
 import time
 
@@ -17,7 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
+from report import publish
+
 from rethink.models import build_model
+from rethink.train.loop import device_name
 
 WIDTHS = {"inception": 0.125, "alexnet": 0.25, "mlp_1x512": 1.0, "mlp_3x512": 1.0}  # the default config's
 
@@ -46,12 +52,12 @@ def main(argv=None):
     p.add_argument("--k", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     args = p.parse_args(argv)
     dev, k = torch.device(args.device), args.k
     bs = 128 if dev.type == "cuda" else 32
     torch.set_num_threads(1) if dev.type == "cpu" else None
-    print(f"| model (width) | lockstep: K steps (s) | vmap: one stacked step (s) | vmap / lockstep |  (K = {k}, batch {bs}, {dev.type})")
-    print("|---|---:|---:|---:|")
+    rows = []
     for arch, width in WIDTHS.items():
         models = []
         for seed in range(k):
@@ -83,7 +89,17 @@ def main(argv=None):
 
         a = timed(lockstep, args.steps, args.repeats, dev)
         b = timed(stacked, args.steps, args.repeats, dev)
-        print(f"| {arch} ({width:g}) | {a:.4f} | {b:.4f} | {b / a:.2f}x |", flush=True)
+        rows.append(f"| {arch} ({width:g}) | {a:.4f} | {b:.4f} | {b / a:.2f}x |")
+        print(rows[-1], flush=True)
+    publish(f"bench_pack_{dev.type}", [
+        f"## Packs: lockstep vs a vmapped model stack on {dev.type} (`bench/bench_pack.py`)", "",
+        f"{datetime.date.today().isoformat()} on {device_name(dev)}, {len(os.sched_getaffinity(0))} CPU cores, "
+        f"torch {torch.__version__}, Python {platform.python_version()}. K = {k} cells, batch {bs}, 3x28x28, "
+        f"forward + backward + SGD; median of {args.repeats} runs of {args.steps} pack steps.",
+        "Lockstep = the trainer's pack (one step of each model in turn); vmap = torch.func.stack_module_state + "
+        "vmap, one stacked step. Ratio above 1: the stack is slower.", "",
+        "| model (width) | lockstep: K steps (s) | vmap: one stacked step (s) | vmap / lockstep |",
+        "|---|---:|---:|---:|", *rows], write=not args.no_write)
 
 
 if __name__ == "__main__":
