@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import realformat as rf
 from conftest import FASHION_MNIST_ROOT, needs_fashion_mnist, tiny_config
 
 from rethink.data import shards
@@ -120,3 +121,16 @@ def test_default_config_builds_real_fashion_mnist_shards(workflow):
     assert 0.85 < random["changed"].mean() < 0.95
     test_shuffled, _ = shards.read_split([data / "shuffled_pixels" / "s0" / "test-00000.h5"])
     assert test_shuffled["images"].shape == (500, 1, 28, 28)
+
+
+def test_a_crafted_dataset_file_runs_no_code_during_data_shards(workflow, tmp_path):
+    marker = tmp_path / "code-ran"
+    batch = rf.write_crafted_cifar10(tmp_path / "cifar", marker)
+    config = tiny_config({"a": {"dataset": "cifar10", "grid": [{"architectures": ["mlp"]}]}})
+    config["datasets"]["cifar10"] = {"source": "cifar10", "root": str(tmp_path / "cifar"),
+                                     "subset": {"train": 50, "test": 10}}
+    proc = workflow.run("--configfile", workflow.write_config(config), "-c1", "--keep-going", "data_shards",
+                        check=False)
+    assert proc.returncode != 0 and not marker.exists()
+    log = (workflow.root / "results/logs/data/cifar10/clean/train-00000.log").read_text()
+    assert log.startswith(f"error: {batch}: md5 ") and "is not the released cifar10 file's" in log
