@@ -2,6 +2,9 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -134,6 +137,22 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         shards.write_shard(target, {"labels": np.arange(10)}, {"dataset": "d"})
     assert os.listdir(tmp_path) == []
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "train-00000.h5"
+    killed = subprocess.Popen([sys.executable, "-c", f"""
+import os, signal, h5py, numpy as np
+from rethink.data import shards
+h5py.Group.create_dataset = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)  # killed mid-write
+shards.write_shard({str(target)!r}, {{"labels": np.arange(10)}}, {{"dataset": "d"}})
+"""])
+    assert killed.wait(timeout=60) == -signal.SIGKILL
+    assert os.listdir(tmp_path) == [f".{target.name}.tmp{killed.pid}"]
+    other = tmp_path / ".train-00001.h5.tmp1"  # another file's temporary is not this write's business
+    other.write_bytes(b"")
+    shards.write_shard(target, {"labels": np.arange(10)}, {"dataset": "d"})
+    assert sorted(os.listdir(tmp_path)) == [other.name, target.name]
 
 
 def test_split_over_several_shards_reads_back_in_order_and_checks_the_list(tmp_path):

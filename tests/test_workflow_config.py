@@ -73,3 +73,14 @@ def test_a_number_in_exponent_notation_is_a_number(workflow):
     cell = json.loads((workflow.root / paths.CELL_JSON.format(
         dataset="synth", arch="mlp", regularizer="none", noise="random_labels", seed=0)).read_text())
     assert cell["hparams"]["lr"] == 0.001
+
+
+def test_experiments_json_is_written_atomically(workflow):
+    """It goes through the package's atomic writer, which also removes a killed writer's temporary."""
+    target = workflow.root / paths.EXPERIMENTS_JSON
+    target.parent.mkdir(parents=True)
+    stale = target.with_name(f".{target.name}.tmp4242")
+    stale.write_text("half a file")
+    workflow.run("--configfile", workflow.write_config(tiny_config({"e": EXPERIMENT})), "-c1", paths.EXPERIMENTS_JSON)
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]
+    assert yaml.safe_load(target.read_text())["experiments"] == {"e": ["synth/mlp/none/random_labels/s0"]}
