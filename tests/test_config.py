@@ -216,6 +216,8 @@ def test_every_schema_key_is_documented():
         ("training", {"batch_size": 32.0}, r"training\.batch_size: 32\.0 is not an integer \(write 32\)"),
         ("experiments.fig1a.seeds", [0, 1.0], r"experiments\.fig1a\.seeds\[1\]: 1\.0 is not an integer \(write 1\)"),
         ("datasets.synth.subset", {"train": 100.0}, r"datasets\.synth\.subset\.train: 100\.0 is not an integer"),
+        ("experiments.fig1a.grid.0.seeds", [2**63], r"experiments\.fig1a\.grid\[0\]\.seeds\[0\]: 9223372036854775808 is "
+                                                    r"greater than the maximum"),
         ("training", {"lr": float("inf")}, r"training\.lr: inf is not a finite number"),
         ("regularizers.wd", {"weight_decay": float("nan")}, r"regularizers\.wd\.weight_decay: nan is not a finite number"),
         ("architectures.small.width", float("inf"), r"architectures\.small\.width: inf is not a finite number"),
