@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import h5py
 import pytest
 import yaml
 
@@ -42,6 +43,17 @@ def synthetic_spec(n_train=64, n_test=32, shape=(3, 32, 32), seed=0, classes=10,
 
 
 SHARDS = {"size": 50000, "compression": "lzf", "chunk_samples": 256}
+
+
+def flip_byte_in_chunk(path, dataset, chunk=0):
+    """Damage one stored byte of a dataset, as a bad disk would (the HDF5 structure stays intact)."""
+    with h5py.File(path, "r") as f:
+        offset = f[dataset].id.get_chunk_info(chunk).byte_offset
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 100)
+        byte = fh.read(1)
+        fh.seek(offset + 100)
+        fh.write(bytes([byte[0] ^ 0x01]))
 
 
 def tiny_config(experiments, n_train=64, n_test=32, shard_size=50000):

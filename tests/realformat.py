@@ -10,13 +10,17 @@
   ends in .gz. Either flat in `root` (the Debian `dataset-fashion-mnist` layout) or in
   torchvision's `root/MNIST/raw/` layout.
 
+`write_crafted_cifar10` writes a batch that runs a command when a plain pickle.load reads it.
+
 Labels always hold every class at least once (on top of an uneven random draw), so a
 stratified subset has real, unequal class proportions to match.
 """
 
 import gzip
+import os
 import pathlib
 import pickle
+import shlex
 import struct
 
 import numpy as np
@@ -146,3 +150,25 @@ def write_mnist(root, n_train, n_test, seed, layout="torchvision", gz=False, fol
         result[split] = (images, labels)
         result["files"][split] = paths
     return result
+
+
+class RunsCommand:
+    """Unpickles into os.system(command): what any pickle can make a plain pickle.load do."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def write_crafted_cifar10(root, marker):
+    """CIFAR-10 files whose data_batch_1 creates the file `marker` when unpickled by pickle.load
+    (a harmless stand-in for a malicious download). Returns that batch's path."""
+    write_cifar10(root, 10, seed=0)
+    path = pathlib.Path(root) / "cifar-10-batches-py" / "data_batch_1"
+    batch = {"batch_label": "training batch 1 of 5", "labels": [0] * 10,
+             "data": RunsCommand(f"touch {shlex.quote(str(marker))}"), "filenames": []}
+    with open(path, "wb") as fh:
+        pickle.dump(batch, fh, protocol=2)
+    return path

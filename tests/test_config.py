@@ -3,11 +3,13 @@
 import copy
 
 import pytest
+import yaml
 from conftest import REPO, SCHEMA
 
 from rethink import config as rconfig
 from rethink import grid
 from rethink.config import ConfigError
+from rethink.data.randomize import parse_noise
 
 MINIMAL = {
     "datasets": {"synth": {"source": "synthetic"}},
@@ -203,3 +205,102 @@ def test_every_schema_key_is_documented():
     wanted = list(keys(schema)) + [f"training.{k}" for k in schema["$defs"]["hparams"]["properties"]]
     missing = [key for key in wanted if f"`{key}`" not in readme]
     assert not missing, f"config/README.md does not document {missing}"
+
+
+# ----------------------------------------------------------------------------- what the trainer would reject
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("training", {"batch_size": 32.0}, r"training\.batch_size: 32\.0 is not an integer \(write 32\)"),
+        ("experiments.fig1a.seeds", [0, 1.0], r"experiments\.fig1a\.seeds\[1\]: 1\.0 is not an integer \(write 1\)"),
+        ("datasets.synth.subset", {"train": 100.0}, r"datasets\.synth\.subset\.train: 100\.0 is not an integer"),
+        ("experiments.fig1a.grid.0.seeds", [2**63], r"experiments\.fig1a\.grid\[0\]\.seeds\[0\]: 9223372036854775808 is "
+                                                    r"greater than the maximum"),
+        ("training", {"lr": float("inf")}, r"training\.lr: inf is not a finite number"),
+        ("regularizers.wd", {"weight_decay": float("nan")}, r"regularizers\.wd\.weight_decay: nan is not a finite number"),
+        ("architectures.small.width", float("inf"), r"architectures\.small\.width: inf is not a finite number"),
+        ("experiments.fig1a.seeds", [2**63], r"experiments\.fig1a\.seeds\[0\]: 9223372036854775808 is greater than "
+                                              r"the maximum of 9223372036854775807"),
+        ("training", {"crop_size": 33},
+         r"experiments\.fig1a\.grid\[0\] \(mlp_1x512, none\): hparams\.crop_size 33 is larger than the 32x32 "
+         r"images of dataset 'synth'; set crop_size to at most 32"),
+    ],
+)
+def test_what_the_trainer_would_reject_is_rejected_here(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        validated({key: value})
+
+
+def test_the_largest_seed_and_a_fitting_crop_pass():
+    config = validated({"experiments.fig1a.seeds": [2**63 - 1], "training": {"crop_size": 32}})
+    (cell, spec), = grid.expand(config)[0].values()
+    assert cell.seed == 2**63 - 1 and spec["hparams"]["crop_size"] == 32
+
+
+# ----------------------------------------------------------------------------- config traps
+
+
+def test_numbers_in_exponent_notation_are_numbers(tmp_path):
+    """YAML 1.1 (PyYAML, and so Snakemake) reads `1e-3` as a string; the config means 0.001."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL).replace("weight_decay: 0.0005", "weight_decay: 5e-4")
+                    + "training: {lr: 1e-3, momentum: 9E-1}\n")
+    assert yaml.safe_load(path.read_text())["training"] == {"lr": "1e-3", "momentum": "9E-1"}
+    config = rconfig.load(path, SCHEMA)
+    assert config["training"]["lr"] == 0.001 and config["training"]["momentum"] == 0.9
+    assert config["regularizers"]["wd"] == {"weight_decay": 0.0005}
+    # an integer key still takes integers only, and a word is still not a number
+    with pytest.raises(ConfigError, match=r"training\.batch_size: '1e3' is not of type 'integer'"):
+        validated({"training": {"batch_size": "1e3"}})
+    with pytest.raises(ConfigError, match=r"training\.lr: 'fast' is not of type 'number'"):
+        validated({"training": {"lr": "fast"}})
+
+
+def test_a_repeated_key_names_the_key_and_both_lines(tmp_path):
+    path = tmp_path / "c.yaml"
+    text = yaml.safe_dump(MINIMAL, sort_keys=False)
+    path.write_text(text + "experiments:\n  fig1c: {dataset: synth, grid: [{architectures: [mlp_1x512]}]}\n")
+    first = text.splitlines().index("experiments:") + 1
+    last = len(text.splitlines()) + 1
+    with pytest.raises(ConfigError, match=rf"{path}, line {last}: key 'experiments' is repeated \(first on line "
+                                          rf"{first}\); YAML keeps only the last one"):
+        rconfig.load(path, SCHEMA)
+    path.write_text("training: {lr: 0.1, batch_size: 32, lr: 0.2}\n")
+    with pytest.raises(ConfigError, match=r"line 1: key 'lr' is repeated \(first on line 1\)"):
+        rconfig.read_yaml(path)
+    path.write_text("base: &b {lr: 0.1}\ntraining:\n  <<: *b\n  lr: 0.2\n")  # a merge key may be overridden
+    assert rconfig.read_yaml(path)["training"] == {"lr": 0.2}
+
+
+def test_every_experiment_disabled_is_an_error():
+    with pytest.raises(ConfigError, match=r"config key experiments: every experiment is disabled \(fig1a\), so "
+                                          r"there is nothing to train or report"):
+        validated({"experiments.fig1a.enabled": False})
+
+
+@pytest.mark.parametrize("name", ["all", "train_cell", "train_pack_mlp", "data_shards", "analysis_aggregate",
+                                  "figure_fig1a", "table_table1"])
+def test_an_experiment_named_like_a_rule_is_an_error(name):
+    config = copy.deepcopy(MINIMAL)
+    config["experiments"] = {name: config["experiments"]["fig1a"]}
+    with pytest.raises(ConfigError, match=rf"config key experiments\.{name}: '{name}' is the name of a workflow rule"):
+        rconfig.validate(config, SCHEMA)
+
+
+@pytest.mark.parametrize("levels, index, trains_as", [
+    ([0.5, 1e-7], 1, "true_labels"), ([0.9999999], 0, "random_labels"), ([0.1234567], 0, "corrupt_p0.123457"),
+])
+def test_a_level_its_name_cannot_hold_is_an_error(levels, index, trains_as):
+    with pytest.raises(ConfigError, match=rf"experiments\.fig1a\.grid\[0\]\.corruption_levels\[{index}\]: label "
+                                          rf"corruption level .* has more than the 6 decimals that noise names "
+                                          rf"keep, so it would train as {trains_as}"):
+        validated({"experiments.fig1a.grid.0.corruption_levels": levels})
+
+
+def test_levels_with_six_decimals_keep_distinct_names():
+    config = validated({"experiments.fig1a.grid.0.corruption_levels": [0.000001, 0.1 + 0.2, 0.3, 0.999999]})
+    names = [noise.name for noise in grid.entry_noises(config["experiments"]["fig1a"]["grid"][0])]
+    assert names == ["random_labels", "corrupt_p0.000001", "corrupt_p0.3", "corrupt_p0.999999"]
+    assert [parse_noise(name).name for name in names] == names

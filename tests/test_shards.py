@@ -2,11 +2,14 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import h5py
 import numpy as np
 import pytest
-from conftest import SHARDS, synthetic_spec
+from conftest import SHARDS, flip_byte_in_chunk, synthetic_spec
 
 from rethink.data import prepare, shards
 from rethink.data.shards import ShardError
@@ -24,16 +27,6 @@ def build(tmp_path, spec, noise="corrupt_p0.5", seed=0, shards_cfg=SHARDS):
     noisy = tmp_path / noise / f"s{seed}" / "train-00000.h5"
     prepare.make_randomized(spec, shards_cfg, noise, seed, "train", 0, clean, stats, noisy)
     return clean, noisy
-
-
-def flip_byte_in_chunk(path, dataset, chunk=0):
-    with h5py.File(path, "r") as f:
-        offset = f[dataset].id.get_chunk_info(chunk).byte_offset
-    with open(path, "r+b") as fh:
-        fh.seek(offset + 100)
-        byte = fh.read(1)
-        fh.seek(offset + 100)
-        fh.write(bytes([byte[0] ^ 0x01]))
 
 
 def test_round_trip_and_label_noise_links_instead_of_copying(tmp_path):
@@ -118,10 +111,32 @@ def test_a_clean_shard_rebuilt_under_a_randomized_one_is_a_mismatch(tmp_path):
 def test_garbage_and_missing_files_are_named(tmp_path):
     bad = tmp_path / "train-00000.h5"
     bad.write_bytes(b"not hdf5 at all")
-    with pytest.raises(ShardError, match=f"{bad}: not a readable HDF5 shard"):
+    with pytest.raises(ShardError, match=f"{bad}: not a readable HDF5 shard .*; rebuild it \\(it is outside a "
+                                         "results/ directory, so Snakemake cannot\\)"):
         shards.read_shard(bad)
     with pytest.raises(ShardError, match="shard not found"):
         shards.read_shard(tmp_path / "nope.h5")
+
+
+def test_a_damaged_or_missing_shard_names_the_snakemake_command_that_rebuilds_it(tmp_path, monkeypatch):
+    """Snakemake takes the target relative to its working directory (an absolute path matches no
+    rule), and --force, since the damaged file exists (tests/test_workflow_data.py runs it)."""
+    workdir = tmp_path / "wf"
+    _, noisy = build(workdir / "results" / "data" / "synth", synthetic_spec(n_train=50))
+    with h5py.File(noisy, "r+") as f:
+        f["labels"][0] = (f["labels"][0] + 1) % 10
+    target = "results/data/synth/corrupt_p0.5/s0/train-00000.h5"
+    monkeypatch.chdir(workdir)
+    with pytest.raises(ShardError) as info:
+        shards.read_shard(target)
+    assert str(info.value) == (f"{target}: checksum mismatch in labels (corrupted or edited); rebuild it with "
+                               f"`snakemake --force {target}` (plus the --configfile of your run, if it had one)")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ShardError, match=f"rebuild it with `cd {workdir} && snakemake --force {target}`"):
+        shards.read_shard(noisy)
+    with pytest.raises(ShardError, match=f"shard not found; build it with `cd {workdir} && snakemake --force "
+                                         "results/data/synth/clean/test-00000.h5`"):
+        shards.read_shard(workdir / "results/data/synth/clean/test-00000.h5")
 
 
 def test_writes_are_atomic(tmp_path, monkeypatch):
@@ -134,6 +149,22 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         shards.write_shard(target, {"labels": np.arange(10)}, {"dataset": "d"})
     assert os.listdir(tmp_path) == []
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "train-00000.h5"
+    killed = subprocess.Popen([sys.executable, "-c", f"""
+import os, signal, h5py, numpy as np
+from rethink.data import shards
+h5py.Group.create_dataset = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)  # killed mid-write
+shards.write_shard({str(target)!r}, {{"labels": np.arange(10)}}, {{"dataset": "d"}})
+"""])
+    assert killed.wait(timeout=60) == -signal.SIGKILL
+    assert os.listdir(tmp_path) == [f".{target.name}.tmp{killed.pid}"]
+    other = tmp_path / ".train-00001.h5.tmp1"  # another file's temporary is not this write's business
+    other.write_bytes(b"")
+    shards.write_shard(target, {"labels": np.arange(10)}, {"dataset": "d"})
+    assert sorted(os.listdir(tmp_path)) == [other.name, target.name]
 
 
 def test_split_over_several_shards_reads_back_in_order_and_checks_the_list(tmp_path):

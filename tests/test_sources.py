@@ -5,6 +5,7 @@ own readers; Fashion-MNIST is the Debian package's real files when they are inst
 """
 
 import gzip
+import hashlib
 import json
 import pathlib
 import pickle
@@ -24,7 +25,9 @@ MNIST_TRAIN, MNIST_TEST = 60, 30
 
 
 def spec_for(source, root, subset=None, **extra):
-    spec = {"name": f"test_{source}", "source": source, "root": str(root), "download": False}
+    """A dataset spec for the helpers' files; they are not the released files, so verify is off
+    unless a test turns it on."""
+    spec = {"name": f"test_{source}", "source": source, "root": str(root), "download": False, "verify": False}
     if subset is not None:
         spec["subset"] = subset
     spec.update(extra)
@@ -522,6 +525,85 @@ def test_unpicklable_but_wrong_cifar_batch_names_the_file(tmp_path, content):
     with pytest.raises(RethinkError) as info:
         sources.load_split(spec_for("cifar10", tmp_path, {"test": 1}), "test")
     assert str(path) in str(info.value)
+
+
+# ----------------------------------------------------------------------------- verified before parsed
+
+
+def idx_content(path):
+    return gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+
+
+def md5(data):
+    return hashlib.md5(data).hexdigest()
+
+
+@pytest.mark.parametrize("verify, refusal", [
+    (True, r"md5 [0-9a-f]{32} is not the released cifar10 file's c99cafc152244af753f735de768cd75f"),
+    (False, r"refused to call (posix|nt|os)\.system, which no CIFAR-10 batch holds"),
+])
+def test_a_crafted_cifar_pickle_runs_no_code(tmp_path, verify, refusal):
+    marker = tmp_path / "code-ran"
+    path = rf.write_crafted_cifar10(tmp_path, marker)
+    pickle.loads(path.read_bytes())  # what a plain pickle.load does with it
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(RethinkError, match=refusal) as info:
+        sources.load_split(spec_for("cifar10", tmp_path, {"train": 50}, verify=verify), "train")
+    assert str(info.value).startswith(f"{path}: ") and not marker.exists()
+
+
+def test_cifar10_batches_pickled_by_python2_still_load(tmp_path):
+    """The released batches name numpy's array constructor numpy.core.multiarray._reconstruct."""
+    written = rf.write_cifar10(tmp_path, 10, seed=3)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    assert b"cnumpy._core.multiarray\n_reconstruct\n" in path.read_bytes()
+    path.write_bytes(path.read_bytes().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n"))
+    images, labels, _ = sources.load_split(spec_for("cifar10", tmp_path, {"test": 10}), "test")
+    np.testing.assert_array_equal(images, written["test"][0])
+    np.testing.assert_array_equal(labels, written["test"][1])
+
+
+@pytest.mark.parametrize("layout, gz", [("flat", False), ("flat", True), ("torchvision", False)])
+def test_idx_files_are_checked_against_the_released_md5(tmp_path, small_full_sizes, monkeypatch, layout, gz):
+    """The helpers' files registered as the released ones load; one flipped pixel, gzipped or
+    not, is refused before parsing, and read as it is with verify off."""
+    written = rf.write_mnist(tmp_path, MNIST_TRAIN, MNIST_TEST, seed=0, layout=layout, gz=gz)
+    files = written["files"]["train"] + written["files"]["test"]
+    released = {path.name.removesuffix(".gz"): md5(idx_content(path)) for path in files}
+    monkeypatch.setitem(sources.RELEASED_MD5, "mnist", released)
+    images, _, _ = sources.load_split(spec_for("mnist", tmp_path, verify=True), "test")
+    np.testing.assert_array_equal(images[:, 0], written["test"][0])
+
+    path = written["files"]["test"][0]
+    flipped = bytearray(idx_content(path))
+    flipped[16 + 100] ^= 0x01  # pixel 100 of image 0
+    path.write_bytes(gzip.compress(bytes(flipped)) if gz else bytes(flipped))
+    with pytest.raises(RethinkError, match=rf"{path}: md5 {md5(flipped)} is not the released mnist file's "
+                                           rf"{released[path.name.removesuffix('.gz')]}; the file is corrupt"):
+        sources.load_split(spec_for("mnist", tmp_path, verify=True), "test")
+    images, _, _ = sources.load_split(spec_for("mnist", tmp_path, verify=False), "test")
+    assert images[0, 0].flat[100] == written["test"][0][0].flat[100] ^ 0x01
+
+
+def test_fashion_mnist_uncompressed_files_are_verified_too(fashion, tmp_path):
+    """torchvision's layout keeps the idx files uncompressed: they match the released md5s, and
+    a flipped byte in one does not."""
+    spec, loaded = fashion
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in rf.IDX_FILES["test"]:
+        (raw / name).write_bytes(gzip.decompress((FASHION_MNIST_ROOT / f"{name}.gz").read_bytes()))
+    local = dict(spec, root=str(tmp_path))
+    images, labels, _ = sources.load_split(local, "test")
+    np.testing.assert_array_equal(images, loaded["test"][0])
+    labels_file = raw / rf.IDX_FILES["test"][1]
+    content = bytearray(labels_file.read_bytes())
+    content[8] = (content[8] + 1) % 10  # one edited label
+    labels_file.write_bytes(bytes(content))
+    with pytest.raises(RethinkError, match=rf"{labels_file}: md5 [0-9a-f]{{32}} is not the released fashion_mnist "
+                                           r"file's 15d484375f8d13e6eb1aabb0c3f46965"):
+        sources.load_split(local, "test")
 
 
 # ----------------------------------------------------------------------------- synthetic

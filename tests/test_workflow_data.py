@@ -2,10 +2,14 @@
 
 import hashlib
 import json
+import re
+import subprocess
 
+import h5py
 import numpy as np
 import pytest
-from conftest import FASHION_MNIST_ROOT, needs_fashion_mnist, tiny_config
+import realformat as rf
+from conftest import FASHION_MNIST_ROOT, flip_byte_in_chunk, needs_fashion_mnist, tiny_config
 
 from rethink.data import shards
 
@@ -120,3 +124,44 @@ def test_default_config_builds_real_fashion_mnist_shards(workflow):
     assert 0.85 < random["changed"].mean() < 0.95
     test_shuffled, _ = shards.read_split([data / "shuffled_pixels" / "s0" / "test-00000.h5"])
     assert test_shuffled["images"].shape == (500, 1, 28, 28)
+
+
+def test_a_crafted_dataset_file_runs_no_code_during_data_shards(workflow, tmp_path):
+    marker = tmp_path / "code-ran"
+    batch = rf.write_crafted_cifar10(tmp_path / "cifar", marker)
+    config = tiny_config({"a": {"dataset": "cifar10", "grid": [{"architectures": ["mlp"]}]}})
+    config["datasets"]["cifar10"] = {"source": "cifar10", "root": str(tmp_path / "cifar"),
+                                     "subset": {"train": 50, "test": 10}}
+    proc = workflow.run("--configfile", workflow.write_config(config), "-c1", "--keep-going", "data_shards",
+                        check=False)
+    assert proc.returncode != 0 and not marker.exists()
+    log = (workflow.root / "results/logs/data/cifar10/clean/train-00000.log").read_text()
+    assert log.startswith(f"error: {batch}: md5 ") and "is not the released cifar10 file's" in log
+
+
+def repair_command(error):
+    """The command a shard error names, with this test's config added as the message says."""
+    command = re.search(r"`([^`]+)`", str(error)).group(1)
+    return f"{command} --configfile config/test.yaml -c1"
+
+
+def test_a_damaged_shard_names_the_command_that_rebuilds_it_and_only_it(workflow, monkeypatch):
+    config = workflow.write_config(TINY)
+    workflow.run("--configfile", config, "-c2", "data_shards")
+    intact = shard_digests(workflow.root)
+    monkeypatch.chdir(workflow.root)  # where jobs run
+    clean, noisy = "results/data/synth/clean/train-00001.h5", "results/data/synth/random_labels/s0/train-00002.h5"
+    flip_byte_in_chunk(clean, "images")
+    with h5py.File(noisy, "r+") as f:
+        f["labels"][0] = (f["labels"][0] + 1) % 10
+    for damaged, read_through, rule in ((clean, "results/data/synth/random_labels/s0/train-00001.h5", "data_clean"),
+                                        (noisy, noisy, "data_randomize")):
+        with pytest.raises(shards.ShardError) as info:
+            shards.read_shard(read_through)  # a damaged clean shard is found through the links to it
+        assert f"rebuild it with `snakemake --force {damaged}`" in str(info.value)
+        proc = subprocess.run(repair_command(info.value), shell=True, cwd=workflow.root, env=workflow.env,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert re.search(rf"\n{rule} +1\ntotal +1\n", proc.stderr), proc.stderr  # that one job only
+    assert shard_digests(workflow.root) == intact  # rebuilt byte-identically, nothing else touched
+    shards.read_shard(noisy)

@@ -4,14 +4,27 @@ so a killed job never leaves a half-written output for the next run to trust."""
 import contextlib
 import os
 import pathlib
+import re
+
+
+def _temporary(path, pid):
+    return path.with_name(f".{path.name}.tmp{pid}")
 
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path next to `path`; rename it to `path` if the block succeeds."""
+    """Yield a temporary path next to `path`; rename it to `path` if the block succeeds.
+
+    A killed writer cannot remove its temporary; the next write of the same file does. (One
+    writer per file at a time: Snakemake runs one job per output.)
+    """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    stale = re.compile(re.escape(_temporary(path, "").name) + r"\d+")
+    for leftover in path.parent.iterdir():
+        if stale.fullmatch(leftover.name):
+            leftover.unlink(missing_ok=True)
+    tmp = _temporary(path, os.getpid())
     try:
         yield tmp
         os.replace(tmp, path)

@@ -21,8 +21,9 @@ import pathlib
 import sys
 
 from rethink import paths
+from rethink.data import sources
 from rethink.data.randomize import Noise, label_corruption, parse_noise
-from rethink.errors import ConfigError, cli_main
+from rethink.errors import ConfigError, RethinkError, cli_main
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +45,14 @@ class Cell:
                     noise=self.noise.name, seed=self.seed)
 
 
-def entry_noises(entry):
+def entry_noises(entry, where="grid entry"):
     """A grid entry's noises, canonical, deduplicated, in config order (default: true labels)."""
     noises = [parse_noise(name) for name in entry["noises"]]
-    noises += [label_corruption(level) for level in entry["corruption_levels"]]
+    for j, level in enumerate(entry["corruption_levels"]):
+        try:
+            noises.append(label_corruption(level))
+        except RethinkError as err:
+            raise ConfigError(f"config key {where}.corruption_levels[{j}]: {err}") from None
     return list(dict.fromkeys(noises)) or [parse_noise("true_labels")]
 
 
@@ -56,6 +61,16 @@ def _known(config, section, name, where):
         raise ConfigError(
             f"config key {where}: {name!r} is not a configured {section[:-1]} "
             f"(configured: {', '.join(sorted(config[section]))})"
+        )
+
+
+def _check_fits(config, exp, hparams, where):
+    """What the trainer checks against the data, checked here already: the crop fits the images."""
+    _, height, width = sources.shape(config["datasets"][exp["dataset"]])
+    if hparams["crop_size"] > min(height, width):
+        raise ConfigError(
+            f"config key {where}: hparams.crop_size {hparams['crop_size']} is larger than the {height}x{width} "
+            f"images of dataset {exp['dataset']!r}; set crop_size to at most {min(height, width)}"
         )
 
 
@@ -92,7 +107,8 @@ def expand(config):
                         **config["training"], **config["architectures"][arch]["hparams"],
                         **config["regularizers"][reg], **exp["overrides"], **entry["overrides"],
                     }  # fmt: skip
-                    for noise in entry_noises(entry):
+                    _check_fits(config, exp, hparams, f"{where} ({arch}, {reg})")
+                    for noise in entry_noises(entry, where):
                         for seed in entry.get("seeds") or exp["seeds"]:
                             cell = Cell(exp["dataset"], arch, reg, noise, seed)
                             _add(cells, owners, cell, spec(config, cell, hparams), where)

@@ -24,12 +24,12 @@ rule analysis_experiments:
     log:
         "results/logs/analysis/experiments.log",
     localrule: True
-    conda:
-        ENV
     params:
         membership=membership_json(),
-    shell:
-        "printf '%s\\n' {params.membership:q} > {output} 2> {log}"
+    run:
+        from rethink.fileio import write_text_atomic  # never a half-written file
+
+        write_text_atomic(output[0], f"{params.membership}\n")
 
 
 for figure in FIGURES:

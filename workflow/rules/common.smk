@@ -10,6 +10,9 @@ from rethink.data import randomize, sources
 from rethink.errors import RethinkError
 
 try:
+    # Snakemake's YAML reader keeps the last of two repeated keys: read each file again, strictly
+    for configfile_path in workflow.configfiles:
+        rethink.config.read_yaml(configfile_path)
     rethink.config.validate(
         config, workflow.source_path("../schemas/config.schema.yaml")
     )

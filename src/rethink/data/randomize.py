@@ -25,6 +25,7 @@ a different distribution: each level alone is exactly the paper's process).
 """
 
 import dataclasses
+import math
 import re
 import zlib
 
@@ -50,6 +51,7 @@ OPTIONS = {
     "test_labels": ("clean", ("corrupt", "random_labels")),
 }
 DEFAULT_OPTIONS = {name: default for name, (default, _) in OPTIONS.items()}
+LEVEL_DECIMALS = 6  # decimals a label-corruption level may have: all of them are in its name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +92,8 @@ def noise_options(noise, options=None):
 
 
 def format_level(level):
-    return f"{round(float(level), 6):g}"
+    """A level as noise names write it: fixed-point, at most LEVEL_DECIMALS decimals, no trailing zeros."""
+    return f"{float(level):.{LEVEL_DECIMALS}f}".rstrip("0").rstrip(".")
 
 
 def label_corruption(level):
@@ -98,7 +101,16 @@ def label_corruption(level):
     level = float(level)
     if not 0.0 <= level <= 1.0:
         raise RethinkError(f"label corruption level {level} is outside [0, 1]")
-    level = round(level, 6)
+    named = round(level, LEVEL_DECIMALS)
+    # Float noise (0.1 + 0.2) is the same level; a real difference would share another level's
+    # name and data (1e-7 would train as true labels).
+    if not math.isclose(named, level, rel_tol=0.0, abs_tol=1e-12):
+        raise RethinkError(
+            f"label corruption level {level!r} has more than the {LEVEL_DECIMALS} decimals that noise "
+            f"names keep, so it would train as {label_corruption(named).name}; "
+            f"write it with at most {LEVEL_DECIMALS} decimals"
+        )
+    level = named
     if level == 0.0:
         return Noise("true_labels", 0.0)
     if level == 1.0:

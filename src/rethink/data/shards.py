@@ -23,11 +23,12 @@ import hashlib
 import json
 import os
 import pathlib
+import shlex
 
 import h5py
 import numpy as np
 
-from rethink import __version__
+from rethink import __version__, paths
 from rethink.errors import RethinkError
 from rethink.fileio import atomic_path
 
@@ -38,8 +39,27 @@ class ShardError(RethinkError):
     """A shard is missing, unreadable, tampered with, or does not belong with its neighbours."""
 
 
-def _rebuild_hint(path):
-    return f"delete {path} and rerun snakemake to rebuild it"
+def _snakemake_command(path):
+    """The command that (re)builds one shard file, whether it is missing or present but damaged.
+
+    `--force` reruns the job of that one file (a plain rerun would trust the damaged file), and
+    Snakemake takes the target relative to its working directory, the one holding results/: an
+    absolute path matches no rule.
+    """
+    path = pathlib.Path(os.path.abspath(path))
+    if paths.RESULTS not in path.parts[:-1]:
+        return None  # not a workflow output
+    at = len(path.parts) - 1 - path.parts[::-1].index(paths.RESULTS)
+    workdir, target = pathlib.Path(*path.parts[:at]), pathlib.Path(*path.parts[at:])
+    cd = "" if workdir == pathlib.Path.cwd() else f"cd {shlex.quote(str(workdir))} && "
+    return f"{cd}snakemake --force {shlex.quote(str(target))}"
+
+
+def _rebuild_hint(path, verb="rebuild"):
+    command = _snakemake_command(path)
+    if command is None:
+        return f"{verb} it (it is outside a {paths.RESULTS}/ directory, so Snakemake cannot)"
+    return f"{verb} it with `{command}` (plus the --configfile of your run, if it had one)"
 
 
 # ----------------------------------------------------------------------------- writing
@@ -110,7 +130,7 @@ def _plain(value):
 def _open(path):
     path = pathlib.Path(path)
     if not path.is_file():
-        raise ShardError(f"{path}: shard not found; rerun snakemake to build it")
+        raise ShardError(f"{path}: shard not found; {_rebuild_hint(path, 'build')}")
     try:
         # No HDF5 file locks: shards are immutable once renamed into place, and locking
         # fails on some cluster file systems.

@@ -9,13 +9,17 @@ Supported sources:
   not loaded yet: 1.28M images do not fit the in-memory shard and trainer path, which needs a
   streaming variant first. Loading it is a clear error, so its experiments stay disabled.
 
-Downloads go through torchvision (which verifies its own checksums) and only when the
-dataset's config says `download: true`. Everything a Snakefile needs at parse time (split
-sizes, whether files are present) works without torch and without reading the data.
+Every raw file is checked against the md5 of the released dataset's file before it is parsed
+(unless the dataset's config says `verify: false`), and CIFAR-10's pickles are read by an
+unpickler that can build the arrays and lists of a batch and nothing else: no code from a
+dataset file ever runs. Downloads go through torchvision (which verifies its own checksums) and
+only when the dataset's config says `download: true`. Everything a Snakefile needs at parse
+time (split sizes, whether files are present) works without torch and without reading the data.
 """
 
 import gzip
 import hashlib
+import io
 import json
 import pathlib
 import pickle
@@ -48,6 +52,32 @@ SOURCES = ("fashion_mnist", "mnist", "cifar10", "synthetic", "imagenet")
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# md5 of every raw file of the released datasets, uncompressed (a .gz file is checked after
+# decompression, so the Debian package's recompressed Fashion-MNIST archives match too):
+# CIFAR-10 as torchvision's CIFAR10.train_list/test_list give them; the idx files' published
+# md5s (the Fashion-MNIST ones are also what the Debian package's files decompress to).
+RELEASED_MD5 = {
+    "mnist": {
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    },
+    "fashion_mnist": {
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
+    "cifar10": {
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "test_batch": "40351d587109b95175f43aff81a1287e",
+    },
 }
 _TORCHVISION_CLASS = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST", "cifar10": "CIFAR10"}
 _CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
@@ -159,7 +189,8 @@ def load_split(spec, split):
         if spec.get("download"):
             _download(spec)
         files = source_files(spec, split)
-        images, labels = (_read_cifar if source == "cifar10" else _read_idx_pair)(files)
+        contents = [_read_verified(spec, path) for path in files]
+        images, labels = (_parse_cifar if source == "cifar10" else _parse_idx_pair)(files, contents)
         _check_loaded(spec, split, images, labels, files)
         provenance = {
             "source_files": json.dumps([str(f) for f in files]),
@@ -192,20 +223,38 @@ def _check_loaded(spec, split, images, labels, files):
         )
 
 
-def _read_idx_pair(files):
-    images, labels = (read_idx(f) for f in files)
-    return images[:, None, :, :], labels.astype(np.int64)
-
-
-def read_idx(path):
-    """Read an idx file (the MNIST format), gzipped or not."""
-    path = pathlib.Path(path)
+def _read_raw(path):
+    """A raw file's bytes, decompressed when it is gzipped."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as fh:
-            raw = fh.read()
+            return fh.read()
     except (OSError, EOFError, zlib.error) as err:
         raise RethinkError(f"{path}: cannot read ({err}); the file looks truncated or corrupt (download again)") from None
+
+
+def _read_verified(spec, path):
+    """A raw file's content, checked against the released file's md5 before anything parses it."""
+    content = _read_raw(path)
+    if spec.get("verify", True):
+        expected = RELEASED_MD5[spec["source"]][path.name.removesuffix(".gz")]
+        actual = hashlib.md5(content, usedforsecurity=False).hexdigest()
+        if actual != expected:
+            raise RethinkError(
+                f"{path}: md5 {actual} is not the released {spec['source']} file's {expected}; the file is "
+                f"corrupt or not the original (download it again), or set datasets.{spec['name']}.verify: "
+                "false to use a modified copy"
+            )
+    return content
+
+
+def _parse_idx_pair(files, contents):
+    images, labels = (_parse_idx(content, path) for path, content in zip(files, contents))
+    return images[:, None, :, :], labels.astype(np.int64)
+
+
+def _parse_idx(raw, path):
+    """An idx file's (the MNIST format's) bytes -> uint8 array; `path` names the file in errors."""
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise RethinkError(f"{path}: not an unsigned-byte idx file (bad magic {raw[:4]!r})")
     ndim = raw[3]
@@ -218,16 +267,34 @@ def read_idx(path):
     return data.reshape(dims)
 
 
-def _read_cifar(files):
+class _BatchUnpickler(pickle.Unpickler):
+    """Builds what a CIFAR-10 batch holds (dicts, lists, strings, numpy arrays) and nothing else.
+
+    Unpickling calls whatever importable function the file names (`os.system` too), so every
+    global outside a batch's few is refused before it is looked up. The real batches are Python 2
+    pickles of numpy arrays (`numpy.core.multiarray`); Python 3 writes `numpy._core` and `_codecs`.
+    """
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }  # fmt: skip
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to call {module}.{name}, which no CIFAR-10 batch holds")
+        return super().find_class(module, name)
+
+
+def _parse_cifar(files, contents):
     images, labels = [], []
-    for path in files:
-        with open(path, "rb") as fh:
-            try:
-                batch = pickle.load(fh, encoding="latin1")
-                images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-                labels.append(np.asarray(batch["labels"], dtype=np.int64))
-            except Exception as err:  # noqa: BLE001 - whatever fails here, the file is not a batch
-                raise RethinkError(f"{path}: not a CIFAR-10 python batch ({err!r})") from None
+    for path, content in zip(files, contents):
+        try:
+            batch = _BatchUnpickler(io.BytesIO(content), encoding="latin1").load()
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch["labels"], dtype=np.int64))
+        except Exception as err:  # noqa: BLE001 - whatever fails here, the file is not a batch
+            raise RethinkError(f"{path}: not a CIFAR-10 python batch ({err!r})") from None
     return np.concatenate(images), np.concatenate(labels)
 
 
