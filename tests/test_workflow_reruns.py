@@ -12,7 +12,7 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, Workflow, tiny_config
+from conftest import REPO, Workflow, flip_byte_in_chunk, tiny_config
 
 pytestmark = pytest.mark.workflow
 
@@ -174,3 +174,28 @@ def test_workflow_files_are_snakefmt_clean():
     files = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
     proc = subprocess.run([snakefmt, "--check", "--diff", *map(str, files)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_corrupted_clean_shard_is_named_and_a_plain_rerun_after_deleting_it_repairs_everything(copy):
+    """The issue's sequence: a byte flipped in a clean shard stops the cells that read it, naming
+    the file and the command; once it is deleted, a plain rerun rebuilds it and what depends on it
+    (every cell declares the clean shards its randomized shards link to). Finished checkpoints are
+    removed first: a finished cell re-emits its results without reading any shard."""
+    wf, config = copy
+    shutil.rmtree(wf.root / "results/checkpoints")
+    shard = "results/data/synth/clean/train-00000.h5"
+    flip_byte_in_chunk(wf.root / shard, "images")
+    proc = wf.run("--configfile", config, "-c2", check=False)
+    assert proc.returncode != 0
+    logs = "".join(p.read_text() for p in (wf.root / "results/logs/train").glob("*.log"))
+    assert f"{shard}: checksum mismatch" in logs and f"`snakemake --force {shard}`" in logs, logs
+    (wf.root / shard).unlink()
+    # first the random-label cells alone: they read the clean shard only through their own's links
+    random_labels = [f"results/cells/{c}/summary.json" for c in sorted(CELLS) if "random_labels" in c]
+    counts, cells = wf.planned_jobs(*random_labels, "--configfile", config)  # --configfile takes several
+    assert counts == {"data_clean": 1, "data_randomize": 1, "train": 2}, counts
+    wf.run(*random_labels, "--configfile", config, "-c2")
+    wf.run("--configfile", config, "-c2")
+    summary = pd.read_csv(wf.root / "results/metrics/summary.csv")
+    assert set(summary["cell"]) == CELLS and (summary["stop_reason"] == "max_epochs").all()
+    assert wf.planned_jobs("--configfile", config) == ({}, set())
