@@ -1,7 +1,9 @@
 """Atomic file writes: a temp file beside the target, renamed into place only when complete,
-so a killed job never leaves a half-written output for the next run to trust."""
+so a killed job never leaves a half-written output for the next run to trust. And the one
+JSON spelling of a value, which is what cell.json files, rule parameters and hashes compare."""
 
 import contextlib
+import json
 import os
 import pathlib
 import re
@@ -35,3 +37,8 @@ def atomic_path(path):
 def write_text_atomic(path, text):
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def canonical_json(obj):
+    """The one JSON spelling of a value: sorted keys, no whitespace (decides reruns)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

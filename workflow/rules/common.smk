@@ -5,7 +5,7 @@ import pathlib
 from snakemake.exceptions import WorkflowError
 
 import rethink.config
-from rethink import codehash, grid, paths
+from rethink import codehash, fileio, grid, paths
 from rethink.data import randomize, sources
 from rethink.errors import RethinkError
 
@@ -111,13 +111,13 @@ def relative_to_workdir(path):
 def membership_json():
     configs = [relative_to_workdir(p) for p in workflow.config_settings.configfiles]
     configs = configs or ["config/config.yaml"]
-    return sources.canonical_json(
+    return fileio.canonical_json(
         {"config": ", ".join(configs), "experiments": EXPERIMENTS}
     )
 
 
 def claims_json():
-    return sources.canonical_json(config["claims"])
+    return fileio.canonical_json(config["claims"])
 
 
 def missing_datasets():
@@ -137,7 +137,7 @@ def missing_datasets():
 
 
 def shard_spec(wildcards):
-    return sources.canonical_json(
+    return fileio.canonical_json(
         {"dataset": dataset_spec(wildcards.dataset), "shards": SHARDS}
     )
 
@@ -152,7 +152,7 @@ def randomize_spec(wildcards):
         "shards": SHARDS,
         "randomization": options,
     }
-    return sources.canonical_json(spec)
+    return fileio.canonical_json(spec)
 
 
 def clean_train_shards(wildcards):
@@ -214,11 +214,11 @@ def pack_json(pack):
                 "test": cell_split_shards(cell, "test"),
                 "out_dir": paths.cell_dir(cell),
                 "checkpoint": paths.checkpoint(
-                    cell, sources.canonical_json(spec), CODE["train"]
+                    cell, fileio.canonical_json(spec), CODE["train"]
                 ),
             }
         )
-    return sources.canonical_json(members)
+    return fileio.canonical_json(members)
 
 
 def pack_gpus(pack):

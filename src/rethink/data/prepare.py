@@ -18,6 +18,7 @@ import time
 
 from rethink.data import randomize, shards, sources
 from rethink.errors import RethinkError, cli_main
+from rethink import fileio
 from rethink.fileio import write_text_atomic
 
 
@@ -45,7 +46,7 @@ def make_clean(dataset, shards_cfg, split, shard, out):
         dataset=dataset["name"], source=dataset["source"], split=split, noise="clean",
         level=0.0, seed=-1, shard_index=shard, n_shards=count, offset=start,
         num_classes=sources.num_classes(dataset),
-        split_samples=len(labels), dataset_spec=sources.canonical_json(dataset),
+        split_samples=len(labels), dataset_spec=fileio.canonical_json(dataset),
     )
     return shards.write_shard(
         out, {"images": images[start:stop], "labels": labels[start:stop]}, attrs,
@@ -87,7 +88,7 @@ def make_randomized(dataset, shards_cfg, noise_name, seed, split, shard, clean, 
     }
     # provenance: the options that shape this noise (test_labels for label noises)
     options = randomize.noise_options(noise, options)
-    attrs.update(noise=noise.name, level=noise.level, seed=seed, randomization=sources.canonical_json(options))
+    attrs.update(noise=noise.name, level=noise.level, seed=seed, randomization=fileio.canonical_json(options))
     if channel_stats:
         mean, std = randomize.gaussian_moments(channel_stats, options["gaussian_stats"])
         attrs["gaussian_mean"], attrs["gaussian_std"] = json.dumps(mean.tolist()), json.dumps(std.tolist())

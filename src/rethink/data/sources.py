@@ -27,6 +27,7 @@ import zlib
 
 import numpy as np
 
+from rethink import fileio
 from rethink.errors import RethinkError
 
 SPLITS = ("train", "test")
@@ -184,7 +185,7 @@ def load_split(spec, split):
         )
     if source == "synthetic":
         images, labels = synthetic_split(spec["synthetic"], split)
-        provenance = {"source_sha256": _sha256_bytes(canonical_json(spec["synthetic"]).encode())}
+        provenance = {"source_sha256": _sha256_bytes(fileio.canonical_json(spec["synthetic"]).encode())}
     else:
         if spec.get("download"):
             _download(spec)
@@ -358,11 +359,6 @@ def subset_indices(labels, subset, split):
 
 
 # ----------------------------------------------------------------------------- provenance
-
-
-def canonical_json(obj):
-    """The one JSON spelling of a value: sorted keys, no whitespace (decides reruns)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 def _sha256_bytes(data):

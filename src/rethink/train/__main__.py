@@ -58,8 +58,7 @@ def main(argv=None):
     single = (args.cell, args.train_shards, args.test_shards, args.out_dir, args.checkpoint)
     if bool(args.pack) == any(single) or (not args.pack and not all(single)):
         p.error("give --pack, or all of --cell, --train-shards, --test-shards, --out-dir, --checkpoint")
-    from rethink.data.sources import canonical_json  # after --help: the rest imports torch
-    from rethink.fileio import write_text_atomic
+    from rethink.fileio import canonical_json, write_text_atomic  # after --help: the rest imports torch
     from rethink.train import cell, checkpoint, loop
 
     if args.pack:

@@ -5,10 +5,10 @@ import json
 import math
 import pathlib
 
-from rethink.data.shards import stored_checksum
 from rethink.data.randomize import DEFAULT_OPTIONS, parse_noise
-from rethink.data.sources import canonical_json
+from rethink.data.shards import stored_checksum
 from rethink.errors import RethinkError
+from rethink.fileio import canonical_json
 from rethink.models import ARCHITECTURES, INITS
 
 
