@@ -21,6 +21,7 @@ import tempfile
 import time
 
 import yaml
+
 from report import publish
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -39,9 +40,19 @@ def grid_5000():
     config["regularizers"] = {f"r{i}": {"weight_decay": i * 1e-4} for i in range(10)}
     config["architectures"] = {k: v for k, v in config["architectures"].items() if k != "inception_v3"}
     levels = [round(0.1 * i, 1) for i in range(10)]
-    config["experiments"] = {"big": {"dataset": "synth", "seeds": list(range(10)), "grid": [{
-        "architectures": sorted(config["architectures"]), "regularizers": sorted(config["regularizers"]),
-        "corruption_levels": levels}]}}
+    config["experiments"] = {
+        "big": {
+            "dataset": "synth",
+            "seeds": list(range(10)),
+            "grid": [
+                {
+                    "architectures": sorted(config["architectures"]),
+                    "regularizers": sorted(config["regularizers"]),
+                    "corruption_levels": levels,
+                }
+            ],
+        }
+    }
     return config
 
 
@@ -50,8 +61,12 @@ def dry_run(workdir, args, repeats):
     for _ in range(repeats):
         shutil.rmtree(workdir / ".snakemake", ignore_errors=True)
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", *args],
-                              cwd=workdir, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", *args],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+        )
         best = min(best, time.perf_counter() - start)
         out = proc.stdout + proc.stderr
         if proc.returncode != 0:
@@ -75,8 +90,10 @@ def main():
             src = REPO / item
             (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
         (work / "config" / "grid5000.yaml").write_text(yaml.safe_dump(grid_5000()))
-        for name, configfile in (("config/paper.yaml", "config/paper.yaml"),
-                                 ("generated 5,000-cell grid", "config/grid5000.yaml")):
+        for name, configfile in (
+            ("config/paper.yaml", "config/paper.yaml"),
+            ("generated 5,000-cell grid", "config/grid5000.yaml"),
+        ):
             ours, jobs = dry_run(work, ["--configfile", configfile], args.repeats)
             minimal_dir = tmp / f"minimal-{jobs}"
             minimal_dir.mkdir()
@@ -98,7 +115,10 @@ def main():
         "",
         "| config | jobs | ours (s) | minimal Snakefile (s) | ours / minimal |",
         "|---|---:|---:|---:|---:|",
-        *(f"| {name} | {jobs:,} | {ours:.2f} | {base:.2f} | {ours / base:.2f}x |" for name, jobs, ours, _, base in rows),
+        *(
+            f"| {name} | {jobs:,} | {ours:.2f} | {base:.2f} | {ours / base:.2f}x |"
+            for name, jobs, ours, _, base in rows
+        ),
     ]
     publish("bench_dryrun", lines, write=not args.no_write)
 

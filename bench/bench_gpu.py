@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench_train import PerImage, baseline_transform, hparams  # noqa: E402
-
 from rethink import config as rconfig  # noqa: E402
 from rethink import grid  # noqa: E402
 from rethink.data.shards import write_shard  # noqa: E402
 from rethink.train import loop  # noqa: E402
+
+from bench_train import PerImage, baseline_transform, hparams  # noqa: E402
 
 REFERENCE_GFLOP = {"inception": 1.2213, "alexnet": 0.143, "mlp_1x512": 0.0048, "mlp_3x512": 0.0080}
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -46,19 +46,41 @@ def shards(tmp, n, shape):
     paths = []
     for split, count in (("train", n), ("test", 1000)):
         path = tmp / f"{split}.h5"
-        write_shard(path, {"images": rng.integers(0, 256, (count, *shape), dtype=np.uint8),
-                           "labels": rng.integers(0, 10, count).astype(np.int64)},
-                    dict(dataset="bench", split=split, noise="clean", level=0.0, seed=-1, shard_index=0,
-                         n_shards=1, num_classes=10))
+        write_shard(
+            path,
+            {
+                "images": rng.integers(0, 256, (count, *shape), dtype=np.uint8),
+                "labels": rng.integers(0, 10, count).astype(np.int64),
+            },
+            dict(
+                dataset="bench",
+                split=split,
+                noise="clean",
+                level=0.0,
+                seed=-1,
+                shard_index=0,
+                n_shards=1,
+                num_classes=10,
+            ),
+        )
         paths.append([str(path)])
     return paths
 
 
 def members(cells, data, dev, tmp, compile_mode):
     cache = loop.SplitCache(dev)
-    return [loop.Member(loop.Job(c, *data, tmp / f"m{i}", tmp / f"m{i}.pt"), "bench", None,
-                        (cache.get(data[0], "train", c), cache.get(data[1], "test", c)), dev, compile_mode,
-                        echo=False) for i, c in enumerate(cells)]
+    return [
+        loop.Member(
+            loop.Job(c, *data, tmp / f"m{i}", tmp / f"m{i}.pt"),
+            "bench",
+            None,
+            (cache.get(data[0], "train", c), cache.get(data[1], "test", c)),
+            dev,
+            compile_mode,
+            echo=False,
+        )
+        for i, c in enumerate(cells)
+    ]
 
 
 def rate_of(pack, steps, repeats, dev):
@@ -81,8 +103,14 @@ def naive_rate(images, labels, cell, dev, steps, repeats):
     hp = cell["hparams"]
     model, opt, _, _, _, _ = loop.setup(cell, (images.shape[1], 28, 28), 10, dev, amp_dtype=None)
     dataset = PerImage(images.permute(0, 2, 3, 1).numpy(), labels.numpy(), baseline_transform(False))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=hp["batch_size"], shuffle=True, drop_last=True,
-                                         num_workers=4 if dev.type == "cuda" else 0, pin_memory=dev.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=hp["batch_size"],
+        shuffle=True,
+        drop_last=True,
+        num_workers=4 if dev.type == "cuda" else 0,
+        pin_memory=dev.type == "cuda",
+    )
     rates = []
     for r in range(repeats + 1):
         start, done = time.perf_counter(), 0
@@ -142,8 +170,13 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp())
     data = shards(tmp, args.n_train, (3, 28, 28))
-    hp = dict(hparams(False, args.batch_size), device=dev.type, max_epochs=10**6, eval_every_epochs=10**6,
-              checkpoint_minutes=10**6)
+    hp = dict(
+        hparams(False, args.batch_size),
+        device=dev.type,
+        max_epochs=10**6,
+        eval_every_epochs=10**6,
+        checkpoint_minutes=10**6,
+    )
     results = {}
     for arch in args.archs:
         cell = {"cell": f"bench/{arch}", "arch": arch, "width": 1.0, "seed": 0, "hparams": hp}
@@ -178,27 +211,45 @@ def main(argv=None):
     rates = {a: max(r.get("per_cell_compiled", 0), r["per_cell_eager"]) for a, r in results.items()}
     rates.setdefault("inception_nobn", rates.get("inception"))
     n_cells, hours = grid_hours(args.grid_config, rates) if len(rates) > 4 else (None, None)
-    meta = {"date": datetime.date.today().isoformat(), "device": loop.device_name(dev),
-            "torch": torch.__version__, "cuda": torch.version.cuda,
-            "driver": torch.cuda.get_device_properties(dev).name if dev.type == "cuda" else None,
-            "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats, "pack": args.pack,
-            "compile": args.compile, "grid_config": args.grid_config, "grid_cells": n_cells,
-            "grid_hours_upper_bound_per_cell_rate": hours}
+    meta = {
+        "date": datetime.date.today().isoformat(),
+        "device": loop.device_name(dev),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "driver": torch.cuda.get_device_properties(dev).name if dev.type == "cuda" else None,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "pack": args.pack,
+        "compile": args.compile,
+        "grid_config": args.grid_config,
+        "grid_cells": n_cells,
+        "grid_hours_upper_bound_per_cell_rate": hours,
+    }
     (args.out / "bench_gpu.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    lines = [f"## bench_gpu on {meta['device']} ({meta['date']}, torch {meta['torch']}, CUDA {meta['cuda']})", "",
-             f"Batch {args.batch_size}, width 1, 3x28x28; median of {args.repeats} runs of {args.steps} steps "
-             f"after warm-up; pack = {args.pack} cells in lockstep; compiled = torch.compile mode {args.compile}.", "",
-             "| model | naive (img/s) | per cell (img/s) | pack (img/s) | compiled (img/s) | best / naive | "
-             "GFLOP/img (ref) | MFU | start-up s | compile s | peak GiB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"## bench_gpu on {meta['device']} ({meta['date']}, torch {meta['torch']}, CUDA {meta['cuda']})",
+        "",
+        f"Batch {args.batch_size}, width 1, 3x28x28; median of {args.repeats} runs of {args.steps} steps "
+        f"after warm-up; pack = {args.pack} cells in lockstep; compiled = torch.compile mode {args.compile}.",
+        "",
+        "| model | naive (img/s) | per cell (img/s) | pack (img/s) | compiled (img/s) | best / naive | "
+        "GFLOP/img (ref) | MFU | start-up s | compile s | peak GiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for arch, r in results.items():
-        lines.append(f"| {arch} | {r['naive']:,.0f} | {r['per_cell_eager']:,.0f} | {r['pack_eager']:,.0f} | "
-                     f"{r.get('per_cell_compiled', 0):,.0f} | {r['best_over_naive']:.1f}x | "
-                     f"{r['gflop_per_image']:.4f} ({r['gflop_reference']}) | {r['mfu']:.1%} | {r['startup_s']:.1f} | "
-                     f"{r.get('compile_s', 0):.1f} | {r['peak_mem_gib'] or 0:.2f} |")
+        lines.append(
+            f"| {arch} | {r['naive']:,.0f} | {r['per_cell_eager']:,.0f} | {r['pack_eager']:,.0f} | "
+            f"{r.get('per_cell_compiled', 0):,.0f} | {r['best_over_naive']:.1f}x | "
+            f"{r['gflop_per_image']:.4f} ({r['gflop_reference']}) | {r['mfu']:.1%} | {r['startup_s']:.1f} | "
+            f"{r.get('compile_s', 0):.1f} | {r['peak_mem_gib'] or 0:.2f} |"
+        )
     if hours is not None:
-        lines += ["", f"Whole grid of {args.grid_config} ({n_cells} cells, every cell to max_epochs, one cell "
-                      f"at a time at the per-cell rate): {hours:.2f} GPU-hours (upper bound)."]
+        lines += [
+            "",
+            f"Whole grid of {args.grid_config} ({n_cells} cells, every cell to max_epochs, one cell "
+            f"at a time at the per-cell rate): {hours:.2f} GPU-hours (upper bound).",
+        ]
     (args.out / "bench_gpu.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

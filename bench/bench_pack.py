@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-from report import publish
-
 from rethink.models import build_model
 from rethink.train.loop import device_name
+
+from report import publish
 
 WIDTHS = {"inception": 0.125, "alexnet": 0.25, "mlp_1x512": 1.0, "mlp_3x512": 1.0}  # the default config's
 
@@ -46,6 +46,39 @@ def timed(step, steps, repeats, dev):
     return statistics.median(times)
 
 
+def pack_steps(arch, width, k, bs, dev):
+    """Two ways to take one SGD step of K models (seeds 0..K-1) on their own batches."""
+    models = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        models.append(build_model(arch, (3, 28, 28), 10, width).to(dev).train())
+    x = torch.randn(k, bs, 3, 28, 28, device=dev)
+    y = torch.randint(0, 10, (k, bs), device=dev)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in models]
+
+    def lockstep():
+        for i, (m, opt) in enumerate(zip(models, opts, strict=True)):
+            loss = F.cross_entropy(m(x[i]), y[i])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    params, buffers = stack_module_state(copy.deepcopy(models))
+    base = copy.deepcopy(models[0]).to("meta")
+    stacked_opt = torch.optim.SGD(params.values(), lr=0.01, momentum=0.9)
+
+    def loss_of(p, b, xi, yi):
+        return F.cross_entropy(functional_call(base, (p, b), (xi,)), yi)
+
+    def stacked():
+        loss = vmap(loss_of, randomness="different")(params, buffers, x, y).sum()
+        stacked_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        stacked_opt.step()
+
+    return lockstep, stacked
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
@@ -56,50 +89,32 @@ def main(argv=None):
     args = p.parse_args(argv)
     dev, k = torch.device(args.device), args.k
     bs = 128 if dev.type == "cuda" else 32
-    torch.set_num_threads(1) if dev.type == "cpu" else None
+    if dev.type == "cpu":
+        torch.set_num_threads(1)
     rows = []
     for arch, width in WIDTHS.items():
-        models = []
-        for seed in range(k):
-            torch.manual_seed(seed)
-            models.append(build_model(arch, (3, 28, 28), 10, width).to(dev).train())
-        x = torch.randn(k, bs, 3, 28, 28, device=dev)
-        y = torch.randint(0, 10, (k, bs), device=dev)
-        opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in models]
-
-        def lockstep():
-            for i, (m, opt) in enumerate(zip(models, opts)):
-                loss = F.cross_entropy(m(x[i]), y[i])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
-        params, buffers = stack_module_state(copy.deepcopy(models))
-        base = copy.deepcopy(models[0]).to("meta")
-        stacked_opt = torch.optim.SGD(params.values(), lr=0.01, momentum=0.9)
-
-        def loss_of(p, b, xi, yi):
-            return F.cross_entropy(functional_call(base, (p, b), (xi,)), yi)
-
-        def stacked():
-            loss = vmap(loss_of, randomness="different")(params, buffers, x, y).sum()
-            stacked_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            stacked_opt.step()
-
+        lockstep, stacked = pack_steps(arch, width, k, bs, dev)
         a = timed(lockstep, args.steps, args.repeats, dev)
         b = timed(stacked, args.steps, args.repeats, dev)
         rows.append(f"| {arch} ({width:g}) | {a:.4f} | {b:.4f} | {b / a:.2f}x |")
         print(rows[-1], flush=True)
-    publish(f"bench_pack_{dev.type}", [
-        f"## Packs: lockstep vs a vmapped model stack on {dev.type} (`bench/bench_pack.py`)", "",
-        f"{datetime.date.today().isoformat()} on {device_name(dev)}, {len(os.sched_getaffinity(0))} CPU cores, "
-        f"torch {torch.__version__}, Python {platform.python_version()}. K = {k} cells, batch {bs}, 3x28x28, "
-        f"forward + backward + SGD; median of {args.repeats} runs of {args.steps} pack steps.",
-        "Lockstep = the trainer's pack (one step of each model in turn); vmap = torch.func.stack_module_state + "
-        "vmap, one stacked step. Ratio above 1: the stack is slower.", "",
-        "| model (width) | lockstep: K steps (s) | vmap: one stacked step (s) | vmap / lockstep |",
-        "|---|---:|---:|---:|", *rows], write=not args.no_write)
+    publish(
+        f"bench_pack_{dev.type}",
+        [
+            f"## Packs: lockstep vs a vmapped model stack on {dev.type} (`bench/bench_pack.py`)",
+            "",
+            f"{datetime.date.today().isoformat()} on {device_name(dev)}, {len(os.sched_getaffinity(0))} CPU cores, "
+            f"torch {torch.__version__}, Python {platform.python_version()}. K = {k} cells, batch {bs}, 3x28x28, "
+            f"forward + backward + SGD; median of {args.repeats} runs of {args.steps} pack steps.",
+            "Lockstep = the trainer's pack (one step of each model in turn); vmap = torch.func.stack_module_state + "
+            "vmap, one stacked step. Ratio above 1: the stack is slower.",
+            "",
+            "| model (width) | lockstep: K steps (s) | vmap: one stacked step (s) | vmap / lockstep |",
+            "|---|---:|---:|---:|",
+            *rows,
+        ],
+        write=not args.no_write,
+    )
 
 
 if __name__ == "__main__":

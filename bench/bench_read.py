@@ -25,11 +25,10 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the spec helpers the tests use
 
-from conftest import FASHION_MNIST_ROOT, synthetic_spec  # noqa: E402
-
-from report import publish  # noqa: E402
-
 from rethink.data import prepare, shards, sources  # noqa: E402
+
+from conftest import FASHION_MNIST_ROOT, synthetic_spec  # noqa: E402
+from report import publish  # noqa: E402
 
 
 def best_of(repeats, fn):
@@ -45,8 +44,10 @@ def machine():
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     import h5py
 
-    return (f"{cpu}, {len(__import__('os').sched_getaffinity(0))} cores, Python {platform.python_version()}, "
-            f"numpy {np.__version__}, h5py {h5py.__version__} (HDF5 {h5py.version.hdf5_version})")
+    return (
+        f"{cpu}, {len(__import__('os').sched_getaffinity(0))} cores, Python {platform.python_version()}, "
+        f"numpy {np.__version__}, h5py {h5py.__version__} (HDF5 {h5py.version.hdf5_version})"
+    )
 
 
 def bench_dataset(name, spec, work, repeats):
@@ -80,10 +81,16 @@ def main():
 
     datasets = {"cifar10-shaped synthetic": synthetic_spec(n_train=50000, n_test=10)}
     if (FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").is_file():
-        datasets["fashion_mnist (real)"] = {"name": "fashion_mnist", "source": "fashion_mnist",
-                                            "root": str(FASHION_MNIST_ROOT), "subset": {}}
+        datasets["fashion_mnist (real)"] = {
+            "name": "fashion_mnist",
+            "source": "fashion_mnist",
+            "root": str(FASHION_MNIST_ROOT),
+            "subset": {},
+        }
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [row for name, spec in datasets.items() for row in bench_dataset(name, spec, pathlib.Path(tmp), args.repeats)]
+        rows = [
+            row for name, spec in datasets.items() for row in bench_dataset(name, spec, pathlib.Path(tmp), args.repeats)
+        ]
 
     lines = [
         "## Shard reads (`bench/bench_read.py`)",
@@ -93,8 +100,10 @@ def main():
         "",
         "| data | reader | MB | seconds | MB/s | file MB | vs numpy |",
         "|---|---|---:|---:|---:|---:|---:|",
-        *(f"| {d} | {m} | {mb:.0f} | {t:.3f} | {mb / t:.0f} | {size / 1e6:.0f} | {r:.2f}x |"
-          for d, m, mb, t, size, r in rows),
+        *(
+            f"| {d} | {m} | {mb:.0f} | {t:.3f} | {mb / t:.0f} | {size / 1e6:.0f} | {r:.2f}x |"
+            for d, m, mb, t, size, r in rows
+        ),
     ]
     publish("bench_read", lines, write=not args.no_write)
 

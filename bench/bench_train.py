@@ -20,11 +20,12 @@ import time
 
 import numpy as np
 import torch
-from report import publish
 
 from rethink.torchvision_guard import torchvision
 from rethink.train import preprocess
 from rethink.train.loop import device_name, setup, sgd_step
+
+from report import publish
 
 T = torchvision.transforms
 ARCHS = {"mlp_1x512": 100, "mlp_3x512": 60, "alexnet": 20, "inception": 10}  # timed steps at width 1
@@ -55,8 +56,11 @@ class PerImage(torch.utils.data.Dataset):
 
 
 def baseline_transform(augment):
-    crop = [T.RandomCrop(28), T.RandomHorizontalFlip(), T.RandomRotation(25, T.InterpolationMode.BILINEAR)] \
-        if augment else [T.CenterCrop(28)]
+    crop = (
+        [T.RandomCrop(28), T.RandomHorizontalFlip(), T.RandomRotation(25, T.InterpolationMode.BILINEAR)]
+        if augment
+        else [T.CenterCrop(28)]
+    )
     return T.Compose([*crop, T.ToTensor(), T.Lambda(standardize_one)])
 
 
@@ -93,9 +97,15 @@ def ours(images, labels, hp, dev, steps, warmup, model_parts=None):
 
 def baseline(images, labels, hp, dev, steps, warmup, workers, model_parts=None):
     dataset = PerImage(images.permute(0, 2, 3, 1).numpy(), labels.numpy(), baseline_transform(hp["augment"]))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=hp["batch_size"], shuffle=True, drop_last=True,
-                                         num_workers=workers, pin_memory=dev.type == "cuda",
-                                         persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=hp["batch_size"],
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=dev.type == "cuda",
+        persistent_workers=workers > 0,
+    )
     batches, i = iter(loader), 0
     while i < warmup + steps:
         if i == warmup:
@@ -150,10 +160,16 @@ def main(argv=None):
     for augment in (False, True):  # the data pipeline alone: what the two designs differ in
         hp = hparams(augment, args.batch_size)
         steps = max(1, round(50 * scale))
-        rows.append((f"pipeline only ({'crop+flip+rotate' if augment else 'centre crop'})", *best_of(
-            args.repeats,
-            lambda: ours(images, labels, hp, dev, steps, args.warmup),
-            lambda: baseline(images, labels, hp, dev, steps, args.warmup, workers))))
+        rows.append(
+            (
+                f"pipeline only ({'crop+flip+rotate' if augment else 'centre crop'})",
+                *best_of(
+                    args.repeats,
+                    lambda: ours(images, labels, hp, dev, steps, args.warmup),
+                    lambda: baseline(images, labels, hp, dev, steps, args.warmup, workers),
+                ),
+            )
+        )
     hp = hparams(args.augment, args.batch_size)
     for arch in args.archs:
         steps = max(1, round(ARCHS[arch] * scale / max(args.width, 0.1)))
@@ -161,7 +177,8 @@ def main(argv=None):
         rate_ours, rate_base = best_of(
             args.repeats,
             lambda: ours(images, labels, hp, dev, steps, args.warmup, step_parts(cell, dev)),
-            lambda: baseline(images, labels, hp, dev, steps, args.warmup, workers, step_parts(cell, dev)))
+            lambda: baseline(images, labels, hp, dev, steps, args.warmup, workers, step_parts(cell, dev)),
+        )
         rows.append((f"{arch} (width {args.width:g})", rate_ours, rate_base))
         print(f"# {arch}: {rate_ours:.0f} vs {rate_base:.0f} img/s", flush=True)
 

@@ -17,9 +17,13 @@ from rethink.data import prepare
 from rethink.train import loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CELLS = ["fashion_mnist/inception/none/true_labels/s0", "fashion_mnist/inception/none/random_labels/s0",
-         "fashion_mnist/inception/none/shuffled_pixels/s0", "fashion_mnist/alexnet/crop_wd/true_labels/s0",
-         "fashion_mnist/mlp_1x512/wd/true_labels/s0"]
+CELLS = [
+    "fashion_mnist/inception/none/true_labels/s0",
+    "fashion_mnist/inception/none/random_labels/s0",
+    "fashion_mnist/inception/none/shuffled_pixels/s0",
+    "fashion_mnist/alexnet/crop_wd/true_labels/s0",
+    "fashion_mnist/mlp_1x512/wd/true_labels/s0",
+]
 
 
 def build_shards(config, cell, root):
@@ -42,9 +46,18 @@ def build_shards(config, cell, root):
             for i, (clean, target) in enumerate(zip(files, noisy)):
                 if not target.exists():
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    prepare.make_randomized(spec, shards_cfg, cell.noise.name, cell.seed, split, i, clean,
-                                            stats if cell.noise.name == "gaussian" else None, target,
-                                            config["randomization"])
+                    prepare.make_randomized(
+                        spec,
+                        shards_cfg,
+                        cell.noise.name,
+                        cell.seed,
+                        split,
+                        i,
+                        clean,
+                        stats if cell.noise.name == "gaussian" else None,
+                        target,
+                        config["randomization"],
+                    )
             files = noisy
         out[split] = [str(f) for f in files]
     return out
@@ -74,16 +87,40 @@ def main(argv=None):
     start = time.perf_counter()
     summaries = loop.train(jobs, echo=False)
     train_s = time.perf_counter() - start
-    rows = [{k: s[k] for k in ("cell", "epochs", "steps", "final_train_acc", "final_test_acc",
-                               "final_train_avg_acc", "stop_reason", "device_name", "wall_s")} for s in summaries]
+    rows = [
+        {
+            k: s[k]
+            for k in (
+                "cell",
+                "epochs",
+                "steps",
+                "final_train_acc",
+                "final_test_acc",
+                "final_train_avg_acc",
+                "stop_reason",
+                "device_name",
+                "wall_s",
+            )
+        }
+        for s in summaries
+    ]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "minigrid.json").write_text(json.dumps({"data_s": data_s, "train_s": train_s, "cells": rows},
-                                                      indent=2) + "\n")
-    lines = [f"## Paper-settings mini-grid ({args.configfile}, {args.epochs} epochs, one pack of {len(rows)})", "",
-             f"Shards built in {data_s:.0f} s; the pack trained in {train_s:.0f} s on {rows[0]['device_name']}.", "",
-             "| cell | epochs | train acc (eval) | train acc (online) | test acc | stop |", "|---|---:|---:|---:|---:|---|",
-             *(f"| {r['cell']} | {r['epochs']} | {r['final_train_acc']:.4f} | {r['final_train_avg_acc']:.4f} | "
-               f"{r['final_test_acc']:.4f} | {r['stop_reason']} |" for r in rows)]
+    (args.out / "minigrid.json").write_text(
+        json.dumps({"data_s": data_s, "train_s": train_s, "cells": rows}, indent=2) + "\n"
+    )
+    lines = [
+        f"## Paper-settings mini-grid ({args.configfile}, {args.epochs} epochs, one pack of {len(rows)})",
+        "",
+        f"Shards built in {data_s:.0f} s; the pack trained in {train_s:.0f} s on {rows[0]['device_name']}.",
+        "",
+        "| cell | epochs | train acc (eval) | train acc (online) | test acc | stop |",
+        "|---|---:|---:|---:|---:|---|",
+        *(
+            f"| {r['cell']} | {r['epochs']} | {r['final_train_acc']:.4f} | {r['final_train_avg_acc']:.4f} | "
+            f"{r['final_test_acc']:.4f} | {r['stop_reason']} |"
+            for r in rows
+        ),
+    ]
     (args.out / "minigrid.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

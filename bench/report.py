@@ -20,7 +20,7 @@ def write_section(name, lines):
     text = "\n".join([start, *lines, end])
     old = PATH.read_text() if PATH.exists() else HEADER
     if start in old:
-        new = old[: old.index(start)] + text + old[old.index(end) + len(end):]
+        new = old[: old.index(start)] + text + old[old.index(end) + len(end) :]
     else:
         new = old.rstrip("\n") + "\n\n" + text + "\n"
     write_text_atomic(PATH, new)

@@ -36,9 +36,19 @@ def pack_rules(configfile):
 
 def synthetic_spec(n_train=64, n_test=32, shape=(3, 32, 32), seed=0, classes=10, subset=None):
     return {
-        "name": "synth", "source": "synthetic", "root": None, "download": False, "subset": subset or {},
-        "synthetic": {"n_train": n_train, "n_test": n_test, "shape": list(shape),
-                      "classes": classes, "noise_std": 40.0, "seed": seed},
+        "name": "synth",
+        "source": "synthetic",
+        "root": None,
+        "download": False,
+        "subset": subset or {},
+        "synthetic": {
+            "n_train": n_train,
+            "n_test": n_test,
+            "shape": list(shape),
+            "classes": classes,
+            "noise_std": 40.0,
+            "seed": seed,
+        },
     }
 
 
@@ -60,12 +70,18 @@ def tiny_config(experiments, n_train=64, n_test=32, shard_size=50000):
     """A workflow config small enough to train for real in seconds: synthetic 1x8x8 images,
     a narrow MLP and a narrow AlexNet."""
     return {
-        "datasets": {"synth": {"source": "synthetic", "synthetic": {
-            "n_train": n_train, "n_test": n_test, "shape": [1, 8, 8], "noise_std": 40.0}}},
+        "datasets": {
+            "synth": {
+                "source": "synthetic",
+                "synthetic": {"n_train": n_train, "n_test": n_test, "shape": [1, 8, 8], "noise_std": 40.0},
+            }
+        },
         "shards": {"size": shard_size},
         "training": {"batch_size": 16, "max_epochs": 2, "crop_size": 8, "device": "cpu"},
-        "architectures": {"mlp": {"model": "mlp_1x512", "width": 0.05, "runtime_minutes": 5, "mem_mb": 500},
-                          "alexnet": {"width": 0.1, "runtime_minutes": 5, "mem_mb": 500}},
+        "architectures": {
+            "mlp": {"model": "mlp_1x512", "width": 0.05, "runtime_minutes": 5, "mem_mb": 500},
+            "alexnet": {"width": 0.1, "runtime_minutes": 5, "mem_mb": 500},
+        },
         "regularizers": {"none": {}, "wd": {"weight_decay": 0.0005}},
         "experiments": experiments,
     }
@@ -108,13 +124,16 @@ class Workflow:
 
     def run(self, *args, check=True, timeout=600, env=None):
         proc = subprocess.run(
-            [sys.executable, "-m", "snakemake", *args], cwd=self.root, env=env or self.env,
-            capture_output=True, text=True, timeout=timeout,
+            [sys.executable, "-m", "snakemake", *args],
+            cwd=self.root,
+            env=env or self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"snakemake {' '.join(map(str, args))} failed:\n{proc.stdout}\n{proc.stderr}")
         return proc
-
 
     def planned_jobs(self, *args):
         """The dry run's job list: {rule: count}, the pack rules counted together as "train",

@@ -26,7 +26,16 @@ import struct
 import numpy as np
 
 CIFAR_LABEL_NAMES = [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 ]
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -62,8 +71,7 @@ def write_cifar_batch(path, images, labels, batch_label, first_index=0):
         "labels": labels,
         "data": cifar_rows(images),
         "filenames": [
-            f"{CIFAR_LABEL_NAMES[label]}_s_{first_index + i:06d}.png".encode()
-            for i, label in enumerate(labels)
+            f"{CIFAR_LABEL_NAMES[label]}_s_{first_index + i:06d}.png".encode() for i, label in enumerate(labels)
         ],
     }
     with open(path, "wb") as fh:
@@ -103,9 +111,7 @@ def idx_bytes(array):
     array = np.asarray(array)
     if array.dtype != np.uint8:
         raise ValueError(f"idx writer only does uint8, got {array.dtype}")
-    header = struct.pack(">I", 0x00000800 | array.ndim) + b"".join(
-        struct.pack(">I", dim) for dim in array.shape
-    )
+    header = struct.pack(">I", 0x00000800 | array.ndim) + b"".join(struct.pack(">I", dim) for dim in array.shape)
     return header + np.ascontiguousarray(array).tobytes()
 
 
@@ -167,8 +173,12 @@ def write_crafted_cifar10(root, marker):
     (a harmless stand-in for a malicious download). Returns that batch's path."""
     write_cifar10(root, 10, seed=0)
     path = pathlib.Path(root) / "cifar-10-batches-py" / "data_batch_1"
-    batch = {"batch_label": "training batch 1 of 5", "labels": [0] * 10,
-             "data": RunsCommand(f"touch {shlex.quote(str(marker))}"), "filenames": []}
+    batch = {
+        "batch_label": "training batch 1 of 5",
+        "labels": [0] * 10,
+        "data": RunsCommand(f"touch {shlex.quote(str(marker))}"),
+        "filenames": [],
+    }
     with open(path, "wb") as fh:
         pickle.dump(batch, fh, protocol=2)
     return path

@@ -8,16 +8,32 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SCHEMA
 from rethink import config as rconfig
 from rethink.analysis import aggregate, claims, figures, metrics, paper, tables
+
+from conftest import SCHEMA
 
 CLAIMS_SCHEMA = rconfig.load_schema(SCHEMA)["properties"]["claims"]["properties"]
 DEFAULT_THRESHOLDS = {name: value["default"] for name, value in CLAIMS_SCHEMA.items()}
 
 
-def cell(arch, noise="true_labels", reg="none", seed=0, train=1.0, test=0.8, steps=100, best=None, level=None,
-         crop=False, wd=0.0, aug=False, dropout=0.0, classes=10, online=None):
+def cell(
+    arch,
+    noise="true_labels",
+    reg="none",
+    seed=0,
+    train=1.0,
+    test=0.8,
+    steps=100,
+    best=None,
+    level=None,
+    crop=False,
+    wd=0.0,
+    aug=False,
+    dropout=0.0,
+    classes=10,
+    online=None,
+):
     fitted = train >= 1.0
     level = level if level is not None else {"true_labels": 0.0}.get(noise, 1.0)
     return {
@@ -49,8 +65,9 @@ def history(r, online_loss=(1.8, 0.9, 0.3, 0.05), eval_loss=(2.3, 1.0, 0.01)):
 
 def write_metrics(root, rows, experiments, curves=None):
     root.mkdir(parents=True, exist_ok=True)
-    summary = pd.DataFrame(rows).astype({"final_train_avg_acc": float, "final_train_avg_loss": float,
-                                         "train_avg_acc_global": float})
+    summary = pd.DataFrame(rows).astype(
+        {"final_train_avg_acc": float, "final_train_avg_loss": float, "train_avg_acc_global": float}
+    )
     curves = pd.concat([history(r) for r in rows]) if curves is None else curves
     summary.to_parquet(root / "summary.parquet")
     curves.to_parquet(root / "curves.parquet")
@@ -81,10 +98,12 @@ def test_aggregate_reads_histories_with_and_without_the_online_record(tmp_path):
         "step,epoch,lr,train_loss,train_acc,test_loss,test_acc,train_avg_loss,train_avg_acc,elapsed_s\n"
         "0,0,0.01,2.3,0.1,2.3,0.1,,,0.1\n"
         "16,1,0.01,,,,,1.9,0.3,0.5\n"
-        "32,2,0.01,1.0,0.7,1.2,0.6,1.1,0.62,0.9\n")
+        "32,2,0.01,1.0,0.7,1.2,0.6,1.1,0.62,0.9\n"
+    )
     (old / "history.csv").write_text(
         "step,epoch,lr,train_loss,train_acc,test_loss,test_acc,elapsed_s\n0,0,0.01,2.3,0.1,2.3,0.1,0.1\n"
-        "32,2,0.01,1.0,0.7,1.2,0.6,0.9\n")
+        "32,2,0.01,1.0,0.7,1.2,0.6,0.9\n"
+    )
     summary, curves = aggregate.aggregate([new / "summary.json", old / "summary.json"])
     by_cell = summary.set_index("seed")
     assert by_cell.loc[0, "final_train_avg_acc"] == 0.99 and np.isnan(by_cell.loc[1, "final_train_avg_acc"])
@@ -104,21 +123,34 @@ def test_aggregate_reads_histories_with_and_without_the_online_record(tmp_path):
 
 def test_table1_puts_ours_next_to_the_paper_and_marks_what_did_not_fit(tmp_path):
     rows = [
-        cell("inception", test=0.80), cell("inception", seed=1, test=0.90),  # two seeds: 85.0 +- 7.07
-        cell("inception", "random_labels", train=0.95, test=0.1),            # did not fit
+        cell("inception", test=0.80),
+        cell("inception", seed=1, test=0.90),  # two seeds: 85.0 +- 7.07
+        cell("inception", "random_labels", train=0.95, test=0.1),  # did not fit
         cell("alexnet", reg="wd", wd=5e-4, test=0.7),
-        cell("resnet", test=0.9),                                             # not in the paper
+        cell("resnet", test=0.9),  # not in the paper
     ]
     out = tmp_path / "tables" / "table1"
-    tables.main(["table1", "--metrics", str(write_metrics(tmp_path / "m", rows, {"table1": ids(rows)})), "--out", str(out)])
+    tables.main(
+        ["table1", "--metrics", str(write_metrics(tmp_path / "m", rows, {"table1": ids(rows)})), "--out", str(out)]
+    )
     table = pd.read_csv(out.with_suffix(".csv"))
     assert len(table) == 20  # every paper row is listed, our rows are matched into them
-    inc = table[(table["model"] == "inception") & (table["random crop"] == "no") & (table["weight decay"] == "no")].iloc[0]
-    assert (inc["test (ours)"], inc["test sd"], inc["test (paper)"], inc["test diff"], inc["n"]) == (85.0, 7.07, 85.75, -0.75, 2)
+    inc = table[
+        (table["model"] == "inception") & (table["random crop"] == "no") & (table["weight decay"] == "no")
+    ].iloc[0]
+    assert (inc["test (ours)"], inc["test sd"], inc["test (paper)"], inc["test diff"], inc["n"]) == (
+        85.0,
+        7.07,
+        85.75,
+        -0.75,
+        2,
+    )
     rnd = table[table["model"] == "inception, random labels"].iloc[0]
     assert rnd["fitted"] == "NOT FITTED" and rnd["train (ours)"] == 95.0 and rnd["train (paper)"] == 100.0
     assert np.isnan(rnd["train sd"])  # one seed: no sd
-    alex = table[(table["model"] == "alexnet") & (table["weight decay"] == "yes") & (table["random crop"] == "no")].iloc[0]
+    alex = table[
+        (table["model"] == "alexnet") & (table["weight decay"] == "yes") & (table["random crop"] == "no")
+    ].iloc[0]
     assert alex["test (ours)"] == 70.0 and alex["test (paper)"] == 77.36
     missing = table[table["model"] == "mlp_3x512"].iloc[0]
     assert missing["fitted"] == "no cell" and np.isnan(missing["train (ours)"]) and missing["train (paper)"] == 100.0
@@ -128,7 +160,9 @@ def test_table1_puts_ours_next_to_the_paper_and_marks_what_did_not_fit(tmp_path)
     assert table["model"].iloc[0] == "inception" and table["model"].iloc[8] == "alexnet"
     md = out.with_suffix(".md").read_text()
     assert "| inception | no | no | 100.00 ± 0.00 | 100.00 | 0.00 | 85.00 ± 7.07 | 85.75 | -0.75 | yes | 2 |" in md
-    assert "| inception, random labels | no | no | 95.00 | 100.00 | -5.00 | 10.00 | 9.78 | 0.22 | NOT FITTED | 1 |" in md
+    assert (
+        "| inception, random labels | no | no | 95.00 | 100.00 | -5.00 | 10.00 | 9.78 | 0.22 | NOT FITTED | 1 |" in md
+    )
     assert "from 5 cells of test.yaml, 2 seed(s); ours: mean ± sample sd over the row's n seeds" in md
     tex = out.with_suffix(".tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex and "inception, random labels" in tex
@@ -143,7 +177,8 @@ def imagenet_like_rows(arch, classes):
         cell(arch, reg="all", crop=True, aug=True, wd=5e-4, dropout=0.5, test=0.70, best=0.75, classes=classes),
         cell(arch, reg="aug", crop=True, aug=True, test=0.66, classes=classes),
         cell(arch, reg="wd", wd=5e-4, test=0.62, best=0.66, classes=classes),
-        cell(arch, test=0.58, best=0.60, classes=classes), cell(arch, seed=1, test=0.60, best=0.64, classes=classes),
+        cell(arch, test=0.58, best=0.60, classes=classes),
+        cell(arch, seed=1, test=0.60, best=0.64, classes=classes),
         cell(arch, "random_labels", train=0.9, test=0.11, classes=classes),
     ]
 
@@ -151,7 +186,9 @@ def imagenet_like_rows(arch, classes):
 def test_table2_on_imagenet_sets_ours_against_the_paper(tmp_path):
     rows = imagenet_like_rows("inception_v3", 1000)
     out = tmp_path / "table2"
-    tables.main(["table2", "--metrics", str(write_metrics(tmp_path / "m", rows, {"table2": ids(rows)})), "--out", str(out)])
+    tables.main(
+        ["table2", "--metrics", str(write_metrics(tmp_path / "m", rows, {"table2": ids(rows)})), "--out", str(out)]
+    )
     table = pd.read_csv(out.with_suffix(".csv"))
     assert len(table) == 7 and "Stand-in" not in out.with_suffix(".md").read_text()
     full = table[(table["labels"] == "true") & (table["aug"] == "yes") & (table["dropout"] == "yes")].iloc[0]
@@ -162,13 +199,21 @@ def test_table2_on_imagenet_sets_ours_against_the_paper(tmp_path):
     # rows in the paper's order: true labels first, the unregularized row fourth
     assert table["labels"].tolist() == ["true"] * 4 + ["random"] * 3
     plain = table.iloc[3]
-    assert (plain["aug"], plain["dropout"], plain["wd"], plain["top-1 test (ours)"], plain["n"]) == ("no", "no", "no", 59.0, 2)
+    assert (plain["aug"], plain["dropout"], plain["wd"], plain["top-1 test (ours)"], plain["n"]) == (
+        "no",
+        "no",
+        "no",
+        59.0,
+        2,
+    )
 
 
 def test_table2_stand_in_compares_effects_not_imagenet_accuracies(tmp_path):
     rows = imagenet_like_rows("alexnet", 10)
     out = tmp_path / "table2"
-    tables.main(["table2", "--metrics", str(write_metrics(tmp_path / "m", rows, {"table2": ids(rows)})), "--out", str(out)])
+    tables.main(
+        ["table2", "--metrics", str(write_metrics(tmp_path / "m", rows, {"table2": ids(rows)})), "--out", str(out)]
+    )
     table = pd.read_csv(out.with_suffix(".csv"))
     assert not [c for c in table if "diff" in c or c.endswith("(paper)") and not c.startswith(("regularizer", "early"))]
     md = out.with_suffix(".md").read_text()
@@ -185,11 +230,15 @@ def test_table2_stand_in_compares_effects_not_imagenet_accuracies(tmp_path):
 
 
 def test_table4_names_the_regularizer_and_keeps_failed_to_converge(tmp_path):
-    rows = [cell("inception", "random_labels", reg="crop", crop=True, train=0.97, online=0.9),
-            cell("inception", "random_labels", reg="crop", crop=True, train=0.99, online=0.95, seed=1),
-            cell("alexnet", "random_labels", reg="wd", wd=5e-4, train=0.5)]  # older results: no online record
+    rows = [
+        cell("inception", "random_labels", reg="crop", crop=True, train=0.97, online=0.9),
+        cell("inception", "random_labels", reg="crop", crop=True, train=0.99, online=0.95, seed=1),
+        cell("alexnet", "random_labels", reg="wd", wd=5e-4, train=0.5),
+    ]  # older results: no online record
     out = tmp_path / "table4"
-    tables.main(["table4", "--metrics", str(write_metrics(tmp_path / "m", rows, {"table4": ids(rows)})), "--out", str(out)])
+    tables.main(
+        ["table4", "--metrics", str(write_metrics(tmp_path / "m", rows, {"table4": ids(rows)})), "--out", str(out)]
+    )
     table = pd.read_csv(out.with_suffix(".csv")).set_index(["model", "regularizer"])
     crop = table.loc[("inception", "random cropping")]
     assert (crop["train (ours)"], crop["train sd"], crop["train (paper)"], crop["n"]) == (98.0, 1.41, "99.93", 2)
@@ -201,8 +250,10 @@ def test_table4_names_the_regularizer_and_keeps_failed_to_converge(tmp_path):
     assert table.loc[("mlp_1x512", "weight decay"), "fitted"] == "no cell"
     words = {"wd": "weight decay", "crop": "random cropping", "aug": "augmentation"}
     assert list(table.index) == [(m, words[r]) for m, r in paper.TABLE4]  # the paper's order: wd, crop, aug
-    assert "| inception | random cropping | 98.00 ± 1.41 | 92.50 ± 3.54 | 99.93 | -7.43 | NOT FITTED | 2 |" in \
-        out.with_suffix(".md").read_text()
+    assert (
+        "| inception | random cropping | 98.00 ± 1.41 | 92.50 ± 3.54 | 99.93 | -7.43 | NOT FITTED | 2 |"
+        in out.with_suffix(".md").read_text()
+    )
 
 
 # ----------------------------------------------------------------------------- figures
@@ -214,8 +265,15 @@ def corruption_rows():
     for arch, slope, base in (("inception", 1.5, 0.86), ("alexnet", 2.0, 0.77), ("mlp_1x512", 3.0, 0.52)):
         for level in (0.0, 0.5, 1.0):
             noise = {0.0: "true_labels", 1.0: "random_labels"}.get(level, "corrupt_p0.5")
-            rows.append(cell(arch, noise, level=level, steps=int(100 * (1 + (slope - 1) * level)),
-                             test=base - (base - 0.1) * level))
+            rows.append(
+                cell(
+                    arch,
+                    noise,
+                    level=level,
+                    steps=int(100 * (1 + (slope - 1) * level)),
+                    test=base - (base - 0.1) * level,
+                )
+            )
     rows.append(cell("alexnet", "corrupt_p0.5", level=0.5, seed=1, train=0.9))  # a seed that never fitted
     return rows
 
@@ -232,12 +290,16 @@ def test_relative_time_to_overfit_is_per_architecture_and_seed():
 
 @pytest.mark.parametrize("name", ["fig1a", "fig1b", "fig1c", "fig2a", "fig2b"])
 def test_each_figure_renders_with_provenance(tmp_path, name):
-    rows = corruption_rows() + [
-        cell("inception", noise) for noise in ("shuffled_pixels", "random_pixels", "gaussian")
-    ] + [cell("inception_nobn", test=0.7, best=0.75), cell("alexnet", reg="d", dropout=0.5, wd=5e-4)]
-    plotted = {"fig1a": [r for r in rows if r["arch_name"] == "inception" and r["level"] in (0.0, 1.0)],
-               "fig2b": [r for r in rows if r["arch_name"].startswith("inception") and r["noise"] == "true_labels"],
-               "fig2a": [r for r in rows if r["arch_name"] == "alexnet" and r["noise"] == "true_labels"]}.get(name, corruption_rows())
+    rows = (
+        corruption_rows()
+        + [cell("inception", noise) for noise in ("shuffled_pixels", "random_pixels", "gaussian")]
+        + [cell("inception_nobn", test=0.7, best=0.75), cell("alexnet", reg="d", dropout=0.5, wd=5e-4)]
+    )
+    plotted = {
+        "fig1a": [r for r in rows if r["arch_name"] == "inception" and r["level"] in (0.0, 1.0)],
+        "fig2b": [r for r in rows if r["arch_name"].startswith("inception") and r["noise"] == "true_labels"],
+        "fig2a": [r for r in rows if r["arch_name"] == "alexnet" and r["noise"] == "true_labels"],
+    }.get(name, corruption_rows())
     root = write_metrics(tmp_path / "m", rows, {name: ids(plotted) + ["d/missing/none/true_labels/s0"]})
     out = tmp_path / "figures" / name
     figures.main([name, "--metrics", str(root), "--out", str(out)])
@@ -271,7 +333,9 @@ def test_fig1a_plots_the_online_training_loss_not_the_eval_mode_spikes(tmp_path)
     assert [round(r["mean"], 6) for r in true] == [1.9, 1.0, 0.4, 0.05]  # the mean over the two seeds
     assert [(round(r["low"], 6), round(r["high"], 6), r["n"]) for r in true][0] == (1.8, 2.0, 2)
     assert max(r["mean"] for r in side["series"]) == 2.2 and "cut off" not in side["caption"]
-    assert side["caption"].startswith("Average training loss (online: training mode, mean over each epoch's minibatches)")
+    assert side["caption"].startswith(
+        "Average training loss (online: training mode, mean over each epoch's minibatches)"
+    )
     assert "band: min-max over seeds; n = 2 seeds: true labels; n = 1 seed: random labels" in side["caption"]
     # results written before the online record: the eval-mode loss, saying so, and the spike cut off
     old = curves.assign(train_avg_loss=NAN, train_avg_acc=NAN)
@@ -284,7 +348,10 @@ def test_fig1a_plots_the_online_training_loss_not_the_eval_mode_spikes(tmp_path)
 def test_figures_draw_the_seed_spread_and_say_what_it_is(tmp_path):
     rows = []
     for seed, (base, slow, err) in enumerate([(100, 200, 0.20), (200, 300, 0.30)]):  # p = 1 takes 2.0x, then 1.5x
-        rows += [cell("alexnet", seed=seed, steps=base, test=0.8), cell("alexnet", "random_labels", seed=seed, steps=slow, test=err)]
+        rows += [
+            cell("alexnet", seed=seed, steps=base, test=0.8),
+            cell("alexnet", "random_labels", seed=seed, steps=slow, test=err),
+        ]
     rows += [cell("inception", steps=100), cell("inception", "random_labels", steps=400, test=0.1)]
     side = plot(tmp_path, "fig1b", rows)
     alex = {r["level"]: r for r in side["series"] if r["model"] == "AlexNet"}
@@ -292,7 +359,10 @@ def test_figures_draw_the_seed_spread_and_say_what_it_is(tmp_path):
     assert (alex[1.0]["mean"], alex[1.0]["low"], alex[1.0]["high"], alex[1.0]["n"]) == (1.75, 1.5, 2.0, 2)
     inc = {r["level"]: r for r in side["series"] if r["model"] == "Inception"}
     assert (inc[1.0]["mean"], inc[1.0]["n"], inc[1.0]["sd"]) == (4.0, 1, None)
-    assert "line: mean over seeds, band: min-max over seeds; n = 2 seeds: AlexNet; n = 1 seed: Inception" in side["caption"]
+    assert (
+        "line: mean over seeds, band: min-max over seeds; n = 2 seeds: AlexNet; n = 1 seed: Inception"
+        in side["caption"]
+    )
     assert side["seeds"] == 2
     side = plot(tmp_path / "sd", "fig1c", rows, band="sd")
     alex = {r["level"]: r for r in side["series"] if r["model"] == "AlexNet"}
@@ -308,7 +378,10 @@ def test_figures_draw_the_seed_spread_and_say_what_it_is(tmp_path):
 
 def test_fig2a_says_when_it_is_a_stand_in(tmp_path):
     stand_in = plot(tmp_path, "fig2a", [cell("alexnet", reg="d", dropout=0.5)])
-    assert "Stand-in: AlexNet on d (10 classes) for the paper's Inception V3 on ImageNet (1000 classes)" in stand_in["caption"]
+    assert (
+        "Stand-in: AlexNet on d (10 classes) for the paper's Inception V3 on ImageNet (1000 classes)"
+        in stand_in["caption"]
+    )
     imagenet = plot(tmp_path / "in", "fig2a", [cell("inception_v3", reg="d", dropout=0.5, classes=1000)])
     assert "Stand-in" not in imagenet["caption"]
 
@@ -321,7 +394,10 @@ def test_band_kinds_are_the_config_schema_s():
 def test_fig2a_condition_names_follow_the_paper():
     row = pd.Series({"crop": False, "aug": True, "wd": True, "dropout": True})
     assert figures.regularizer_words(row) == "w/ aug, wd, dropout"
-    assert figures.regularizer_words(row.replace(True, False).where(lambda s: s.index != "dropout", True)) == "w/o aug, dropout"
+    assert (
+        figures.regularizer_words(row.replace(True, False).where(lambda s: s.index != "dropout", True))
+        == "w/o aug, dropout"
+    )
 
 
 def test_fig3_is_drawn_from_the_model(tmp_path):
@@ -337,7 +413,10 @@ def test_missing_experiment_is_a_clear_error(tmp_path, capsys):
     root = write_metrics(tmp_path / "m", [cell("inception")], {"fig1a": ["d/inception/none/true_labels/s0"]})
     with pytest.raises(SystemExit) as info:
         figures.main(["fig1c", "--metrics", str(root), "--out", str(tmp_path / "x")])
-    assert info.value.code == 2 and "experiment 'fig1c' is not in test.yaml (experiments: fig1a)" in capsys.readouterr().err
+    assert (
+        info.value.code == 2
+        and "experiment 'fig1c' is not in test.yaml (experiments: fig1a)" in capsys.readouterr().err
+    )
 
 
 # ----------------------------------------------------------------------------- claims
@@ -345,8 +424,11 @@ def test_missing_experiment_is_a_clear_error(tmp_path, capsys):
 
 def paper_like_rows():
     rows = corruption_rows()[:-1] + [cell("inception", n) for n in ("shuffled_pixels", "random_pixels", "gaussian")]
-    rows += [cell("inception_nobn", test=0.82), cell("inception", reg="wd", wd=5e-4, test=0.87),
-             cell("mlp_1x512", "random_labels", reg="wd", wd=5e-4, train=0.995, test=0.1, level=1.0)]
+    rows += [
+        cell("inception_nobn", test=0.82),
+        cell("inception", reg="wd", wd=5e-4, test=0.87),
+        cell("mlp_1x512", "random_labels", reg="wd", wd=5e-4, train=0.995, test=0.1, level=1.0),
+    ]
     for r in rows:
         if r["noise"] == "random_labels":
             r["final_test_acc"] = 0.1
@@ -361,16 +443,47 @@ def test_claims_hold_on_paper_like_metrics():
     assert set(verdicts(paper_like_rows()).values()) == {"pass"}
 
 
-@pytest.mark.parametrize("claim, change", [
-    ("fits_random_labels", lambda r: r.update(final_train_acc=0.9) if r["cell"] == "d/alexnet/none/random_labels/s0" else None),
-    ("random_labels_at_chance", lambda r: r.update(final_test_acc=0.3) if r["noise"] == "random_labels" else None),
-    ("error_grows_with_corruption", lambda r: r.update(final_test_acc=0.05, best_test_acc=0.05) if r["cell"] == "d/mlp_1x512/none/true_labels/s0" else None),
-    ("overfit_slowdown", lambda r: r.update(steps_to_fit=5000) if r["cell"] == "d/mlp_1x512/none/random_labels/s0" else None),
-    ("pixels_fitted", lambda r: r.update(final_train_acc=0.5) if r["noise"] == "gaussian" else None),
-    ("regularizers_vs_architecture", lambda r: r.update(final_test_acc=0.3) if r["regularizer"] == "wd" and r["noise"] == "true_labels" else None),
-    ("batchnorm_effect", lambda r: r.update(final_test_acc=0.1, best_test_acc=0.1) if r["arch_name"] == "inception_nobn" else None),
-    ("early_stopping_band", lambda r: r.update(best_test_acc=r["final_test_acc"] + 0.2) if r["cell"] == "d/alexnet/none/true_labels/s0" else None),
-])
+@pytest.mark.parametrize(
+    "claim, change",
+    [
+        (
+            "fits_random_labels",
+            lambda r: r.update(final_train_acc=0.9) if r["cell"] == "d/alexnet/none/random_labels/s0" else None,
+        ),
+        ("random_labels_at_chance", lambda r: r.update(final_test_acc=0.3) if r["noise"] == "random_labels" else None),
+        (
+            "error_grows_with_corruption",
+            lambda r: (
+                r.update(final_test_acc=0.05, best_test_acc=0.05)
+                if r["cell"] == "d/mlp_1x512/none/true_labels/s0"
+                else None
+            ),
+        ),
+        (
+            "overfit_slowdown",
+            lambda r: r.update(steps_to_fit=5000) if r["cell"] == "d/mlp_1x512/none/random_labels/s0" else None,
+        ),
+        ("pixels_fitted", lambda r: r.update(final_train_acc=0.5) if r["noise"] == "gaussian" else None),
+        (
+            "regularizers_vs_architecture",
+            lambda r: (
+                r.update(final_test_acc=0.3) if r["regularizer"] == "wd" and r["noise"] == "true_labels" else None
+            ),
+        ),
+        (
+            "batchnorm_effect",
+            lambda r: r.update(final_test_acc=0.1, best_test_acc=0.1) if r["arch_name"] == "inception_nobn" else None,
+        ),
+        (
+            "early_stopping_band",
+            lambda r: (
+                r.update(best_test_acc=r["final_test_acc"] + 0.2)
+                if r["cell"] == "d/alexnet/none/true_labels/s0"
+                else None
+            ),
+        ),
+    ],
+)
 def test_each_claim_fails_when_the_metrics_contradict_it(claim, change):
     rows = paper_like_rows()
     for r in rows:
@@ -385,16 +498,26 @@ def test_claims_without_data_are_not_measured_and_the_cli_writes_both_files(tmp_
     got = verdicts(rows)
     assert got["fits_random_labels"] == "not measured" and got["batchnorm_effect"] == "not measured"
     root = write_metrics(tmp_path / "m", paper_like_rows(), {"all": ids(paper_like_rows())})
-    claims.main(["--metrics", str(root), "--thresholds", json.dumps(DEFAULT_THRESHOLDS), "--out", str(tmp_path / "claims")])
+    claims.main(
+        ["--metrics", str(root), "--thresholds", json.dumps(DEFAULT_THRESHOLDS), "--out", str(tmp_path / "claims")]
+    )
     data = json.loads((tmp_path / "claims.json").read_text())
     assert len(data["claims"]) == 8 and {c["verdict"] for c in data["claims"]} == {"pass"}
-    assert "| Every architecture fits random labels (training accuracy) | 1.0 | >= 0.99 | **pass** |" in (tmp_path / "claims.md").read_text()
+    assert (
+        "| Every architecture fits random labels (training accuracy) | 1.0 | >= 0.99 | **pass** |"
+        in (tmp_path / "claims.md").read_text()
+    )
 
 
 def test_table3_takes_the_kernel_metrics(tmp_path):
     root = write_metrics(tmp_path / "m", [cell("mlp_1x512")], {"x": []})
-    pd.DataFrame({"dataset": ["mnist"], "features": ["raw"], "test_error": [0.0125]}).to_csv(root / "kernel.csv", index=False)
+    pd.DataFrame({"dataset": ["mnist"], "features": ["raw"], "test_error": [0.0125]}).to_csv(
+        root / "kernel.csv", index=False
+    )
     tables.main(["table3", "--metrics", str(root), "--out", str(tmp_path / "table3")])
     table = pd.read_csv(tmp_path / "table3.csv").set_index(["dataset", "features"])
     assert table.loc[("mnist", "raw"), "test error (ours)"] == 1.25 and table.loc[("mnist", "raw"), "diff"] == 0.05
-    assert np.isnan(table.loc[("cifar10", "raw"), "test error (ours)"]) and table.loc[("cifar10", "raw"), "test error (paper)"] == 46.0
+    assert (
+        np.isnan(table.loc[("cifar10", "raw"), "test error (ours)"])
+        and table.loc[("cifar10", "raw"), "test error (paper)"] == 46.0
+    )

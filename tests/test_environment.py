@@ -5,6 +5,7 @@ import sys
 import tomllib
 
 import yaml
+
 from conftest import REPO
 
 
@@ -18,9 +19,9 @@ def test_environment_yml_pins_the_same_packages_as_pyproject():
 
 
 def test_torchvision_imports_through_the_guard():
-    from rethink.torchvision_guard import EXTENSION_LOADED, torchvision
-
     import torch
+
+    from rethink.torchvision_guard import EXTENSION_LOADED, torchvision
 
     assert torchvision.__version__.startswith("0.28")
     assert hasattr(torch.ops.torchvision, "nms")  # the schema exists either way

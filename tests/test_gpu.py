@@ -9,11 +9,11 @@ import json
 
 import pytest
 import torch
-from test_train import make_cell, read_history, write_split
 
-from rethink.train import checkpoint
-from rethink.train import loop
+from rethink.train import checkpoint, loop
 from rethink.train.loop import Job, train
+
+from test_train import make_cell, read_history, write_split
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 LOSS_TOL, ACC_TOL = 0.02, 0.03
@@ -21,8 +21,9 @@ LOSS_TOL, ACC_TOL = 0.02, 0.03
 
 @pytest.fixture
 def data(tmp_path):
-    return [write_split(tmp_path / "train.h5", 512, (3, 28, 28), "train", 1)], \
-        [write_split(tmp_path / "test.h5", 128, (3, 28, 28), "test", 2)]
+    return [write_split(tmp_path / "train.h5", 512, (3, 28, 28), "train", 1)], [
+        write_split(tmp_path / "test.h5", 128, (3, 28, 28), "test", 2)
+    ]
 
 
 def cuda_cell(arch="mlp_1x512", **hp):
@@ -33,8 +34,14 @@ def close(a, b):
     """Histories of two CUDA runs agree within the stated tolerances, row by row."""
     assert len(a) == len(b)
     for ra, rb in zip(a, b):
-        for key, tol in (("train_loss", LOSS_TOL), ("test_loss", LOSS_TOL), ("train_acc", ACC_TOL),
-                         ("test_acc", ACC_TOL), ("train_avg_loss", LOSS_TOL), ("train_avg_acc", ACC_TOL)):
+        for key, tol in (
+            ("train_loss", LOSS_TOL),
+            ("test_loss", LOSS_TOL),
+            ("train_acc", ACC_TOL),
+            ("test_acc", ACC_TOL),
+            ("train_avg_loss", LOSS_TOL),
+            ("train_avg_acc", ACC_TOL),
+        ):
             if ra[key] != "" or rb[key] != "":
                 assert abs(float(ra[key]) - float(rb[key])) <= tol, (key, ra, rb)
 
@@ -58,10 +65,16 @@ def test_sigterm_and_resume_on_cuda_match_an_uninterrupted_run(tmp_path, data):
     import time
 
     cell = cuda_cell("alexnet", width=0.25, max_epochs=6)
-    entry = lambda tag: [{"cell": cell, "train": data[0], "test": data[1], "out_dir": str(tmp_path / tag),  # noqa: E731
-                          "checkpoint": str(tmp_path / f"{tag}.pt")}]
-    proc = subprocess.Popen([sys.executable, "-m", "rethink.train", "--pack", json.dumps(entry("resumed"))],
-                            stderr=subprocess.PIPE, text=True)
+
+    def entry(tag):
+        return [{"cell": cell, "train": data[0], "test": data[1], "out_dir": str(tmp_path / tag),
+                 "checkpoint": str(tmp_path / f"{tag}.pt")}]  # fmt: skip
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rethink.train", "--pack", json.dumps(entry("resumed"))],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     log = tmp_path / "resumed" / "train.log"
     while not (log.exists() and "epoch    2 step" in log.read_text()):
         assert proc.poll() is None, proc.communicate()
@@ -69,7 +82,9 @@ def test_sigterm_and_resume_on_cuda_match_an_uninterrupted_run(tmp_path, data):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     assert not checkpoint.is_finished(torch.load(tmp_path / "resumed.pt", weights_only=True))
-    assert subprocess.run([sys.executable, "-m", "rethink.train", "--pack", json.dumps(entry("resumed"))]).returncode == 0
+    assert (
+        subprocess.run([sys.executable, "-m", "rethink.train", "--pack", json.dumps(entry("resumed"))]).returncode == 0
+    )
     _, (straight,) = run(tmp_path, data, [cell], "straight")
     close(read_history(tmp_path / "resumed" / "history.csv"), straight)
 
@@ -110,11 +125,22 @@ def test_an_lr_change_takes_effect_inside_a_graphed_step():
 
 
 def test_no_host_sync_inside_a_training_step(tmp_path, data):
-    jobs = [Job(cuda_cell("alexnet", width=0.25, random_crop=True, augment=True, dropout=0.3), *data,
-                tmp_path / "o", tmp_path / "c.pt")]
+    jobs = [
+        Job(
+            cuda_cell("alexnet", width=0.25, random_crop=True, augment=True, dropout=0.3),
+            *data,
+            tmp_path / "o",
+            tmp_path / "c.pt",
+        )
+    ]
     cache = loop.SplitCache(torch.device("cuda"))
-    member = loop.Member(jobs[0], "key", None, (cache.get(data[0], "train", jobs[0].cell),
-                                                cache.get(data[1], "test", jobs[0].cell)), torch.device("cuda"))
+    member = loop.Member(
+        jobs[0],
+        "key",
+        None,
+        (cache.get(data[0], "train", jobs[0].cell), cache.get(data[1], "test", jobs[0].cell)),
+        torch.device("cuda"),
+    )
     member.train_step()  # the epoch's draw and the warm-up
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

@@ -10,12 +10,13 @@ import time
 
 import pytest
 import torch
-from test_train import cli, make_cell, read_history, untimed, write_split
 
 from rethink.errors import RethinkError
 from rethink.train import cell as cells
 from rethink.train import checkpoint
 from rethink.train.loop import Job, setup, train
+
+from test_train import cli, make_cell, read_history, untimed, write_split
 
 
 @pytest.fixture(autouse=True)
@@ -28,8 +29,9 @@ def _one_thread():
 
 @pytest.fixture
 def data(tmp_path):
-    return [write_split(tmp_path / "train.h5", 128, (1, 28, 28), "train", 1)], \
-        [write_split(tmp_path / "test.h5", 32, (1, 28, 28), "test", 2)]
+    return [write_split(tmp_path / "train.h5", 128, (1, 28, 28), "train", 1)], [
+        write_split(tmp_path / "test.h5", 32, (1, 28, 28), "test", 2)
+    ]
 
 
 # three cells that differ in every way a pack-mate can: seed, regularizers, lr, batch, epochs
@@ -88,8 +90,16 @@ def wait_for(proc, path, pattern, timeout=60):
 
 
 def pack_args(tmp_path, data, cells, tag):
-    entries = [{"cell": c, "train": data[0], "test": data[1], "out_dir": str(tmp_path / tag / str(i)),
-                "checkpoint": str(tmp_path / "ckpt" / f"{i}.pt")} for i, c in enumerate(cells)]
+    entries = [
+        {
+            "cell": c,
+            "train": data[0],
+            "test": data[1],
+            "out_dir": str(tmp_path / tag / str(i)),
+            "checkpoint": str(tmp_path / "ckpt" / f"{i}.pt"),
+        }
+        for i, c in enumerate(cells)
+    ]
     return ["--pack", json.dumps(entries)]
 
 
@@ -125,9 +135,12 @@ def test_sigterm_saves_every_member_and_the_rerun_resumes_them_bit_identically(t
     straight = jobs(tmp_path, data, cells, "straight")
     train(straight, echo=False)
     for i in range(2):
-        assert re.search(r"resume from .* at epoch \d+ step \d+", (tmp_path / "resumed" / str(i) / "train.log").read_text())
-        assert untimed(read_history(tmp_path / "resumed" / str(i) / "history.csv")) == \
-            untimed(read_history(straight[i].out_dir / "history.csv"))
+        assert re.search(
+            r"resume from .* at epoch \d+ step \d+", (tmp_path / "resumed" / str(i) / "train.log").read_text()
+        )
+        assert untimed(read_history(tmp_path / "resumed" / str(i) / "history.csv")) == untimed(
+            read_history(straight[i].out_dir / "history.csv")
+        )
 
 
 def test_an_orphaned_trainer_saves_and_stops(tmp_path, data):
@@ -149,8 +162,11 @@ def test_an_orphaned_trainer_saves_and_stops(tmp_path, data):
 
 def test_shards_of_another_cell_are_refused_naming_file_and_field(tmp_path, data):
     random_labels = dict(make_cell(), noise="random_labels", level=1.0)
-    with pytest.raises(RethinkError, match=r"train\.h5: this shard has noise='clean', but cell test/mlp_1x512 "
-                                           r"needs noise='random_labels' for its train split"):
+    with pytest.raises(
+        RethinkError,
+        match=r"train\.h5: this shard has noise='clean', but cell test/mlp_1x512 "
+        r"needs noise='random_labels' for its train split",
+    ):
         train(Job(random_labels, *data, tmp_path / "o", tmp_path / "c.pt"), echo=False)
     with pytest.raises(RethinkError, match=r"test\.h5: this shard has split='test', but .* needs split='train'"):
         train(Job(make_cell(), data[1], data[1], tmp_path / "o", tmp_path / "c.pt"), echo=False)
@@ -163,8 +179,11 @@ def test_a_cell_with_corrupted_test_labels_needs_its_noises_test_shard():
     cell = dict(make_cell(), noise="random_labels", level=1.0, test_labels="corrupted")
     clean = {"split": "test", "dataset": "synth", "noise": "clean"}
     corrupted = dict(clean, noise="random_labels", seed=0, level=1.0)
-    with pytest.raises(RethinkError, match=r"t\.h5: this shard has noise='clean', but cell test/mlp_1x512 "
-                                           r"needs noise='random_labels' for its test split"):
+    with pytest.raises(
+        RethinkError,
+        match=r"t\.h5: this shard has noise='clean', but cell test/mlp_1x512 "
+        r"needs noise='random_labels' for its test split",
+    ):
         cells.check_shards(cell, "test", clean, "t.h5")
     cells.check_shards(cell, "test", corrupted, "t.h5")
     for clean_cell in (dict(cell, test_labels="clean"), make_cell()):  # no test_labels: clean
@@ -200,8 +219,9 @@ def test_a_compiled_step_trains_like_the_eager_one(tmp_path, data, monkeypatch):
     # more; a compile per epoch, for the new lr, would pass this limit and fail the run
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
     monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
-    (eager,), (compiled,) = (train(jobs(tmp_path, data, [cell], mode), echo=False, compile_mode=mode)
-                             for mode in ("off", "default"))
+    (eager,), (compiled,) = (
+        train(jobs(tmp_path, data, [cell], mode), echo=False, compile_mode=mode) for mode in ("off", "default")
+    )
     histories = [read_history(tmp_path / mode / "0" / "history.csv") for mode in ("off", "default")]
     for a, b in zip(*histories):
         for key in ("train_loss", "test_loss", "train_avg_loss"):

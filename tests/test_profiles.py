@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 import yaml
+
 from conftest import REPO, is_training_rule
 
 pytestmark = pytest.mark.workflow

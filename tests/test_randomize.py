@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from rethink.data.randomize import (
-    DEFAULT_OPTIONS, channel_stats, label_corruption, noise_options, parse_noise, randomize_shard,
+    DEFAULT_OPTIONS,
+    channel_stats,
+    label_corruption,
+    noise_options,
+    parse_noise,
+    randomize_shard,
 )
 from rethink.errors import RethinkError
 
@@ -102,16 +107,23 @@ def test_random_pixels_a_different_permutation_per_image():
 
 def test_gaussian_matches_per_channel_mean_and_std():
     rng = np.random.default_rng(1)
-    images = np.stack([rng.integers(0, 100, (500, 32, 32)), rng.integers(100, 256, (500, 32, 32)),
-                       rng.integers(0, 256, (500, 32, 32))], axis=1).astype(np.uint8)
+    images = np.stack(
+        [
+            rng.integers(0, 100, (500, 32, 32)),
+            rng.integers(100, 256, (500, 32, 32)),
+            rng.integers(0, 256, (500, 32, 32)),
+        ],
+        axis=1,
+    ).astype(np.uint8)
     stats = channel_stats([images[:200], images[200:]])
     np.testing.assert_allclose(stats["mean"], images.mean(axis=(0, 2, 3)), rtol=1e-12)
     np.testing.assert_allclose(stats["std"], images.std(axis=(0, 2, 3)), rtol=1e-9)
     out = randomize_shard(parse_noise("gaussian"), 0, "train", 0, images, labels(500), K, stats)["images"]
     assert out.dtype == np.float32 and out.shape == images.shape
     n = stats["pixels_per_channel"]  # 4 standard errors of the sample mean and std
-    np.testing.assert_array_less(np.abs(out.mean(axis=(0, 2, 3)) - stats["mean"]),
-                                 4 * np.array(stats["std"]) / math.sqrt(n))
+    np.testing.assert_array_less(
+        np.abs(out.mean(axis=(0, 2, 3)) - stats["mean"]), 4 * np.array(stats["std"]) / math.sqrt(n)
+    )
     np.testing.assert_array_less(np.abs(out.std(axis=(0, 2, 3)) / stats["std"] - 1), 4 / math.sqrt(2 * n))
     # pixels are independent of the image they replace: correlation with the original ~ 0
     corr = np.corrcoef(out[:, 2].reshape(-1), images[:, 2].reshape(-1))[0, 1]
@@ -164,15 +176,19 @@ def test_a_noise_depends_only_on_the_options_that_shape_it():
     assert noise_options(parse_noise("corrupt_p0.2"), options) == {"test_labels": "corrupted"}
     assert noise_options(parse_noise("random_pixels"), options) == {"permute": "values"}
     assert noise_options(parse_noise("gaussian"), options) == {"gaussian_stats": "global"}
-    assert noise_options(parse_noise("random_labels")) == {"test_labels": DEFAULT_OPTIONS["test_labels"]} \
+    assert (
+        noise_options(parse_noise("random_labels"))
+        == {"test_labels": DEFAULT_OPTIONS["test_labels"]}
         == {"test_labels": "clean"}
+    )
     with pytest.raises(RethinkError, match="unknown randomization option 'test_lables'; known: permute"):
         noise_options(parse_noise("random_labels"), {"test_lables": "clean"})
 
 
 def test_permuting_values_instead_of_positions_separates_the_channels():
-    out = randomize_shard(parse_noise("shuffled_pixels"), 4, "train", 0, positional_images(2), labels(2), K,
-                          options={"permute": "values"})["images"]
+    out = randomize_shard(
+        parse_noise("shuffled_pixels"), 4, "train", 0, positional_images(2), labels(2), K, options={"permute": "values"}
+    )["images"]
     # channel 0 no longer holds a permutation of its own positions: values crossed channels
     assert sorted(out[0, 0].reshape(-1).tolist()) != list(range(256))
     np.testing.assert_array_equal(np.sort(out[0].reshape(-1)), np.sort(positional_images(1)[0].reshape(-1)))
@@ -182,8 +198,9 @@ def test_global_gaussian_statistics_pool_the_channels():
     rng = np.random.default_rng(2)
     images = np.stack([rng.integers(0, 50, (300, 8, 8)), rng.integers(200, 256, (300, 8, 8))], axis=1).astype(np.uint8)
     stats = channel_stats([images])
-    out = randomize_shard(parse_noise("gaussian"), 0, "train", 0, images, labels(300), K, stats,
-                          {"gaussian_stats": "global"})["images"]
+    out = randomize_shard(
+        parse_noise("gaussian"), 0, "train", 0, images, labels(300), K, stats, {"gaussian_stats": "global"}
+    )["images"]
     pooled = images.astype(np.float64)
     for channel in out.transpose(1, 0, 2, 3):
         assert abs(channel.mean() - pooled.mean()) < 4 * pooled.std() / math.sqrt(channel.size)

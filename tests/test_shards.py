@@ -9,11 +9,12 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from conftest import SHARDS, flip_byte_in_chunk, synthetic_spec
 
 from rethink.data import prepare, shards
 from rethink.data.shards import ShardError
 from rethink.errors import RethinkError
+
+from conftest import SHARDS, flip_byte_in_chunk, synthetic_spec
 
 
 def build(tmp_path, spec, noise="corrupt_p0.5", seed=0, shards_cfg=SHARDS):
@@ -111,8 +112,11 @@ def test_a_clean_shard_rebuilt_under_a_randomized_one_is_a_mismatch(tmp_path):
 def test_garbage_and_missing_files_are_named(tmp_path):
     bad = tmp_path / "train-00000.h5"
     bad.write_bytes(b"not hdf5 at all")
-    with pytest.raises(ShardError, match=f"{bad}: not a readable HDF5 shard .*; rebuild it \\(it is outside a "
-                                         "results/ directory, so Snakemake cannot\\)"):
+    with pytest.raises(
+        ShardError,
+        match=f"{bad}: not a readable HDF5 shard .*; rebuild it \\(it is outside a "
+        "results/ directory, so Snakemake cannot\\)",
+    ):
         shards.read_shard(bad)
     with pytest.raises(ShardError, match="shard not found"):
         shards.read_shard(tmp_path / "nope.h5")
@@ -129,13 +133,18 @@ def test_a_damaged_or_missing_shard_names_the_snakemake_command_that_rebuilds_it
     monkeypatch.chdir(workdir)
     with pytest.raises(ShardError) as info:
         shards.read_shard(target)
-    assert str(info.value) == (f"{target}: checksum mismatch in labels (corrupted or edited); rebuild it with "
-                               f"`snakemake --force {target}` (plus the --configfile of your run, if it had one)")
+    assert str(info.value) == (
+        f"{target}: checksum mismatch in labels (corrupted or edited); rebuild it with "
+        f"`snakemake --force {target}` (plus the --configfile of your run, if it had one)"
+    )
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ShardError, match=f"rebuild it with `cd {workdir} && snakemake --force {target}`"):
         shards.read_shard(noisy)
-    with pytest.raises(ShardError, match=f"shard not found; build it with `cd {workdir} && snakemake --force "
-                                         "results/data/synth/clean/test-00000.h5`"):
+    with pytest.raises(
+        ShardError,
+        match=f"shard not found; build it with `cd {workdir} && snakemake --force "
+        "results/data/synth/clean/test-00000.h5`",
+    ):
         shards.read_shard(workdir / "results/data/synth/clean/test-00000.h5")
 
 
@@ -153,12 +162,18 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
 
 def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
     target = tmp_path / "train-00000.h5"
-    killed = subprocess.Popen([sys.executable, "-c", f"""
+    killed = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import os, signal, h5py, numpy as np
 from rethink.data import shards
 h5py.Group.create_dataset = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)  # killed mid-write
 shards.write_shard({str(target)!r}, {{"labels": np.arange(10)}}, {{"dataset": "d"}})
-"""])
+""",
+        ]
+    )
     assert killed.wait(timeout=60) == -signal.SIGKILL
     assert os.listdir(tmp_path) == [f".{target.name}.tmp{killed.pid}"]
     other = tmp_path / ".train-00001.h5.tmp1"  # another file's temporary is not this write's business

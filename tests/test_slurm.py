@@ -19,12 +19,22 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+
 from conftest import REPO, Workflow, is_training_rule, pack_rules, tiny_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 SCRIPT = REPO / "scripts" / "local-slurm.sh"
-METRIC_COLUMNS = ["cell", "final_train_acc", "final_test_acc", "final_train_loss", "best_test_acc",
-                  "steps_to_fit", "steps", "stop_reason", "n_params"]
+METRIC_COLUMNS = [
+    "cell",
+    "final_train_acc",
+    "final_test_acc",
+    "final_train_loss",
+    "best_test_acc",
+    "steps_to_fit",
+    "steps",
+    "stop_reason",
+    "n_params",
+]
 
 
 def _cannot_start():
@@ -40,7 +50,9 @@ def cluster():
     reason = _cannot_start()
     if reason:
         pytest.skip(reason)
-    was_up = subprocess.run(["scontrol", "ping"], capture_output=True).returncode == 0 if shutil.which("scontrol") else False
+    was_up = (
+        subprocess.run(["scontrol", "ping"], capture_output=True).returncode == 0 if shutil.which("scontrol") else False
+    )
     proc = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     yield
@@ -101,8 +113,10 @@ def untimed(frame):
 
 EXPERIMENTS = {
     "fig2b": {"dataset": "synth", "grid": [{"architectures": ["mlp", "alexnet"]}]},
-    "table4": {"dataset": "synth", "grid": [{"architectures": ["mlp"], "regularizers": ["none", "wd"],
-                                              "noises": ["random_labels"]}]},
+    "table4": {
+        "dataset": "synth",
+        "grid": [{"architectures": ["mlp"], "regularizers": ["none", "wd"], "noises": ["random_labels"]}],
+    },
 }
 
 
@@ -133,8 +147,9 @@ def test_the_user_command_runs_every_job_through_sbatch_with_one_gpu_per_cell(pr
     assert not any("gres/gpu" in j["tres"] for j in jobs if j not in train)  # data jobs ask for none
     submitted = {j["rule"] for j in jobs}
     assert {"data_clean", "data_randomize", "analysis_aggregate"} <= submitted
-    print(f"\nSLURM-BENCH end-to-end {elapsed:.1f} s, {len(jobs)} sbatch submissions "
-          f"({len(train)} training), run {run}")
+    print(
+        f"\nSLURM-BENCH end-to-end {elapsed:.1f} s, {len(jobs)} sbatch submissions ({len(train)} training), run {run}"
+    )
 
     local = Workflow(tmp_path / "local")
     local.run("--configfile", local.write_config(yaml.safe_load(configfile.read_text())), "-c2")
@@ -164,12 +179,27 @@ def test_rerun_after_editing_one_cell_submits_exactly_one_training_job(profile_r
 def long_cell_config(runtime_minutes=10, n_train=12000, max_epochs=33, seeds=(0,), pack=1):
     """A cell (per seed) that trains for a while (a wide MLP on random-labelled 1x28x28 images);
     the plugin's status checks slow down the longer a job runs, so shorter tests use fewer samples."""
-    config = gpu_config({"long": {"dataset": "synth", "seeds": list(seeds),
-                                  "grid": [{"architectures": ["big"], "noises": ["random_labels"]}]}},
-                        max_epochs=max_epochs, crop_size=28, checkpoint_minutes=0.02, fit_threshold=1.0)
+    config = gpu_config(
+        {
+            "long": {
+                "dataset": "synth",
+                "seeds": list(seeds),
+                "grid": [{"architectures": ["big"], "noises": ["random_labels"]}],
+            }
+        },
+        max_epochs=max_epochs,
+        crop_size=28,
+        checkpoint_minutes=0.02,
+        fit_threshold=1.0,
+    )
     config["compute"]["pack"] = pack
     config["datasets"]["synth"]["synthetic"].update(n_train=n_train, n_test=200, shape=[1, 28, 28])
-    config["architectures"]["big"] = {"model": "mlp_3x512", "width": 1.0, "runtime_minutes": runtime_minutes, "mem_mb": 1500}
+    config["architectures"]["big"] = {
+        "model": "mlp_3x512",
+        "width": 1.0,
+        "runtime_minutes": runtime_minutes,
+        "mem_mb": 1500,
+    }
     return config
 
 
@@ -189,8 +219,12 @@ def uninterrupted_short(cluster, tmp_path_factory):
     """The cells (seeds 0 and 1) trained locally without interruption, {seed: (history, summary)}:
     what a resumed run must equal."""
     wf = Workflow(tmp_path_factory.mktemp("reference") / "wf")
-    wf.run("--configfile", wf.write_config(long_cell_config(seeds=(0, 1), **SHORT)), "-c2",
-           *(f"{cell}/summary.json" for cell in CELLS.values()))
+    wf.run(
+        "--configfile",
+        wf.write_config(long_cell_config(seeds=(0, 1), **SHORT)),
+        "-c2",
+        *(f"{cell}/summary.json" for cell in CELLS.values()),
+    )
     return {seed: cell_results(wf, seed) for seed in CELLS}
 
 
@@ -207,15 +241,21 @@ def assert_resumed_identically(wf, reference, seeds=(0,)):
     assert len(states) == len(seeds) and all(state["finished"] for state in states)  # what stays
 
 
-def test_a_cancelled_pack_job_is_retried_and_resumes_every_cell_from_its_checkpoint(cluster, uninterrupted_short,
-                                                                                     tmp_path):
+def test_a_cancelled_pack_job_is_retried_and_resumes_every_cell_from_its_checkpoint(
+    cluster, uninterrupted_short, tmp_path
+):
     wf, home = Workflow(tmp_path / "wf"), tmp_path / "home"
     configfile = wf.write_config(long_cell_config(seeds=(0, 1), pack=2, **SHORT))  # one job, two cells
     install_profile(home, configfile)
     wf.run("--configfile", configfile, "-c2", "data_shards")  # the data is not what is tested here
     out = open(tmp_path / "snakemake.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--profile", "slurm", TRAINED], cwd=wf.root, env=wf.user_env(home),
-                            stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--profile", "slurm", TRAINED],
+        cwd=wf.root,
+        env=wf.user_env(home),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 300
         while not list((wf.root / "results/checkpoints").rglob("*.pt")):  # training, checkpointed once
@@ -316,8 +356,13 @@ def test_a_job_that_hits_its_time_limit_is_retried_with_more_time_and_resumes(cl
     wf.run("--configfile", configfile, "-c2", "data_shards")  # the data is not what is tested here
     log = tmp_path / "snakemake.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--profile", "slurm", TRAINED], cwd=wf.root,
-                                env=wf.user_env(home), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "snakemake", "--profile", "slurm", TRAINED],
+            cwd=wf.root,
+            env=wf.user_env(home),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         frozen_at = freeze_first_attempt_until_its_limit(wf, proc, log, uninterrupted_short[0][1]["epochs"] // 2)
         assert proc.wait(timeout=600) == 0, log.read_text()
@@ -336,8 +381,10 @@ def test_a_job_that_hits_its_time_limit_is_retried_with_more_time_and_resumes(cl
     resumed = re.findall(r"resume from .* at epoch (\d+) step (\d+)", train_log)
     assert saved and resumed and resumed[0] == saved[0], train_log  # from where the time limit stopped it
     assert int(resumed[0][0]) >= (frozen_at or 1), (frozen_at, resumed)
-    print(f"\nSLURM-BENCH time limit: first attempt frozen after epoch {frozen_at} (None: not frozen) of "
-          f"{uninterrupted_short[0][1]['epochs']}; attempts {', '.join(states)}")
+    print(
+        f"\nSLURM-BENCH time limit: first attempt frozen after epoch {frozen_at} (None: not frozen) of "
+        f"{uninterrupted_short[0][1]['epochs']}; attempts {', '.join(states)}"
+    )
 
 
 # ----------------------------------------------------------------------------- 3: a failing cell

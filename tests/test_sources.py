@@ -15,10 +15,11 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-import realformat as rf
-from conftest import FASHION_MNIST_ROOT, synthetic_spec
 from rethink.data import sources
 from rethink.errors import RethinkError
+
+import realformat as rf
+from conftest import FASHION_MNIST_ROOT, synthetic_spec
 
 CIFAR_PER_BATCH = 20  # -> 100 train, 20 test
 MNIST_TRAIN, MNIST_TEST = 60, 30
@@ -98,8 +99,12 @@ def test_cifar10_channel_and_row_order(tmp_path):
     rows = np.zeros((len(markers), 3072), dtype=np.uint8)
     for i, (c, r, col) in enumerate(markers):
         rows[i, c * 1024 + r * 32 + col] = 200 + i
-    batch = {"batch_label": "testing batch 1 of 1", "labels": list(range(len(markers))),
-             "data": rows, "filenames": [b"x.png"] * len(markers)}
+    batch = {
+        "batch_label": "testing batch 1 of 1",
+        "labels": list(range(len(markers))),
+        "data": rows,
+        "filenames": [b"x.png"] * len(markers),
+    }
     with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as fh:
         pickle.dump(batch, fh, protocol=2)
     images, labels, _ = sources.load_split(spec_for("cifar10", tmp_path, {"test": len(markers)}), "test")
@@ -143,9 +148,7 @@ def test_cifar10_matches_torchvision(cifar, small_full_sizes, tv_cifar, split):
 # ----------------------------------------------------------------------------- MNIST
 
 
-@pytest.mark.parametrize(
-    "layout,gz", [("torchvision", False), ("torchvision", True), ("flat", True), ("flat", False)]
-)
+@pytest.mark.parametrize("layout,gz", [("torchvision", False), ("torchvision", True), ("flat", True), ("flat", False)])
 def test_mnist_layouts_load_what_was_written(tmp_path, small_full_sizes, layout, gz):
     written = rf.write_mnist(tmp_path, MNIST_TRAIN, MNIST_TEST, seed=3, layout=layout, gz=gz)
     spec = spec_for("mnist", tmp_path)
@@ -161,8 +164,7 @@ def test_mnist_helper_writes_real_idx_headers(mnist_tv):
     raw = root / "MNIST" / "raw"
     images = (raw / "train-images-idx3-ubyte").read_bytes()
     labels = (raw / "train-labels-idx1-ubyte").read_bytes()
-    assert images[:16] == bytes.fromhex("00000803") + b"".join(
-        n.to_bytes(4, "big") for n in (MNIST_TRAIN, 28, 28))
+    assert images[:16] == bytes.fromhex("00000803") + b"".join(n.to_bytes(4, "big") for n in (MNIST_TRAIN, 28, 28))
     assert labels[:8] == bytes.fromhex("00000801") + MNIST_TRAIN.to_bytes(4, "big")
     assert len(images) == 16 + MNIST_TRAIN * 28 * 28 and len(labels) == 8 + MNIST_TRAIN
     assert set(written["train"][1].tolist()) == set(range(10))  # every class present
@@ -209,8 +211,9 @@ def test_provenance_follows_file_content(tmp_path, small_full_sizes):
 @pytest.fixture(scope="module")
 def fashion():
     if not all((FASHION_MNIST_ROOT / f"{name}.gz").is_file() for pair in rf.IDX_FILES.values() for name in pair):
-        pytest.skip(f"{FASHION_MNIST_ROOT} with the four idx .gz files is absent "
-                    "(apt-get install dataset-fashion-mnist)")
+        pytest.skip(
+            f"{FASHION_MNIST_ROOT} with the four idx .gz files is absent (apt-get install dataset-fashion-mnist)"
+        )
     spec = {"name": "fashion_mnist", "source": "fashion_mnist", "download": False}  # default root
     return spec, {split: sources.load_split(spec, split) for split in sources.SPLITS}
 
@@ -329,12 +332,15 @@ def test_subset_first_returns_the_first_n(cifar, small_full_sizes):
     images, labels, _ = sources.load_split(spec, "train")
     np.testing.assert_array_equal(images, written["train"][0][:13])
     np.testing.assert_array_equal(labels, written["train"][1][:13])
-    np.testing.assert_array_equal(sources.subset_indices(np.arange(50) % 10, {"train": 4, "how": "first"}, "train"),
-                                  [0, 1, 2, 3])
+    np.testing.assert_array_equal(
+        sources.subset_indices(np.arange(50) % 10, {"train": 4, "how": "first"}, "train"), [0, 1, 2, 3]
+    )
 
 
-@pytest.mark.parametrize("counts,n,expected", [([5, 3, 2], 4, [2, 1, 1]), ([13, 5, 2], 7, [4, 2, 1]),
-                                               ([50, 30, 20], 10, [5, 3, 2]), ([1, 1, 98], 3, [0, 0, 3])])
+@pytest.mark.parametrize(
+    "counts,n,expected",
+    [([5, 3, 2], 4, [2, 1, 1]), ([13, 5, 2], 7, [4, 2, 1]), ([50, 30, 20], 10, [5, 3, 2]), ([1, 1, 98], 3, [0, 0, 3])],
+)
 def test_stratified_largest_remainder_exact(counts, n, expected):
     labels = np.random.default_rng(0).permutation(np.repeat(np.arange(len(counts)), counts))
     index = sources.subset_indices(labels, {"train": n, "how": "stratified", "seed": 3}, "train")
@@ -360,8 +366,9 @@ def test_stratified_subset_properties(cifar, small_full_sizes):
     other = sources.subset_indices(full_labels, dict(subset, seed=1), "train")
     assert not np.array_equal(other, index)
     largest_remainder_ok(full_labels, other, 37)
-    np.testing.assert_array_equal(np.bincount(full_labels[other], minlength=10),
-                                  np.bincount(labels, minlength=10))  # same quotas, other samples
+    np.testing.assert_array_equal(
+        np.bincount(full_labels[other], minlength=10), np.bincount(labels, minlength=10)
+    )  # same quotas, other samples
 
 
 def test_stratified_is_the_default_and_whole_split_when_large(cifar, small_full_sizes):
@@ -442,6 +449,7 @@ def test_more_samples_than_the_real_dataset_rejected(tmp_path, small_full_sizes)
     with pytest.raises(RethinkError, match=message):
         sources.load_split(spec_for("mnist", tmp_path, subset), "train")
 
+
 def test_idx_data_shorter_than_header(tmp_path, small_full_sizes):
     written = rf.write_mnist(tmp_path, MNIST_TRAIN, MNIST_TEST, seed=0, layout="flat")
     path = written["files"]["train"][0]
@@ -515,8 +523,11 @@ def test_idx_file_shorter_than_its_header_names_the_file(tmp_path, small_full_si
     assert str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("content", [{"labels": [1]}, {"labels": [1], "data": np.zeros((1, 3000), np.uint8)}, [1, 2]],
-                         ids=["no-data-key", "wrong-row-length", "not-a-dict"])
+@pytest.mark.parametrize(
+    "content",
+    [{"labels": [1]}, {"labels": [1], "data": np.zeros((1, 3000), np.uint8)}, [1, 2]],
+    ids=["no-data-key", "wrong-row-length", "not-a-dict"],
+)
 def test_unpicklable_but_wrong_cifar_batch_names_the_file(tmp_path, content):
     rf.write_cifar10(tmp_path, 10, seed=0)
     path = tmp_path / "cifar-10-batches-py" / "test_batch"
@@ -538,10 +549,13 @@ def md5(data):
     return hashlib.md5(data).hexdigest()
 
 
-@pytest.mark.parametrize("verify, refusal", [
-    (True, r"md5 [0-9a-f]{32} is not the released cifar10 file's c99cafc152244af753f735de768cd75f"),
-    (False, r"refused to call (posix|nt|os)\.system, which no CIFAR-10 batch holds"),
-])
+@pytest.mark.parametrize(
+    "verify, refusal",
+    [
+        (True, r"md5 [0-9a-f]{32} is not the released cifar10 file's c99cafc152244af753f735de768cd75f"),
+        (False, r"refused to call (posix|nt|os)\.system, which no CIFAR-10 batch holds"),
+    ],
+)
 def test_a_crafted_cifar_pickle_runs_no_code(tmp_path, verify, refusal):
     marker = tmp_path / "code-ran"
     path = rf.write_crafted_cifar10(tmp_path, marker)
@@ -579,8 +593,11 @@ def test_idx_files_are_checked_against_the_released_md5(tmp_path, small_full_siz
     flipped = bytearray(idx_content(path))
     flipped[16 + 100] ^= 0x01  # pixel 100 of image 0
     path.write_bytes(gzip.compress(bytes(flipped)) if gz else bytes(flipped))
-    with pytest.raises(RethinkError, match=rf"{path}: md5 {md5(flipped)} is not the released mnist file's "
-                                           rf"{released[path.name.removesuffix('.gz')]}; the file is corrupt"):
+    with pytest.raises(
+        RethinkError,
+        match=rf"{path}: md5 {md5(flipped)} is not the released mnist file's "
+        rf"{released[path.name.removesuffix('.gz')]}; the file is corrupt",
+    ):
         sources.load_split(spec_for("mnist", tmp_path, verify=True), "test")
     images, _, _ = sources.load_split(spec_for("mnist", tmp_path, verify=False), "test")
     assert images[0, 0].flat[100] == written["test"][0][0].flat[100] ^ 0x01
@@ -601,8 +618,11 @@ def test_fashion_mnist_uncompressed_files_are_verified_too(fashion, tmp_path):
     content = bytearray(labels_file.read_bytes())
     content[8] = (content[8] + 1) % 10  # one edited label
     labels_file.write_bytes(bytes(content))
-    with pytest.raises(RethinkError, match=rf"{labels_file}: md5 [0-9a-f]{{32}} is not the released fashion_mnist "
-                                           r"file's 15d484375f8d13e6eb1aabb0c3f46965"):
+    with pytest.raises(
+        RethinkError,
+        match=rf"{labels_file}: md5 [0-9a-f]{{32}} is not the released fashion_mnist "
+        r"file's 15d484375f8d13e6eb1aabb0c3f46965",
+    ):
         sources.load_split(local, "test")
 
 
@@ -658,7 +678,6 @@ def test_synthetic_subset():
     index = sources.subset_indices(full_labels, spec["subset"], "train")
     np.testing.assert_array_equal(images, full_images[index])
     np.testing.assert_array_equal(np.bincount(labels, minlength=10), [5] * 10)
-
 
 
 # ----------------------------------------------------------------------------- download

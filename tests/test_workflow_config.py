@@ -5,10 +5,11 @@ import json
 
 import pytest
 import yaml
-from conftest import tiny_config
 
 from rethink import config as rconfig
 from rethink import paths
+
+from conftest import tiny_config
 
 pytestmark = pytest.mark.workflow
 
@@ -24,18 +25,30 @@ def test_every_rule_name_is_reserved_from_experiment_names(workflow):
     assert [r for r in rules if r not in rconfig.WORKFLOW_RULES and not r.startswith(rconfig.RULE_PREFIXES)] == []
 
 
-@pytest.mark.parametrize("text, message", ids=["rule-name", "float-seed", "level-collision", "repeated-key"], argvalues=[
-    ("experiments:\n  data_shards: {dataset: synth, grid: [{architectures: [mlp]}]}\n",
-     "config key experiments.data_shards: 'data_shards' is the name of a workflow rule"),
-    ("experiments:\n  e: {dataset: synth, seeds: [1.0], grid: [{architectures: [mlp]}]}\n",
-     "config key experiments.e.seeds[0]: 1.0 is not an integer (write 1)"),
-    ("experiments:\n  e: {dataset: synth, grid: [{architectures: [mlp], corruption_levels: [1e-7]}]}\n",
-     "config key experiments.e.grid[0].corruption_levels[0]: label corruption level 1e-07 has more than the 6 "
-     "decimals that noise names keep, so it would train as true_labels"),
-    ("experiments:\n  e: {dataset: synth, grid: [{architectures: [mlp]}]}\n"
-     "experiments:\n  f: {dataset: synth, grid: [{architectures: [mlp]}]}\n",
-     "line {last}: key 'experiments' is repeated (first on line {first}); YAML keeps only the last one"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    ids=["rule-name", "float-seed", "level-collision", "repeated-key"],
+    argvalues=[
+        (
+            "experiments:\n  data_shards: {dataset: synth, grid: [{architectures: [mlp]}]}\n",
+            "config key experiments.data_shards: 'data_shards' is the name of a workflow rule",
+        ),
+        (
+            "experiments:\n  e: {dataset: synth, seeds: [1.0], grid: [{architectures: [mlp]}]}\n",
+            "config key experiments.e.seeds[0]: 1.0 is not an integer (write 1)",
+        ),
+        (
+            "experiments:\n  e: {dataset: synth, grid: [{architectures: [mlp], corruption_levels: [1e-7]}]}\n",
+            "config key experiments.e.grid[0].corruption_levels[0]: label corruption level 1e-07 has more than the 6 "
+            "decimals that noise names keep, so it would train as true_labels",
+        ),
+        (
+            "experiments:\n  e: {dataset: synth, grid: [{architectures: [mlp]}]}\n"
+            "experiments:\n  f: {dataset: synth, grid: [{architectures: [mlp]}]}\n",
+            "line {last}: key 'experiments' is repeated (first on line {first}); YAML keeps only the last one",
+        ),
+    ],
+)
 def test_a_bad_config_stops_before_any_job_naming_the_key(workflow, text, message):
     base = tiny_config({})
     del base["experiments"]
@@ -70,8 +83,12 @@ def test_a_number_in_exponent_notation_is_a_number(workflow):
     path.write_text(text.replace("training:\n", "training:\n  lr: 1e-3\n"))
     assert yaml.safe_load(path.read_text())["training"]["lr"] == "1e-3"
     workflow.run("--configfile", path, "-c1", "e")
-    cell = json.loads((workflow.root / paths.CELL_JSON.format(
-        dataset="synth", arch="mlp", regularizer="none", noise="random_labels", seed=0)).read_text())
+    cell = json.loads(
+        (
+            workflow.root
+            / paths.CELL_JSON.format(dataset="synth", arch="mlp", regularizer="none", noise="random_labels", seed=0)
+        ).read_text()
+    )
     assert cell["hparams"]["lr"] == 0.001
 
 

@@ -8,18 +8,31 @@ import subprocess
 import h5py
 import numpy as np
 import pytest
-import realformat as rf
-from conftest import FASHION_MNIST_ROOT, flip_byte_in_chunk, needs_fashion_mnist, tiny_config
 
 from rethink.data import shards
 
+import realformat as rf
+from conftest import FASHION_MNIST_ROOT, flip_byte_in_chunk, needs_fashion_mnist, tiny_config
+
 pytestmark = pytest.mark.workflow
 
-TINY = tiny_config({
-    "fig1a": {"dataset": "synth", "grid": [{"architectures": ["mlp"], "noises": [
-        "true_labels", "random_labels", "shuffled_pixels", "random_pixels", "gaussian"]}]},
-    "fig1bc": {"dataset": "synth", "grid": [{"architectures": ["mlp"], "corruption_levels": [0.0, 0.5, 1.0]}]},
-}, n_train=120, n_test=40, shard_size=50)
+TINY = tiny_config(
+    {
+        "fig1a": {
+            "dataset": "synth",
+            "grid": [
+                {
+                    "architectures": ["mlp"],
+                    "noises": ["true_labels", "random_labels", "shuffled_pixels", "random_pixels", "gaussian"],
+                }
+            ],
+        },
+        "fig1bc": {"dataset": "synth", "grid": [{"architectures": ["mlp"], "corruption_levels": [0.0, 0.5, 1.0]}]},
+    },
+    n_train=120,
+    n_test=40,
+    shard_size=50,
+)
 TINY["datasets"]["synth"]["synthetic"]["shape"] = [3, 32, 32]
 
 
@@ -36,10 +49,16 @@ def test_builds_every_shard_then_has_nothing_to_do_and_rebuilds_byte_identically
     workflow.run("--configfile", config, "-c2", "data_shards")
     data = workflow.root / "results" / "data" / "synth"
     expected = {
-        "clean/train-00000.h5", "clean/train-00001.h5", "clean/train-00002.h5",
-        "clean/test-00000.h5", "clean/train-stats.json",
-        *(f"{noise}/s0/train-0000{i}.h5" for noise in ("random_labels", "corrupt_p0.5", "shuffled_pixels",
-                                                        "random_pixels", "gaussian") for i in range(3)),
+        "clean/train-00000.h5",
+        "clean/train-00001.h5",
+        "clean/train-00002.h5",
+        "clean/test-00000.h5",
+        "clean/train-stats.json",
+        *(
+            f"{noise}/s0/train-0000{i}.h5"
+            for noise in ("random_labels", "corrupt_p0.5", "shuffled_pixels", "random_pixels", "gaussian")
+            for i in range(3)
+        ),
         "shuffled_pixels/s0/test-00000.h5",
     }
     assert {str(p.relative_to(data)) for p in data.rglob("*") if p.is_file()} == expected
@@ -47,7 +66,11 @@ def test_builds_every_shard_then_has_nothing_to_do_and_rebuilds_byte_identically
         paths = sorted((data / noise / "s0").glob("train-*.h5"))
         arrays, attrs = shards.read_split(paths)
         assert len(arrays["labels"]) == 120 and attrs["noise"] == noise
-    assert (workflow.root / "results/logs/data/synth/gaussian/s0/train-00001.log").read_text().startswith("randomize: wrote")
+    assert (
+        (workflow.root / "results/logs/data/synth/gaussian/s0/train-00001.log")
+        .read_text()
+        .startswith("randomize: wrote")
+    )
 
     again = workflow.run("--configfile", config, "-c2", "data_shards")
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -62,8 +85,12 @@ def test_builds_every_shard_then_has_nothing_to_do_and_rebuilds_byte_identically
 def test_editing_the_dataset_rebuilds_its_shards(workflow):
     config = workflow.write_config(TINY)
     workflow.run("--configfile", config, "-c2", "data_shards")
-    edited = {**TINY, "datasets": {"synth": {"source": "synthetic", "synthetic": {
-        **TINY["datasets"]["synth"]["synthetic"], "seed": 1}}}}
+    edited = {
+        **TINY,
+        "datasets": {
+            "synth": {"source": "synthetic", "synthetic": {**TINY["datasets"]["synth"]["synthetic"], "seed": 1}}
+        },
+    }
     dry = workflow.run("--configfile", workflow.write_config(edited), "-n", "data_shards")
     assert "data_clean" in dry.stdout and "data_randomize" in dry.stdout
 
@@ -75,14 +102,20 @@ def test_corrupted_test_labels_rebuild_only_the_label_noises_and_add_their_test_
     proc = workflow.run("--configfile", workflow.write_config(corrupted), "-c2", "data_shards")
     after = shard_digests(workflow.root)
     data = "results/data/synth"
-    label_shards = {f"{data}/{noise}/s0/{split}-0000{i}.h5" for noise in ("random_labels", "corrupt_p0.5")
-                    for split, i in (("train", 0), ("train", 1), ("train", 2), ("test", 0))}
+    label_shards = {
+        f"{data}/{noise}/s0/{split}-0000{i}.h5"
+        for noise in ("random_labels", "corrupt_p0.5")
+        for split, i in (("train", 0), ("train", 1), ("train", 2), ("test", 0))
+    }
     assert {path for path in after if before.get(path) != after[path]} == label_shards
     assert proc.stderr.count("rule data_randomize:") == len(label_shards)  # the pixel noises were not rebuilt
     arrays, attrs = shards.read_split([workflow.root / data / "random_labels/s0/test-00000.h5"])
     clean, _ = shards.read_split([workflow.root / data / "clean/test-00000.h5"])
-    assert (attrs["split"], attrs["noise"], json.loads(attrs["randomization"])) == \
-        ("test", "random_labels", {"test_labels": "corrupted"})
+    assert (attrs["split"], attrs["noise"], json.loads(attrs["randomization"])) == (
+        "test",
+        "random_labels",
+        {"test_labels": "corrupted"},
+    )
     np.testing.assert_array_equal(arrays["true_labels"], clean["labels"])
     assert 0.7 < (arrays["labels"] != clean["labels"]).mean() < 1.0  # ~0.9 of 40 change
     _, train_attrs = shards.read_split(sorted((workflow.root / data / "corrupt_p0.5/s0").glob("train-*.h5")))
@@ -90,8 +123,12 @@ def test_corrupted_test_labels_rebuild_only_the_label_noises_and_add_their_test_
 
 
 def test_a_bad_config_stops_before_any_job_naming_the_key(workflow):
-    bad = {**TINY, "experiments": {"fig1bc": {"dataset": "synth", "grid": [
-        {"architectures": ["mlp"], "corruption_levels": [0.5, 1.5]}]}}}
+    bad = {
+        **TINY,
+        "experiments": {
+            "fig1bc": {"dataset": "synth", "grid": [{"architectures": ["mlp"], "corruption_levels": [0.5, 1.5]}]}
+        },
+    }
     proc = workflow.run("--configfile", workflow.write_config(bad), "-c2", check=False)
     assert proc.returncode != 0
     assert "experiments.fig1bc.grid[0].corruption_levels[1]: 1.5 is greater than the maximum of 1" in proc.stderr
@@ -99,8 +136,12 @@ def test_a_bad_config_stops_before_any_job_naming_the_key(workflow):
 
 
 def test_a_missing_dataset_stops_before_any_job_saying_where_it_looked(workflow, tmp_path):
-    config = tiny_config({"a": {"dataset": "cifar10", "grid": [{"architectures": ["mlp"]}]},
-                          "b": {"dataset": "synth", "grid": [{"architectures": ["mlp"]}]}})
+    config = tiny_config(
+        {
+            "a": {"dataset": "cifar10", "grid": [{"architectures": ["mlp"]}]},
+            "b": {"dataset": "synth", "grid": [{"architectures": ["mlp"]}]},
+        }
+    )
     config["datasets"]["cifar10"] = {"source": "cifar10", "root": str(tmp_path / "nothing-here")}
     proc = workflow.run("--configfile", workflow.write_config(config), "-c2", check=False)
     assert proc.returncode != 0
@@ -130,10 +171,14 @@ def test_a_crafted_dataset_file_runs_no_code_during_data_shards(workflow, tmp_pa
     marker = tmp_path / "code-ran"
     batch = rf.write_crafted_cifar10(tmp_path / "cifar", marker)
     config = tiny_config({"a": {"dataset": "cifar10", "grid": [{"architectures": ["mlp"]}]}})
-    config["datasets"]["cifar10"] = {"source": "cifar10", "root": str(tmp_path / "cifar"),
-                                     "subset": {"train": 50, "test": 10}}
-    proc = workflow.run("--configfile", workflow.write_config(config), "-c1", "--keep-going", "data_shards",
-                        check=False)
+    config["datasets"]["cifar10"] = {
+        "source": "cifar10",
+        "root": str(tmp_path / "cifar"),
+        "subset": {"train": 50, "test": 10},
+    }
+    proc = workflow.run(
+        "--configfile", workflow.write_config(config), "-c1", "--keep-going", "data_shards", check=False
+    )
     assert proc.returncode != 0 and not marker.exists()
     log = (workflow.root / "results/logs/data/cifar10/clean/train-00000.log").read_text()
     assert log.startswith(f"error: {batch}: md5 ") and "is not the released cifar10 file's" in log
@@ -154,13 +199,16 @@ def test_a_damaged_shard_names_the_command_that_rebuilds_it_and_only_it(workflow
     flip_byte_in_chunk(clean, "images")
     with h5py.File(noisy, "r+") as f:
         f["labels"][0] = (f["labels"][0] + 1) % 10
-    for damaged, read_through, rule in ((clean, "results/data/synth/random_labels/s0/train-00001.h5", "data_clean"),
-                                        (noisy, noisy, "data_randomize")):
+    for damaged, read_through, rule in (
+        (clean, "results/data/synth/random_labels/s0/train-00001.h5", "data_clean"),
+        (noisy, noisy, "data_randomize"),
+    ):
         with pytest.raises(shards.ShardError) as info:
             shards.read_shard(read_through)  # a damaged clean shard is found through the links to it
         assert f"rebuild it with `snakemake --force {damaged}`" in str(info.value)
-        proc = subprocess.run(repair_command(info.value), shell=True, cwd=workflow.root, env=workflow.env,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            repair_command(info.value), shell=True, cwd=workflow.root, env=workflow.env, capture_output=True, text=True
+        )
         assert proc.returncode == 0, proc.stderr
         assert re.search(rf"\n{rule} +1\ntotal +1\n", proc.stderr), proc.stderr  # that one job only
     assert shard_digests(workflow.root) == intact  # rebuilt byte-identically, nothing else touched

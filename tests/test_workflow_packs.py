@@ -11,12 +11,21 @@ import time
 
 import pandas as pd
 import pytest
+
 from conftest import Workflow, pack_rules, tiny_config
 from test_workflow_reruns import CELLS, CONFIG
 
 pytestmark = pytest.mark.workflow
-METRICS = ["cell", "final_train_loss", "final_train_acc", "final_test_acc", "final_train_avg_loss",
-           "best_test_acc", "steps", "stop_reason"]
+METRICS = [
+    "cell",
+    "final_train_loss",
+    "final_train_acc",
+    "final_test_acc",
+    "final_train_avg_loss",
+    "best_test_acc",
+    "steps",
+    "stop_reason",
+]
 
 
 def packed(size):
@@ -63,8 +72,9 @@ def test_editing_one_packed_cell_retrains_only_that_cell(pack_run, tmp_path):
 
 def slow_config(tmp_path):
     """One cell that trains for about a minute (a wide MLP on 4,000 random-labelled images)."""
-    config = tiny_config({"slow": {"dataset": "synth", "grid": [{"architectures": ["mlp"], "noises": ["random_labels"]}]}},
-                         n_train=4000)
+    config = tiny_config(
+        {"slow": {"dataset": "synth", "grid": [{"architectures": ["mlp"], "noises": ["random_labels"]}]}}, n_train=4000
+    )
     config["datasets"]["synth"]["synthetic"]["shape"] = [1, 28, 28]
     config["architectures"]["mlp"]["width"] = 2.0
     config["training"].update(crop_size=28, max_epochs=40, lr=0.001, checkpoint_minutes=60.0)
@@ -73,8 +83,14 @@ def slow_config(tmp_path):
 
 def start(wf, configfile, tmp_path):
     wf.run("--configfile", configfile, "-c1", "data_shards")
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--configfile", str(configfile), "-c1"],
-                            cwd=wf.root, env=wf.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--configfile", str(configfile), "-c1"],
+        cwd=wf.root,
+        env=wf.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     log = wf.root / "results/cells/synth/mlp/none/random_labels/s0/train.log"
     deadline = time.monotonic() + 120
     while not (log.exists() and re.search(r"epoch\s+2 step", log.read_text())):

@@ -6,29 +6,33 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, Workflow, flip_byte_in_chunk, tiny_config
+
+from conftest import Workflow, flip_byte_in_chunk, tiny_config
 
 pytestmark = pytest.mark.workflow
 
 EXPERIMENTS = {
     "fig2b": {"dataset": "synth", "grid": [{"architectures": ["mlp", "alexnet"], "noises": ["true_labels"]}]},
-    "table4": {"dataset": "synth", "grid": [
-        {"architectures": ["mlp"], "noises": ["random_labels"]},
-        {"architectures": ["mlp"], "regularizers": ["wd"], "noises": ["random_labels"]},
-    ]},
+    "table4": {
+        "dataset": "synth",
+        "grid": [
+            {"architectures": ["mlp"], "noises": ["random_labels"]},
+            {"architectures": ["mlp"], "regularizers": ["wd"], "noises": ["random_labels"]},
+        ],
+    },
 }
 CONFIG = tiny_config(EXPERIMENTS)
 # what follows the aggregation in this config: its figure, its table, the claims check
 REPORTS = {"figure_fig2b": 1, "table_table4": 1, "analysis_claims": 1}
 CELLS = {
-    "synth/mlp/none/true_labels/s0", "synth/alexnet/none/true_labels/s0",
-    "synth/mlp/none/random_labels/s0", "synth/mlp/wd/random_labels/s0",
+    "synth/mlp/none/true_labels/s0",
+    "synth/alexnet/none/true_labels/s0",
+    "synth/mlp/none/random_labels/s0",
+    "synth/mlp/wd/random_labels/s0",
 }
 
 
@@ -53,9 +57,25 @@ def test_a_complete_run_trains_every_cell_once_and_aggregates(finished):
     wf, _, proc = finished
     summary = pd.read_csv(wf.root / "results/metrics/summary.csv")
     assert set(summary["cell"]) == CELLS and len(summary) == 4
-    for column in ("dataset", "arch_name", "arch", "width", "regularizer", "noise", "level", "seed",
-                   "hp_lr", "hp_weight_decay", "hp_batch_size", "final_train_acc", "final_test_acc",
-                   "stop_reason", "n_params", "test_labels", "hp_init"):
+    for column in (
+        "dataset",
+        "arch_name",
+        "arch",
+        "width",
+        "regularizer",
+        "noise",
+        "level",
+        "seed",
+        "hp_lr",
+        "hp_weight_decay",
+        "hp_batch_size",
+        "final_train_acc",
+        "final_test_acc",
+        "stop_reason",
+        "n_params",
+        "test_labels",
+        "hp_init",
+    ):
         assert column in summary, column
     wd = summary.set_index("cell").loc["synth/mlp/wd/random_labels/s0"]
     assert wd["hp_weight_decay"] == 0.0005 and wd["regularizer"] == "wd" and wd["arch"] == "mlp_1x512"
@@ -167,13 +187,6 @@ def test_lint_reports_nothing(copy):
     wf, _ = copy
     proc = wf.run("--lint", check=False)
     assert proc.returncode == 0 and "Lints for" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
-
-
-def test_workflow_files_are_snakefmt_clean():
-    snakefmt = shutil.which("snakefmt", path=os.path.dirname(sys.executable))
-    files = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
-    proc = subprocess.run([snakefmt, "--check", "--diff", *map(str, files)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_a_corrupted_clean_shard_is_named_and_a_plain_rerun_after_deleting_it_repairs_everything(copy):

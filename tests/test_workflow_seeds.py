@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SCHEMA, Workflow, tiny_config
 
 from rethink import config as rconfig
 from rethink import grid
 from rethink.analysis.paper import ARCH_WORDS
+
+from conftest import SCHEMA, Workflow, tiny_config
 
 pytestmark = pytest.mark.workflow
 
@@ -46,11 +47,16 @@ def finished(tmp_path_factory):
 def test_two_seeds_give_a_band_and_mean_sd_with_their_count(finished):
     root = finished.root / "results"
     summary = pd.read_csv(root / "metrics/summary.csv")
-    assert sorted(zip(summary["arch_name"], summary["seed"])) == [("alexnet", 0)] * 2 + [("mlp", 0)] * 2 + [("mlp", 1)] * 2
+    assert (
+        sorted(zip(summary["arch_name"], summary["seed"])) == [("alexnet", 0)] * 2 + [("mlp", 0)] * 2 + [("mlp", 1)] * 2
+    )
 
     # Fig. 1c: test error, the mean over seeds with a mean +- 1 sd band (figures.band: sd)
     fig1c = json.loads((root / "figures/fig1c.json").read_text())
-    assert "line: mean over seeds, band: mean +- 1 sd over seeds; n = 2 seeds: mlp; n = 1 seed: AlexNet" in fig1c["caption"]
+    assert (
+        "line: mean over seeds, band: mean +- 1 sd over seeds; n = 2 seeds: mlp; n = 1 seed: AlexNet"
+        in fig1c["caption"]
+    )
     assert fig1c["seeds"] == 2 and "6 of 6 planned cells" in fig1c["caption"]
     for (arch, level), cells in summary.groupby(["arch_name", "level"]):
         error = 1 - cells["final_test_acc"]

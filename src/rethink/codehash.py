@@ -12,12 +12,29 @@ import pathlib
 PACKAGE = pathlib.Path(__file__).resolve().parent
 STAGES = {
     "data": ("data", "fileio.py", "errors.py"),
-    "train": ("train", "models", "data/shards.py", "data/sources.py", "data/randomize.py", "fileio.py", "errors.py",
-              "torchvision_guard.py"),
+    "train": (
+        "train",
+        "models",
+        "data/shards.py",
+        "data/sources.py",
+        "data/randomize.py",
+        "fileio.py",
+        "errors.py",
+        "torchvision_guard.py",
+    ),
     "analysis": ("analysis/__init__.py", "analysis/aggregate.py", "fileio.py", "errors.py"),
     # figures, tables and claims (Figure 3 draws a model, so the models count too)
-    "report": ("analysis/figures.py", "analysis/tables.py", "analysis/claims.py", "analysis/metrics.py",
-               "analysis/paper.py", "data/randomize.py", "models", "fileio.py", "errors.py"),
+    "report": (
+        "analysis/figures.py",
+        "analysis/tables.py",
+        "analysis/claims.py",
+        "analysis/metrics.py",
+        "analysis/paper.py",
+        "data/randomize.py",
+        "models",
+        "fileio.py",
+        "errors.py",
+    ),
 }
 
 

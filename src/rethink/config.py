@@ -15,7 +15,6 @@ import yaml
 from rethink import grid
 from rethink.errors import ConfigError
 
-
 # The workflow's own rule names: `all`, and a stage prefix for every other rule (a workflow test
 # checks each rule against these). An experiment is a target rule too (`snakemake fig1c`), so it
 # may not take one of these names.

@@ -41,8 +41,9 @@ class Cell:
 
     @property
     def wildcards(self):
-        return dict(dataset=self.dataset, arch=self.arch, regularizer=self.regularizer,
-                    noise=self.noise.name, seed=self.seed)
+        return dict(
+            dataset=self.dataset, arch=self.arch, regularizer=self.regularizer, noise=self.noise.name, seed=self.seed
+        )
 
 
 def entry_noises(entry, where="grid entry"):
@@ -181,8 +182,10 @@ def main(argv=None):
         cols = [sorted({getattr(c, f) for c in members}) for f in ("arch", "regularizer")]
         noises = list(dict.fromkeys(c.noise.name for c in members))
         seeds = sorted({c.seed for c in members})
-        print(f"| {name} | {len(ids)} | {', '.join(cols[0])} | {', '.join(cols[1])} | "
-              f"{', '.join(noises)} | {', '.join(map(str, seeds))} |")
+        print(
+            f"| {name} | {len(ids)} | {', '.join(cols[0])} | {', '.join(cols[1])} | "
+            f"{', '.join(noises)} | {', '.join(map(str, seeds))} |"
+        )
     disabled = [n for n, e in config["experiments"].items() if not e["enabled"]]
     if disabled:
         print(f"\ndisabled: {', '.join(disabled)}")

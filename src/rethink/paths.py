@@ -24,7 +24,11 @@ CELL_SUMMARY = CELL_DIR + "/summary.json"
 # declared log is the pack job's stderr for that attempt (where a failure's one-line cause goes).
 TRAIN_JOB_LOG = RESULTS + "/logs/train/{pack}.log"
 CHECKPOINT = RESULTS + "/checkpoints/" + CELL_ID + "/{key}.pt"
-METRICS = {f"{table}_{ext}": f"{RESULTS}/metrics/{table}.{ext}" for table in ("summary", "curves") for ext in ("csv", "parquet")}
+METRICS = {
+    f"{table}_{ext}": f"{RESULTS}/metrics/{table}.{ext}"
+    for table in ("summary", "curves")
+    for ext in ("csv", "parquet")
+}
 
 
 def shard_id(index):
@@ -61,6 +65,7 @@ EXPERIMENTS_JSON = RESULTS + "/metrics/experiments.json"
 FIGURE = RESULTS + "/figures/{name}.{ext}"
 TABLE = RESULTS + "/tables/{name}.{ext}"
 CLAIMS = RESULTS + "/claims.{ext}"
+
 
 def checkpoint(cell, cell_json, code_digest):
     key = hashlib.sha256(f"{cell_json}|{code_digest}".encode()).hexdigest()[:16]

@@ -13,7 +13,6 @@ import math
 import pathlib
 import sys
 
-
 from rethink.analysis import metrics
 from rethink.data.randomize import IMAGE_NOISES
 from rethink.errors import cli_main
@@ -27,8 +26,13 @@ def _plain(cells):
 
 
 def _check(claim, measured, threshold, passed, detail=""):
-    return {"claim": claim, "measured": measured, "threshold": threshold,
-            "verdict": "not measured" if passed is None else ("pass" if passed else "fail"), "detail": detail}
+    return {
+        "claim": claim,
+        "measured": measured,
+        "threshold": threshold,
+        "verdict": "not measured" if passed is None else ("pass" if passed else "fail"),
+        "detail": detail,
+    }
 
 
 def _none(claim, threshold, why):
@@ -42,7 +46,13 @@ def fits_random_labels(cells, t):
         return _none(claim, f">= {t['fit_accuracy']}", "no random-label cell without regularizers")
     per_arch = rows.groupby("arch_name")["final_train_acc"].min()
     detail = ", ".join(f"{a} {v:.4f}" for a, v in per_arch.items())
-    return _check(claim, round(float(per_arch.min()), 4), f">= {t['fit_accuracy']}", bool(per_arch.min() >= t["fit_accuracy"]), detail)
+    return _check(
+        claim,
+        round(float(per_arch.min()), 4),
+        f">= {t['fit_accuracy']}",
+        bool(per_arch.min() >= t["fit_accuracy"]),
+        detail,
+    )
 
 
 def random_labels_at_chance(cells, t):
@@ -54,7 +64,9 @@ def random_labels_at_chance(cells, t):
     z = (rows["final_test_acc"] - p) / (p * (1 - p) / rows["n_test"]).pow(0.5)
     worst = rows.loc[z.abs().idxmax()]
     detail = f"largest deviation: {worst['cell']} test acc {worst['final_test_acc']:.4f} (z = {z.abs().max():.2f})"
-    return _check(claim, round(float(z.abs().max()), 2), f"|z| <= {t['chance_z']}", bool(z.abs().max() <= t["chance_z"]), detail)
+    return _check(
+        claim, round(float(z.abs().max()), 2), f"|z| <= {t['chance_z']}", bool(z.abs().max() <= t["chance_z"]), detail
+    )
 
 
 def error_grows_with_corruption(cells, t):
@@ -67,7 +79,13 @@ def error_grows_with_corruption(cells, t):
     if not rho:
         return _none(claim, f">= {t['min_rank_correlation']}", "no architecture with 3 or more corruption levels")
     detail = ", ".join(f"{a} {v:.2f}" for a, v in rho.items())
-    return _check(claim, round(min(rho.values()), 3), f">= {t['min_rank_correlation']}", min(rho.values()) >= t["min_rank_correlation"], detail)
+    return _check(
+        claim,
+        round(min(rho.values()), 3),
+        f">= {t['min_rank_correlation']}",
+        min(rho.values()) >= t["min_rank_correlation"],
+        detail,
+    )
 
 
 def overfit_slowdown(cells, t):
@@ -78,8 +96,13 @@ def overfit_slowdown(cells, t):
         return _none(claim, f"<= {t['max_overfit_factor']}", "no architecture with both p = 0 and p = 1 cells")
     detail = ", ".join(f"{a} {'not fitted' if math.isnan(v) else f'{v:.2f}x'}" for a, v in factors.items())
     worst = factors.max() if factors.notna().all() else math.inf
-    return _check(claim, None if math.isinf(worst) else round(float(worst), 2), f"<= {t['max_overfit_factor']}x",
-                  bool(worst <= t["max_overfit_factor"]), detail)
+    return _check(
+        claim,
+        None if math.isinf(worst) else round(float(worst), 2),
+        f"<= {t['max_overfit_factor']}x",
+        bool(worst <= t["max_overfit_factor"]),
+        detail,
+    )
 
 
 def pixels_fitted(cells, t):
@@ -101,24 +124,42 @@ def regularizers_vs_architecture(cells, t):
     by_arch = rows.groupby(["arch_name", "regularizer"])["final_test_acc"].mean().groupby("arch_name")
     reg_effect = (by_arch.max() - by_arch.min())[lambda s: by_arch.size() > 1]
     if len(plain) < 2 or reg_effect.empty:
-        return _none(claim, f"ratio <= {t['max_regularizer_to_architecture_ratio']}", "needs 2+ architectures and regularized cells")
+        return _none(
+            claim,
+            f"ratio <= {t['max_regularizer_to_architecture_ratio']}",
+            "needs 2+ architectures and regularized cells",
+        )
     arch_effect = plain.max() - plain.min()
     ratio = reg_effect.max() / arch_effect if arch_effect > 0 else math.inf
-    detail = (f"largest regularizer effect {100 * reg_effect.max():.1f} points ({reg_effect.idxmax()}); "
-              f"spread across architectures (fitted cells) {100 * arch_effect:.1f} points")
-    return _check(claim, round(float(ratio), 3), f"<= {t['max_regularizer_to_architecture_ratio']}",
-                  bool(ratio <= t["max_regularizer_to_architecture_ratio"]), detail)
+    detail = (
+        f"largest regularizer effect {100 * reg_effect.max():.1f} points ({reg_effect.idxmax()}); "
+        f"spread across architectures (fitted cells) {100 * arch_effect:.1f} points"
+    )
+    return _check(
+        claim,
+        round(float(ratio), 3),
+        f"<= {t['max_regularizer_to_architecture_ratio']}",
+        bool(ratio <= t["max_regularizer_to_architecture_ratio"]),
+        detail,
+    )
 
 
 def batchnorm_effect(cells, t):
     claim = "BatchNorm changes test accuracy by a few points (Inception with vs without)"
     rows = _plain(cells)[lambda d: d["noise"] == "true_labels"].groupby("arch_name")["final_test_acc"].mean()
     if not {"inception", "inception_nobn"} <= set(rows.index):
-        return _none(claim, f"<= {t['batchnorm_max_points']} points", "needs inception and inception_nobn true-label cells")
+        return _none(
+            claim, f"<= {t['batchnorm_max_points']} points", "needs inception and inception_nobn true-label cells"
+        )
     delta = 100 * (rows["inception"] - rows["inception_nobn"])
     detail = f"with BN {100 * rows['inception']:.2f}%, without {100 * rows['inception_nobn']:.2f}%"
-    return _check(claim, round(float(delta), 2), f"|delta| <= {t['batchnorm_max_points']} points",
-                  bool(abs(delta) <= t["batchnorm_max_points"]), detail)
+    return _check(
+        claim,
+        round(float(delta), 2),
+        f"|delta| <= {t['batchnorm_max_points']} points",
+        bool(abs(delta) <= t["batchnorm_max_points"]),
+        detail,
+    )
 
 
 def early_stopping_band(cells, t):
@@ -129,12 +170,25 @@ def early_stopping_band(cells, t):
     gain = 100 * (rows["best_test_acc"] - rows["final_test_acc"])
     worst = rows.loc[gain.idxmax()]
     detail = f"largest: {worst['cell']} ({gain.max():.2f} points)"
-    return _check(claim, round(float(gain.max()), 2), f"<= {t['early_stopping_max_points']} points",
-                  bool(gain.max() <= t["early_stopping_max_points"]), detail)
+    return _check(
+        claim,
+        round(float(gain.max()), 2),
+        f"<= {t['early_stopping_max_points']} points",
+        bool(gain.max() <= t["early_stopping_max_points"]),
+        detail,
+    )
 
 
-CHECKS = (fits_random_labels, random_labels_at_chance, error_grows_with_corruption, overfit_slowdown,
-          pixels_fitted, regularizers_vs_architecture, batchnorm_effect, early_stopping_band)
+CHECKS = (
+    fits_random_labels,
+    random_labels_at_chance,
+    error_grows_with_corruption,
+    overfit_slowdown,
+    pixels_fitted,
+    regularizers_vs_architecture,
+    batchnorm_effect,
+    early_stopping_band,
+)
 
 
 def check_all(cells, thresholds):
@@ -142,8 +196,12 @@ def check_all(cells, thresholds):
 
 
 def to_markdown(results, provenance):
-    lines = [f"Claims of the paper, checked on {provenance['cells']} cells of {provenance['config']}.", "",
-             "| claim | measured | threshold | verdict | detail |", "|---|---:|---|---|---|"]
+    lines = [
+        f"Claims of the paper, checked on {provenance['cells']} cells of {provenance['config']}.",
+        "",
+        "| claim | measured | threshold | verdict | detail |",
+        "|---|---:|---|---|---|",
+    ]
     for r in results:
         measured = "" if r["measured"] is None else r["measured"]
         lines.append(f"| {r['claim']} | {measured} | {r['threshold']} | **{r['verdict']}** | {r['detail']} |")
@@ -162,7 +220,9 @@ def main(argv=None):
     provenance = {"config": config, "cells": int(len(cells))}
     results = check_all(cells, json.loads(args.thresholds))
     out = pathlib.Path(args.out)
-    write_text_atomic(out.with_suffix(".json"), json.dumps(dict(provenance, claims=results), indent=2, default=float) + "\n")
+    write_text_atomic(
+        out.with_suffix(".json"), json.dumps(dict(provenance, claims=results), indent=2, default=float) + "\n"
+    )
     write_text_atomic(out.with_suffix(".md"), to_markdown(results, provenance))
     print(to_markdown(results, provenance))
     return 0

@@ -18,8 +18,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; cluster nodes have no display
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.transforms import ScaledTranslation  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.transforms import ScaledTranslation  # noqa: E402
 
 from rethink.analysis import metrics, paper  # noqa: E402
 from rethink.errors import RethinkError, cli_main  # noqa: E402
@@ -69,8 +69,9 @@ def seeds_note(frame, line, band, spread="band"):
     by_n = {}
     for name, n in counts.items():
         by_n.setdefault(int(n), []).append(str(name))
-    text = "; ".join(f"n = {n} seed{'s' if n > 1 else ''}: {', '.join(names)}"
-                     for n, names in sorted(by_n.items(), reverse=True))
+    text = "; ".join(
+        f"n = {n} seed{'s' if n > 1 else ''}: {', '.join(names)}" for n, names in sorted(by_n.items(), reverse=True)
+    )
     return (f"line: mean over seeds, {spread}: {metrics.BANDS[band]}; " if counts.max() > 1 else "") + text
 
 
@@ -91,8 +92,11 @@ def fig1a(cells, curves, band):
     top = 1.5 * curves.loc[curves["step"] == 0, "train_loss"].max()
     ax.set(xlabel="thousand steps", ylabel="average loss", title="(a) learning curves", ylim=(0, top))
     clipped = sum(r["mean"] > top for r in series)
-    what = ("Average training loss (online: training mode, mean over each epoch's minibatches)" if online else
-            "Training loss of the whole training set in eval mode (these results predate the online record)")
+    what = (
+        "Average training loss (online: training mode, mean over each epoch's minibatches)"
+        if online
+        else "Training loss of the whole training set in eval mode (these results predate the online record)"
+    )
     note = f"; {clipped} point(s) above {top:.2f} are cut off" if clipped else ""
     caption = f"{what} vs thousand steps, one line per randomization; {seeds_note(data, 'condition', band)}{note}"
     return fig, caption, series
@@ -106,11 +110,17 @@ def fig1b(cells, curves, band):
     missing = data[data["relative_time"].isna()]
     for _, row in missing.iterrows():  # not fitted: a cross on the axis, never silently dropped
         ax.plot(row["level"], 0, marker="x", color="0.3", ms=8, ls="none")
-    ax.set(xlabel="label corruption", ylabel="time to overfit (relative to true labels)",
-           title="(b) convergence slowdown", xlim=(-0.05, 1.05))
+    ax.set(
+        xlabel="label corruption",
+        ylabel="time to overfit (relative to true labels)",
+        title="(b) convergence slowdown",
+        xlim=(-0.05, 1.05),
+    )
     note = f"; x on the axis: {len(missing)} cell(s) that never fitted" if len(missing) else ""
-    caption = ("Steps until training accuracy first reaches the threshold, relative to p = 0 of the same seed; "
-               f"{seeds_note(data, 'model', band)}{note}")
+    caption = (
+        "Steps until training accuracy first reaches the threshold, relative to p = 0 of the same seed; "
+        f"{seeds_note(data, 'model', band)}{note}"
+    )
     return fig, caption, series
 
 
@@ -120,11 +130,17 @@ def fig1c(cells, curves, band):
     series = _seed_lines(ax, data, "model", order, "level", "test_error", band, marker="o")
     classes = int(cells["num_classes"].iloc[0])
     ax.axhline(1 - 1 / classes, color="0.5", ls="--", lw=1, label="chance")
-    ax.set(xlabel="label corruption", ylabel="test error", title="(c) generalization error growth",
-           xlim=(-0.05, 1.05), ylim=(0, 1))
+    ax.set(
+        xlabel="label corruption",
+        ylabel="test error",
+        title="(c) generalization error growth",
+        xlim=(-0.05, 1.05),
+        ylim=(0, 1),
+    )
     ax.legend()
-    caption = ("Test error (clean test set) at the end of training vs label corruption; "
-               f"{seeds_note(data, 'model', band)}")
+    caption = (
+        f"Test error (clean test set) at the end of training vs label corruption; {seeds_note(data, 'model', band)}"
+    )
     return fig, caption, series
 
 
@@ -144,8 +160,15 @@ def _band_plot(curves, condition_column, title, band):
             low, high = metrics.band(stats, band)
             ax.plot(stats["thousand_steps"], stats["mean"], color=color, ls=ls, label=f"{condition} ({split})")
             if (stats["n"] > 1).any():
-                ax.errorbar(stats["thousand_steps"], stats["mean"], yerr=[stats["mean"] - low, high - stats["mean"]],
-                            color=color, ls="none", elinewidth=0.8, capsize=1.5)
+                ax.errorbar(
+                    stats["thousand_steps"],
+                    stats["mean"],
+                    yerr=[stats["mean"] - low, high - stats["mean"]],
+                    color=color,
+                    ls="none",
+                    elinewidth=0.8,
+                    capsize=1.5,
+                )
             if split == "test":
                 best = stats["mean"].cummax()
                 ax.fill_between(stats["thousand_steps"], stats["mean"], best, color=color, alpha=0.25, lw=0)
@@ -156,7 +179,9 @@ def _band_plot(curves, condition_column, title, band):
 
 
 def regularizer_words(row):
-    switches = [w for w, on in (("aug", row["crop"] or row["aug"]), ("wd", row["wd"]), ("dropout", row["dropout"])) if on]
+    switches = [
+        w for w, on in (("aug", row["crop"] or row["aug"]), ("wd", row["wd"]), ("dropout", row["dropout"])) if on
+    ]
     if not switches:
         return "no regularizer"
     return "w/ " + ", ".join(switches) if "aug" in switches else "w/o aug, " + ", ".join(switches)
@@ -169,8 +194,10 @@ def fig2a(cells, curves, band):
     stand_in = paper.stand_in(cells, "fig2a")
     models = ", ".join(_models(cells)[1])
     fig, series = _band_plot(data, "condition", f"(a) {models}" + (" (stand-in)" if stand_in else ""), band)
-    caption = ("Train (dashed) and test accuracy; shaded: the gain early stopping could give (test up to its running "
-               f"maximum); {seeds_note(data, 'condition', band, 'error bars')}")
+    caption = (
+        "Train (dashed) and test accuracy; shaded: the gain early stopping could give (test up to its running "
+        f"maximum); {seeds_note(data, 'condition', band, 'error bars')}"
+    )
     return fig, caption + (f". {stand_in}" if stand_in else ""), series
 
 
@@ -178,8 +205,10 @@ def fig2b(cells, curves, band):
     named, _ = _models(cells)
     data = curves.assign(condition=curves["cell"].map(dict(zip(named["cell"], named["model"]))))
     fig, series = _band_plot(data, "condition", "(b) BatchNorm", band)
-    caption = ("Inception with and without BatchNorm, no explicit regularizer; shaded: early-stopping gain; "
-               f"{seeds_note(data, 'condition', band, 'error bars')}")
+    caption = (
+        "Inception with and without BatchNorm, no explicit regularizer; shaded: early-stopping gain; "
+        f"{seeds_note(data, 'condition', band, 'error bars')}"
+    )
     return fig, caption, series
 
 
@@ -198,8 +227,10 @@ def inception_layers(input_shape=(3, 28, 28), width=1.0):
 
     model = build_model("inception", input_shape, 10, width)
     shapes = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, k=k: shapes.__setitem__(k, tuple(o.shape[1:])))
-             for k, m in enumerate(model)]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, k=k: shapes.__setitem__(k, tuple(o.shape[1:])))
+        for k, m in enumerate(model)
+    ]
     with torch.no_grad():
         model.eval()(torch.zeros(1, *input_shape))
     for hook in hooks:
@@ -229,17 +260,24 @@ def fig3():
         y = len(layers) - i
         ax.add_patch(plt.Rectangle((0.05, y - 0.35), 0.5, 0.7, fc="#dce9f5", ec="0.2"))
         ax.text(0.3, y, text, ha="center", va="center", fontsize=9)
-        ax.text(0.6, y, "x".join(map(str, shape[::-1] if len(shape) == 3 else shape)), va="center", fontsize=8, color="0.3")
+        ax.text(
+            0.6, y, "x".join(map(str, shape[::-1] if len(shape) == 3 else shape)), va="center", fontsize=8, color="0.3"
+        )
         if i:
             ax.annotate("", (0.3, y + 0.35), (0.3, y + 0.65), arrowprops={"arrowstyle": "<-", "color": "0.3"})
-    definitions = ("Conv(k, C, s): k x k conv, C filters, stride s, same padding -> BatchNorm (no scale/shift) -> ReLU\n"
-                   "Inception(C1, C3) = concat[Conv(1, C1, 1), Conv(3, C3, 1)]\n"
-                   "Downsample(C3) = concat[Conv(3, C3, 2), max-pool 3x3 stride 2]")
+    definitions = (
+        "Conv(k, C, s): k x k conv, C filters, stride s, same padding -> BatchNorm (no scale/shift) -> ReLU\n"
+        "Inception(C1, C3) = concat[Conv(1, C1, 1), Conv(3, C3, 1)]\n"
+        "Downsample(C3) = concat[Conv(3, C3, 2), max-pool 3x3 stride 2]"
+    )
     ax.text(0.05, 0.2, definitions, fontsize=7.5, va="top", family="monospace")
     ax.set(xlim=(0, 1.25), ylim=(-0.8, len(layers) + 0.7))
     ax.axis("off")
     ax.set_title("Small Inception (28x28x3 input), generated from rethink.models")
-    return fig, "The small Inception of the paper's Figure 3, drawn from the model definition (output H x W x C per block)"
+    return (
+        fig,
+        "The small Inception of the paper's Figure 3, drawn from the model definition (output H x W x C per block)",
+    )
 
 
 # ----------------------------------------------------------------------------- output
@@ -250,10 +288,19 @@ def save(fig, out_prefix, caption, provenance, series=()):
     band are, how many seeds) under the plot too, so the picture never travels without it."""
     out_prefix = pathlib.Path(out_prefix)
     if provenance:
-        caption += (f". {provenance['cells']} of {provenance['cells_planned']} planned cells, "
-                    f"{provenance['seeds']} seed(s), config {provenance['config']}")
-        fig.text(0, 0, textwrap.fill(caption, 95), fontsize=6.5, va="top", color="0.25",
-                 transform=fig.transFigure + ScaledTranslation(0, -0.08, fig.dpi_scale_trans))
+        caption += (
+            f". {provenance['cells']} of {provenance['cells_planned']} planned cells, "
+            f"{provenance['seeds']} seed(s), config {provenance['config']}"
+        )
+        fig.text(
+            0,
+            0,
+            textwrap.fill(caption, 95),
+            fontsize=6.5,
+            va="top",
+            color="0.25",
+            transform=fig.transFigure + ScaledTranslation(0, -0.08, fig.dpi_scale_trans),
+        )
     for ext in ("pdf", "png"):
         with atomic_path(out_prefix.with_suffix(f".{ext}")) as tmp:
             fig.savefig(tmp, format=ext)
@@ -272,8 +319,12 @@ def main(argv=None):
     parser.add_argument("figure", choices=[*sorted(FIGURES), "fig3"])
     parser.add_argument("--metrics", help="results/metrics (not needed for fig3)")
     parser.add_argument("--experiment", help="experiment whose cells to plot (default: the figure's name)")
-    parser.add_argument("--band", choices=sorted(metrics.BANDS), default="minmax",
-                        help="spread over seeds around each mean line (config key figures.band)")
+    parser.add_argument(
+        "--band",
+        choices=sorted(metrics.BANDS),
+        default="minmax",
+        help="spread over seeds around each mean line (config key figures.band)",
+    )
     parser.add_argument("--out", required=True, help="output prefix; .pdf .png .json are written")
     args = parser.parse_args(argv)
     _style()

@@ -28,9 +28,11 @@ def stand_in(cells, name):
     ours = cells[["arch", "arch_name", "dataset", "num_classes"]].drop_duplicates()
     if (ours["arch"].eq(setting["arch"]) & ours["num_classes"].eq(setting["num_classes"])).all():
         return None
-    words = ", ".join(f"{ARCH_WORDS.get(r.arch, r.arch_name)} on {r.dataset} ({r.num_classes} classes)"
-                      for r in ours.itertuples())
+    words = ", ".join(
+        f"{ARCH_WORDS.get(r.arch, r.arch_name)} on {r.dataset} ({r.num_classes} classes)" for r in ours.itertuples()
+    )
     return f"Stand-in: {words} for the paper's {setting['words']}"
+
 
 # Table 1: (architecture, random crop, weight decay, noise) -> (train %, test %)
 TABLE1 = {

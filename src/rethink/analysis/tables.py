@@ -25,8 +25,12 @@ from rethink.fileio import write_text_atomic
 
 NOISE_WORDS = {"true_labels": "true labels", "random_labels": "random labels"}
 # what a row measures: column name -> the summary column it is the seed mean (and sd) of
-MEASURED = {"train": "final_train_acc", "test": "final_test_acc", "best test": "best_test_acc",
-            "online train": "train_avg_acc_global"}
+MEASURED = {
+    "train": "final_train_acc",
+    "test": "final_test_acc",
+    "best test": "best_test_acc",
+    "online train": "train_avg_acc_global",
+}
 
 
 def _pct(x):
@@ -115,10 +119,12 @@ def table2(cells):
     if setting is None:
         return frame, ""
     absolute = [c for c in frame if c.endswith("(paper)") and not c.startswith(("regularizer", "early"))]
-    note = (f" {setting}: absolute accuracies do not compare across datasets and class "
-            "counts, so the paper's are left out; compared are each regularizer's effect on top-1 test accuracy "
-            "(points, vs the same labels without regularizers) and the early-stopping gain (best minus final "
-            "top-1 test accuracy, points).")
+    note = (
+        f" {setting}: absolute accuracies do not compare across datasets and class "
+        "counts, so the paper's are left out; compared are each regularizer's effect on top-1 test accuracy "
+        "(points, vs the same labels without regularizers) and the early-stopping gain (best minus final "
+        "top-1 test accuracy, points)."
+    )
     return frame.drop(columns=absolute + ["train diff", "test diff"]), note
 
 
@@ -143,9 +149,11 @@ def table4(cells):
             "online diff": _diff(_get(mine, "online train"), theirs), "fitted": _fitted(mine),
             "n": mine["n"] if mine else 0,
         })  # fmt: skip
-    note = (" train: accuracy on the whole training set in eval mode at the end (what `fitted` checks); online "
-            "train: the global average of online minibatch accuracy, the quantity the paper's Table 4 reports, "
-            "and the one `online diff` sets against the paper's.")
+    note = (
+        " train: accuracy on the whole training set in eval mode at the end (what `fitted` checks); online "
+        "train: the global average of online minibatch accuracy, the quantity the paper's Table 4 reports, "
+        "and the one `online diff` sets against the paper's."
+    )
     return pd.DataFrame(rows), note
 
 
@@ -172,8 +180,15 @@ def table3(kernel):
     rows = []
     for key in dict.fromkeys([*ours, *paper.TABLE3]):
         mine, theirs = ours.get(key), paper.TABLE3.get(key)
-        rows.append({"dataset": key[0], "features": key[1], "test error (ours)": mine,
-                     "test error (paper)": theirs, "diff": _diff(mine, theirs)})
+        rows.append(
+            {
+                "dataset": key[0],
+                "features": key[1],
+                "test error (ours)": mine,
+                "test error (paper)": theirs,
+                "diff": _diff(mine, theirs),
+            }
+        )
     return pd.DataFrame(rows), ""
 
 
@@ -220,9 +235,11 @@ def _text(value):
 
 def write_table(name, frame, note, provenance, out_prefix):
     out_prefix = pathlib.Path(out_prefix)
-    caption = (f"{name}: ours vs the paper (%), from {provenance['cells']} cells of {provenance['config']}, "
-               f"{provenance['seeds']} seed(s); ours: mean ± sample sd over the row's n seeds (sd from n = 2 on); "
-               f"'NOT FITTED' rows did not reach the fitting threshold.{note}")
+    caption = (
+        f"{name}: ours vs the paper (%), from {provenance['cells']} cells of {provenance['config']}, "
+        f"{provenance['seeds']} seed(s); ours: mean ± sample sd over the row's n seeds (sd from n = 2 on); "
+        f"'NOT FITTED' rows did not reach the fitting threshold.{note}"
+    )
     write_text_atomic(out_prefix.with_suffix(".csv"), frame.to_csv(index=False))
     write_text_atomic(out_prefix.with_suffix(".md"), to_markdown(frame, caption))
     write_text_atomic(out_prefix.with_suffix(".tex"), to_latex(frame, caption))
@@ -239,8 +256,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.table == "table3":
         kernel = pd.read_csv(pathlib.Path(args.metrics) / "kernel.csv")
-        provenance = {"experiment": "table3", "config": metrics.membership(args.metrics)["config"],
-                      "cells": len(kernel), "cells_planned": len(kernel), "seeds": 1}
+        provenance = {
+            "experiment": "table3",
+            "config": metrics.membership(args.metrics)["config"],
+            "cells": len(kernel),
+            "cells_planned": len(kernel),
+            "seeds": 1,
+        }
         write_table("table3", *table3(kernel), provenance, args.out)
         return 0
     cells, provenance = metrics.experiment_cells(args.metrics, args.experiment or args.table)

@@ -16,9 +16,9 @@ import json
 import pathlib
 import time
 
+from rethink import fileio
 from rethink.data import randomize, shards, sources
 from rethink.errors import RethinkError, cli_main
-from rethink import fileio
 from rethink.fileio import write_text_atomic
 
 
@@ -43,14 +43,25 @@ def make_clean(dataset, shards_cfg, split, shard, out):
     images, labels, provenance = sources.load_split(dataset, split)
     attrs = dict(
         provenance,
-        dataset=dataset["name"], source=dataset["source"], split=split, noise="clean",
-        level=0.0, seed=-1, shard_index=shard, n_shards=count, offset=start,
+        dataset=dataset["name"],
+        source=dataset["source"],
+        split=split,
+        noise="clean",
+        level=0.0,
+        seed=-1,
+        shard_index=shard,
+        n_shards=count,
+        offset=start,
         num_classes=sources.num_classes(dataset),
-        split_samples=len(labels), dataset_spec=fileio.canonical_json(dataset),
+        split_samples=len(labels),
+        dataset_spec=fileio.canonical_json(dataset),
     )
     return shards.write_shard(
-        out, {"images": images[start:stop], "labels": labels[start:stop]}, attrs,
-        compression=shards_cfg["compression"], chunk_samples=shards_cfg["chunk_samples"],
+        out,
+        {"images": images[start:stop], "labels": labels[start:stop]},
+        attrs,
+        compression=shards_cfg["compression"],
+        chunk_samples=shards_cfg["chunk_samples"],
     )
 
 
@@ -69,22 +80,26 @@ def make_randomized(dataset, shards_cfg, noise_name, seed, split, shard, clean, 
     noise = randomize.parse_noise(noise_name)
     # Label noises only need the clean labels: the images are linked, never read here.
     arrays, clean_attrs = shards.read_shard(clean, None if noise.changes_images else ["labels"])
-    if (clean_attrs["dataset"], clean_attrs["split"], clean_attrs["shard_index"]) != (
-        dataset["name"], split, shard
-    ):
+    if (clean_attrs["dataset"], clean_attrs["split"], clean_attrs["shard_index"]) != (dataset["name"], split, shard):
         raise RethinkError(f"{clean} is not shard {shard} of {dataset['name']} {split}")
     channel_stats = json.loads(pathlib.Path(stats).read_text()) if stats else None
     new = randomize.randomize_shard(
-        noise, seed, split, shard, arrays.get("images"), arrays["labels"],
-        sources.num_classes(dataset), channel_stats, options,
+        noise,
+        seed,
+        split,
+        shard,
+        arrays.get("images"),
+        arrays["labels"],
+        sources.num_classes(dataset),
+        channel_stats,
+        options,
     )
     # Whatever the randomization did not rewrite is linked to the clean shard, not copied.
     links = {"true_labels": (clean, "labels")}
     links.update({name: (clean, name) for name in ("images", "labels") if name not in new})
     attrs = {
         key: clean_attrs[key]
-        for key in ("dataset", "source", "split", "shard_index", "n_shards", "offset", "split_samples",
-                    "num_classes")
+        for key in ("dataset", "source", "split", "shard_index", "n_shards", "offset", "split_samples", "num_classes")
     }
     # provenance: the options that shape this noise (test_labels for label noises)
     options = randomize.noise_options(noise, options)
@@ -93,14 +108,19 @@ def make_randomized(dataset, shards_cfg, noise_name, seed, split, shard, clean, 
         mean, std = randomize.gaussian_moments(channel_stats, options["gaussian_stats"])
         attrs["gaussian_mean"], attrs["gaussian_std"] = json.dumps(mean.tolist()), json.dumps(std.tolist())
     return shards.write_shard(
-        out, new, attrs, links=links,
-        compression=shards_cfg["compression"], chunk_samples=shards_cfg["chunk_samples"],
+        out,
+        new,
+        attrs,
+        links=links,
+        compression=shards_cfg["compression"],
+        chunk_samples=shards_cfg["chunk_samples"],
     )
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="python -m rethink.data.prepare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m rethink.data.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("clean", "stats", "randomize"):
         sub = commands.add_parser(name)
@@ -129,8 +149,18 @@ def main(argv=None):
     elif args.command == "stats":
         digest = make_stats(args.shards, args.out)["shard_sha256"][0]
     else:
-        digest = make_randomized(dataset, shards_cfg, args.noise, args.seed, args.split,
-                                 args.shard, args.clean, args.stats, args.out, options)
+        digest = make_randomized(
+            dataset,
+            shards_cfg,
+            args.noise,
+            args.seed,
+            args.split,
+            args.shard,
+            args.clean,
+            args.stats,
+            args.out,
+            options,
+        )
     print(f"{args.command}: wrote {args.out} ({digest[:12]}) in {time.time() - started:.2f} s")
 
 

@@ -73,18 +73,20 @@ def write_shard(path, arrays, attrs, links=None, compression="lzf", chunk_sample
     """
     path = pathlib.Path(path)
     links = links or {}
-    attrs = dict(attrs, package_version=__version__, numpy_version=np.__version__,
-                 h5py_version=h5py.__version__, hdf5_version=h5py.version.hdf5_version)
+    attrs = dict(
+        attrs,
+        package_version=__version__,
+        numpy_version=np.__version__,
+        h5py_version=h5py.__version__,
+        hdf5_version=h5py.version.hdf5_version,
+    )
     targets = {}
     if links:
         linked_sums = {stored_checksum(target) for target, _ in links.values()}
         if len(linked_sums) != 1:
             raise ShardError(f"{path}: links must point at one clean shard, got {links}")
         attrs["linked_sha256"] = linked_sums.pop()
-        targets = {
-            name: (os.path.relpath(target, path.parent), dataset)
-            for name, (target, dataset) in links.items()
-        }
+        targets = {name: (os.path.relpath(target, path.parent), dataset) for name, (target, dataset) in links.items()}
     attrs["dataset_sha256"] = json.dumps({name: _array_sha256(a) for name, a in sorted(arrays.items())})
     attrs["content_sha256"] = _content_checksum(targets, attrs)
 
@@ -93,7 +95,9 @@ def write_shard(path, arrays, attrs, links=None, compression="lzf", chunk_sample
             array = np.ascontiguousarray(array)
             chunks = (max(1, min(chunk_samples, len(array))),) + array.shape[1:]
             f.create_dataset(
-                name, data=array, chunks=chunks,
+                name,
+                data=array,
+                chunks=chunks,
                 compression=None if compression == "none" else compression,
             )
         for name, (target, dataset) in targets.items():

@@ -208,8 +208,7 @@ def _check_loaded(spec, split, images, labels, files):
     where = f"dataset {spec['name']!r} {split} split ({files[0].parent})"
     if images.shape[1:] != expected_shape or len(images) != len(labels):
         raise RethinkError(
-            f"{where}: images {images.shape} / labels {labels.shape} do not match the "
-            f"expected N x {expected_shape}"
+            f"{where}: images {images.shape} / labels {labels.shape} do not match the expected N x {expected_shape}"
         )
     if len(labels) == 0 or labels.min() < 0 or labels.max() >= NUM_CLASSES:
         raise RethinkError(f"{where}: no samples, or labels outside 0..{NUM_CLASSES - 1}")
@@ -231,7 +230,9 @@ def _read_raw(path):
         with opener(path, "rb") as fh:
             return fh.read()
     except (OSError, EOFError, zlib.error) as err:
-        raise RethinkError(f"{path}: cannot read ({err}); the file looks truncated or corrupt (download again)") from None
+        raise RethinkError(
+            f"{path}: cannot read ({err}); the file looks truncated or corrupt (download again)"
+        ) from None
 
 
 def _read_verified(spec, path):
@@ -351,10 +352,7 @@ def subset_indices(labels, subset, split):
     take = np.floor(exact).astype(int)
     remainder_order = np.argsort(-(exact - take), kind="stable")
     take[remainder_order[: n - take.sum()]] += 1
-    chosen = [
-        rng.choice(np.flatnonzero(labels == k), size=t, replace=False)
-        for k, t in zip(classes, take)
-    ]
+    chosen = [rng.choice(np.flatnonzero(labels == k), size=t, replace=False) for k, t in zip(classes, take)]
     return np.sort(np.concatenate(chosen))
 
 

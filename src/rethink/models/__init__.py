@@ -73,9 +73,7 @@ def build_model(name, input_shape, num_classes, width=1.0, dropout=0.0, init="te
         raise RethinkError(f"unknown model {name!r}; known models: {', '.join(ARCHITECTURES)}")
     shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
     if shape is None or len(shape) != 3 or not all(_is_int(v) and v >= 1 for v in shape):
-        raise RethinkError(
-            f"model {name}: input_shape={input_shape!r} must be three positive ints (C, H, W)"
-        )
+        raise RethinkError(f"model {name}: input_shape={input_shape!r} must be three positive ints (C, H, W)")
     if not _is_int(num_classes) or num_classes < 1:
         raise RethinkError(f"model {name}: num_classes={num_classes!r} must be a positive int")
     if not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:

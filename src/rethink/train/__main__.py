@@ -28,8 +28,12 @@ def parser():
     p.add_argument("--out-dir", help="gets history.csv, summary.json, train.log")
     p.add_argument("--checkpoint", help="checkpoint (outside --out-dir); resumed if it exists")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="overrides hparams.device")
-    p.add_argument("--compile", default="off", choices=("off", "default", "reduce-overhead"),
-                   help="torch.compile the training step (reduce-overhead: CUDA graphs); default off")
+    p.add_argument(
+        "--compile",
+        default="off",
+        choices=("off", "default", "reduce-overhead"),
+        help="torch.compile the training step (reduce-overhead: CUDA graphs); default off",
+    )
     return p
 
 
@@ -46,8 +50,15 @@ def pack_jobs(text, job_class):
         missing = [k for k in PACK_KEYS if not isinstance(entry, dict) or k not in entry]
         if missing:
             raise RethinkError(f"--pack[{i}]: {missing[0]} is missing; each entry needs {', '.join(PACK_KEYS)}")
-        jobs.append(job_class(entry["cell"], entry["train"], entry["test"], pathlib.Path(entry["out_dir"]),
-                              pathlib.Path(entry["checkpoint"])))
+        jobs.append(
+            job_class(
+                entry["cell"],
+                entry["train"],
+                entry["test"],
+                pathlib.Path(entry["out_dir"]),
+                pathlib.Path(entry["checkpoint"]),
+            )
+        )
     return jobs
 
 
@@ -68,8 +79,15 @@ def main(argv=None):
             job.out_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(job.out_dir / "cell.json", canonical_json(job.cell) + "\n")
     else:
-        jobs = [loop.Job(cell.load(args.cell), args.train_shards, args.test_shards,
-                         pathlib.Path(args.out_dir), pathlib.Path(args.checkpoint))]
+        jobs = [
+            loop.Job(
+                cell.load(args.cell),
+                args.train_shards,
+                args.test_shards,
+                pathlib.Path(args.out_dir),
+                pathlib.Path(args.checkpoint),
+            )
+        ]
     try:
         loop.train(jobs, args.device, compile_mode=args.compile)
     except checkpoint.Interrupted as stop:

@@ -15,6 +15,7 @@ from rethink.models import ARCHITECTURES, INITS
 def _number(test, allowed):
     def check(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and test(v)
+
     return check, allowed
 
 
@@ -52,12 +53,14 @@ TOP = {
     "hparams": ((lambda v: isinstance(v, dict)), "an object with keys " + ", ".join(HPARAMS)),
 }
 # summary.json's own fields; an extra cell key with one of these names would be overwritten
-RESULT_KEYS = frozenset("""
+RESULT_KEYS = frozenset(
+    """
     final_train_loss final_train_acc final_test_loss final_test_acc best_test_acc best_test_step
     best_test_epoch steps_to_fit epochs_to_fit converged stop_reason steps epochs n_params
     param_norm num_classes n_train n_test input_shape device device_name torch_version
     python_version wall_s inputs_sha256
-""".split())
+""".split()
+)
 
 
 def _check(where, spec, obj):

@@ -35,8 +35,18 @@ from rethink.models import build_model, count_parameters
 from rethink.train import cell as cells
 from rethink.train import checkpoint, preprocess
 
-HISTORY_COLUMNS = ("step", "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
-                   "train_avg_loss", "train_avg_acc", "elapsed_s")
+HISTORY_COLUMNS = (
+    "step",
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "train_avg_loss",
+    "train_avg_acc",
+    "elapsed_s",
+)
 EVAL_COLUMNS = ("train_loss", "train_acc", "test_loss", "test_acc")  # empty where not evaluated
 # Evaluation batch: bounds memory. On CPU the results do not depend on it; on CUDA, cuDNN picks
 # kernels per shape, so another batch size can move a logit in its last bits. Fixed, so that a
@@ -156,8 +166,13 @@ def setup(cell, input_shape, num_classes, dev, amp_dtype=None):
     if cuda:
         torch.backends.cudnn.benchmark = True  # fixed shapes all run long; the last batch tunes once
     lr = torch.tensor(float(hp["lr"]), device=dev)  # updated in place: a captured step reads it
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=hp["momentum"],
-                          weight_decay=hp["weight_decay"], fused=True if cuda else None)
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=lr,
+        momentum=hp["momentum"],
+        weight_decay=hp["weight_decay"],
+        fused=True if cuda else None,
+    )
 
     def amp():
         return torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
@@ -219,15 +234,20 @@ class Member:
         self.log = Log(pathlib.Path(job.out_dir) / "train.log", echo)
         (self.x_train, self.y_train, self.num_classes), (self.x_test, self.y_test, test_classes) = data
         if test_classes != self.num_classes:
-            raise RethinkError(f"{job.test_paths[0]}: {test_classes} classes, but the training shards "
-                               f"declare {self.num_classes}; the train and test shards come from different datasets")
+            raise RethinkError(
+                f"{job.test_paths[0]}: {test_classes} classes, but the training shards "
+                f"declare {self.num_classes}; the train and test shards come from different datasets"
+            )
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
-            raise RethinkError(f"train images are {tuple(self.x_train.shape[1:])} but test images are "
-                               f"{tuple(self.x_test.shape[1:])}; the train and test shards come from different datasets")
+            raise RethinkError(
+                f"train images are {tuple(self.x_train.shape[1:])} but test images are "
+                f"{tuple(self.x_test.shape[1:])}; the train and test shards come from different datasets"
+            )
         crop = self.hp["crop_size"]
         self.input_shape = (self.x_train.shape[1], crop, crop)
         self.model, self.opt, self.lr, self.dropout_gen, self.amp, self.fmt = setup(
-            self.cell, self.input_shape, self.num_classes, dev)
+            self.cell, self.input_shape, self.num_classes, dev
+        )
         self.step_fn = sgd_step if compile_mode == "off" else torch.compile(sgd_step, mode=compile_mode)
         self.gen = torch.Generator(dev).manual_seed(stream_seed(self.cell["seed"], "data"))  # order, crops, flips
         self.n, self.bs = len(self.y_train), self.hp["batch_size"]
@@ -240,10 +260,12 @@ class Member:
         if state:
             self.log(f"resume from {job.checkpoint} at epoch {self.p.epoch} step {self.p.step}")
         else:
-            self.log(f"start cell={self.cell['cell']} arch={self.cell['arch']} width={self.cell['width']} "
-                     f"seed={self.cell['seed']} device={dev.type} n_train={self.n} n_test={len(self.y_test)} "
-                     f"input={tuple(self.x_train.shape[1:])} classes={self.num_classes} "
-                     f"params={count_parameters(self.model)} steps/epoch={self.steps_per_epoch}")
+            self.log(
+                f"start cell={self.cell['cell']} arch={self.cell['arch']} width={self.cell['width']} "
+                f"seed={self.cell['seed']} device={dev.type} n_train={self.n} n_test={len(self.y_test)} "
+                f"input={tuple(self.x_train.shape[1:])} classes={self.num_classes} "
+                f"params={count_parameters(self.model)} steps/epoch={self.steps_per_epoch}"
+            )
             self.record(online=None)  # epoch 0: the untrained network
         self.reason = self.stop_reason()
 
@@ -280,20 +302,28 @@ class Member:
     def record(self, online):
         """Append the epoch's history row: online numbers always, eval-mode numbers when due."""
         p, hp = self.p, self.hp
-        row = dict(step=p.step, epoch=p.epoch, lr=self.lr_at(max(p.epoch - 1, 0)),  # the lr it trained with
-                   train_avg_loss=online[0] if online else None, train_avg_acc=online[1] if online else None)
+        row = dict(
+            step=p.step,
+            epoch=p.epoch,
+            lr=self.lr_at(max(p.epoch - 1, 0)),  # the lr it trained with
+            train_avg_loss=online[0] if online else None,
+            train_avg_acc=online[1] if online else None,
+        )
         if p.epoch % hp["eval_every_epochs"] == 0 or p.epoch == hp["max_epochs"]:
             crop = hp["crop_size"]
-            row["train_loss"], row["train_acc"] = evaluate(self.model, self.x_train, self.y_train, crop,
-                                                           self.amp, self.fmt)
-            row["test_loss"], row["test_acc"] = evaluate(self.model, self.x_test, self.y_test, crop,
-                                                         self.amp, self.fmt)
+            row["train_loss"], row["train_acc"] = evaluate(
+                self.model, self.x_train, self.y_train, crop, self.amp, self.fmt
+            )
+            row["test_loss"], row["test_acc"] = evaluate(self.model, self.x_test, self.y_test, crop, self.amp, self.fmt)
         else:
             row.update(dict.fromkeys(EVAL_COLUMNS))
         row["elapsed_s"] = time.monotonic() - self.t0
         p.history.append(row)
-        text = " ".join(f"{k.replace('_', ' ')} {row[k]:.4f}" for k in (*EVAL_COLUMNS, "train_avg_loss",
-                                                                        "train_avg_acc") if row[k] is not None)
+        text = " ".join(
+            f"{k.replace('_', ' ')} {row[k]:.4f}"
+            for k in (*EVAL_COLUMNS, "train_avg_loss", "train_avg_acc")
+            if row[k] is not None
+        )
         self.log(f"epoch {p.epoch:4d} step {p.step:7d} lr {row['lr']:.4g} {text} elapsed {row['elapsed_s']:.1f}s")
 
     def stop_reason(self):
@@ -337,23 +367,49 @@ class Member:
         torch.set_rng_state(state["torch_rng"])
         if self.dev.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.dev)
-        self.p = Progress(epoch=state["epoch"], pos=state["pos"], step=state["step"], history=state["history"],
-                          elapsed_s=state["elapsed_s"], online=state["online"].to(self.dev),
-                          plan=state["plan"] and {k: v.to(self.dev) for k, v in state["plan"].items()})
+        self.p = Progress(
+            epoch=state["epoch"],
+            pos=state["pos"],
+            step=state["step"],
+            history=state["history"],
+            elapsed_s=state["elapsed_s"],
+            online=state["online"].to(self.dev),
+            plan=state["plan"] and {k: v.to(self.dev) for k, v in state["plan"].items()},
+        )
         if self.p.pos:  # mid-epoch: the rest of the epoch trains in training mode at its lr
             self.lr.fill_(self.lr_at(self.p.epoch))
             self.model.train()
 
     def finish(self):
         """The finished checkpoint first, then the outputs: a kill in between loses nothing."""
-        summary = _summary(self.cell, self.p, self.reason, self.model, self.key, self.dev, self.num_classes,
-                           self.n, len(self.y_test), self.input_shape)
-        checkpoint.save(self.job.checkpoint, dict(inputs_sha256=self.key, device_type=self.dev.type,
-                                                  finished=True, history=self.p.history, summary=summary))
+        summary = _summary(
+            self.cell,
+            self.p,
+            self.reason,
+            self.model,
+            self.key,
+            self.dev,
+            self.num_classes,
+            self.n,
+            len(self.y_test),
+            self.input_shape,
+        )
+        checkpoint.save(
+            self.job.checkpoint,
+            dict(
+                inputs_sha256=self.key,
+                device_type=self.dev.type,
+                finished=True,
+                history=self.p.history,
+                summary=summary,
+            ),
+        )
         write_outputs(self.job, self.p.history, summary)
-        self.log(f"stop: {self.reason} at epoch {self.p.epoch} step {self.p.step} final train acc "
-                 f"{summary['final_train_acc']:.4f} test acc {summary['final_test_acc']:.4f} "
-                 f"wall {summary['wall_s']:.1f}s")
+        self.log(
+            f"stop: {self.reason} at epoch {self.p.epoch} step {self.p.step} final train acc "
+            f"{summary['final_train_acc']:.4f} test acc {summary['final_test_acc']:.4f} "
+            f"wall {summary['wall_s']:.1f}s"
+        )
         return summary
 
 
@@ -397,7 +453,8 @@ def _train_pack(jobs, keys, states, dev, echo, compile_mode):
         if checkpoint.is_finished(state):  # trained before; its outputs were thrown away since
             write_outputs(job, state["history"], state["summary"])
             Log(pathlib.Path(job.out_dir) / "train.log", echo)(
-                f"finished earlier: history and summary re-emitted from {job.checkpoint}")
+                f"finished earlier: history and summary re-emitted from {job.checkpoint}"
+            )
             summaries[i] = state["summary"]
     cache = SplitCache(dev)
     members = {

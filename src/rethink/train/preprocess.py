@@ -84,8 +84,10 @@ def standardize(x):
 def epoch_plan(n, image_shape, hp, generator, device):
     """An epoch's randomness, drawn up front in a fixed order: the sample order, then (when on)
     each sample's crop offsets, then its flip and angle. Indexed by position in the epoch."""
-    return {"perm": torch.randperm(n, generator=generator, device=device),
-            **sample_draws(n, image_shape, hp, generator, device)}
+    return {
+        "perm": torch.randperm(n, generator=generator, device=device),
+        **sample_draws(n, image_shape, hp, generator, device),
+    }
 
 
 def sample_draws(n, image_shape, hp, generator, device):
