@@ -59,7 +59,7 @@ def test_a_pack_equals_its_cells_trained_alone(tmp_path, data):
         (history_p, summary_p), (history_a, summary_a) = outputs(packed[i]), outputs(alone[0])
         # bit-identical on CPU (tolerance 0): each member has its own generators, dropout included
         assert untimed(history_p) == untimed(history_a) and untimed(summary_p) == untimed(summary_a)
-        assert summary_p["epochs"] == cell["hparams"]["max_epochs"] and summary_p["stop_reason"] == "max_epochs"
+        assert summary_p["epochs"] <= cell["hparams"]["max_epochs"]  # each member stops on its own terms
     # and the members really are different runs
     assert outputs(packed[0])[1]["final_train_loss"] != outputs(packed[1])[1]["final_train_loss"]
 
@@ -103,7 +103,11 @@ def pack_args(tmp_path, data, cells, tag):
     return ["--pack", json.dumps(entries)]
 
 
-CELLS_12 = [make_cell(max_epochs=12, batch_size=8), make_cell(seed=3, max_epochs=12, batch_size=8, dropout=0.2)]
+# 128 steps an epoch, 30 epochs, too small an lr to fit: still training whenever the signal comes
+SLOW_PACK = [
+    make_cell(max_epochs=30, batch_size=1, lr=1e-4),
+    make_cell(seed=3, max_epochs=30, batch_size=1, lr=1e-4, dropout=0.2),
+]
 
 
 def stop_pack(tmp_path, data, cells, sig):
@@ -124,11 +128,11 @@ def stop_pack(tmp_path, data, cells, sig):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
 def test_ctrl_c_and_a_closed_terminal_save_every_member(tmp_path, data, sig):
-    stop_pack(tmp_path, data, CELLS_12, sig)
+    stop_pack(tmp_path, data, SLOW_PACK, sig)
 
 
 def test_sigterm_saves_every_member_and_the_rerun_resumes_them_bit_identically(tmp_path, data):
-    cells = CELLS_12
+    cells = SLOW_PACK
     stop_pack(tmp_path, data, cells, signal.SIGTERM)
     proc = cli(pack_args(tmp_path, data, cells, "resumed"))
     assert proc.wait(timeout=120) == 0
@@ -145,7 +149,8 @@ def test_sigterm_saves_every_member_and_the_rerun_resumes_them_bit_identically(t
 
 def test_an_orphaned_trainer_saves_and_stops(tmp_path, data):
     """SIGKILL of snakemake leaves its trainer orphaned: it must save, not run on unwatched."""
-    args = pack_args(tmp_path, data, [make_cell(max_epochs=400, batch_size=8)], "orphan")
+    # lr 1e-5: it cannot fit 128 random labels (and stop by itself) before the test kills its parent
+    args = pack_args(tmp_path, data, [make_cell(max_epochs=400, batch_size=8, lr=1e-5)], "orphan")
     command = " ".join([sys.executable, "-m", "rethink.train", *(f"'{a}'" for a in args)]) + "; true"
     parent = subprocess.Popen(["bash", "-c", command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = tmp_path / "orphan" / "0" / "train.log"
@@ -154,7 +159,7 @@ def test_an_orphaned_trainer_saves_and_stops(tmp_path, data):
     parent.wait()
     deadline = time.monotonic() + 60
     while "parent process gone: checkpoint saved" not in log.read_text():
-        assert time.monotonic() < deadline, log.read_text()
+        assert time.monotonic() < deadline and "stop:" not in log.read_text(), log.read_text()
         time.sleep(0.05)
     state = torch.load(tmp_path / "ckpt" / "0.pt", weights_only=True)
     assert not checkpoint.is_finished(state) and state["epoch"] < 400

@@ -11,38 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import Workflow, flip_byte_in_chunk, tiny_config
+from conftest import CELLS, CONFIG, REPORTS, Workflow, flip_byte_in_chunk
 
 pytestmark = pytest.mark.workflow
-
-EXPERIMENTS = {
-    "fig2b": {"dataset": "synth", "grid": [{"architectures": ["mlp", "alexnet"], "noises": ["true_labels"]}]},
-    "table4": {
-        "dataset": "synth",
-        "grid": [
-            {"architectures": ["mlp"], "noises": ["random_labels"]},
-            {"architectures": ["mlp"], "regularizers": ["wd"], "noises": ["random_labels"]},
-        ],
-    },
-}
-CONFIG = tiny_config(EXPERIMENTS)
-# what follows the aggregation in this config: its figure, its table, the claims check
-REPORTS = {"figure_fig2b": 1, "table_table4": 1, "analysis_claims": 1}
-CELLS = {
-    "synth/mlp/none/true_labels/s0",
-    "synth/alexnet/none/true_labels/s0",
-    "synth/mlp/none/random_labels/s0",
-    "synth/mlp/wd/random_labels/s0",
-}
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A workflow copy on which `snakemake -c2` ran to completion."""
-    wf = Workflow(tmp_path_factory.mktemp("finished") / "wf")
-    config = wf.write_config(CONFIG)
-    proc = wf.run("--configfile", config, "-c2")
-    return wf, config, proc
 
 
 @pytest.fixture
