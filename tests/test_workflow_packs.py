@@ -15,6 +15,8 @@ import pytest
 from conftest import CELLS, CONFIG, Workflow, pack_rules, tiny_config
 
 pytestmark = pytest.mark.workflow
+AGGREGATE = "results/metrics/summary.csv"
+SLOW_CELL = "results/cells/synth/mlp/none/random_labels/s0"
 METRICS = [
     "cell",
     "final_train_loss",
@@ -37,7 +39,7 @@ def packed(size):
 def pack_run(tmp_path_factory):
     wf = Workflow(tmp_path_factory.mktemp("packs") / "wf")
     configfile = wf.write_config(packed(2))
-    proc = wf.run("--configfile", configfile, "-c2")
+    proc = wf.run(AGGREGATE, "--configfile", configfile, "-c2")  # training and metrics; no reports
     return wf, configfile, proc
 
 
@@ -57,9 +59,9 @@ def test_editing_one_packed_cell_retrains_only_that_cell(pack_run, tmp_path):
     config = packed(2)
     config["experiments"]["table4"]["grid"][0]["overrides"] = {"lr": 0.02}  # synth/mlp/none/random_labels/s0
     configfile = wf.write_config(config)
-    counts, cells = wf.planned_jobs("--configfile", configfile)
-    assert counts["train"] == 1  # the pack reruns as one job ...
-    wf.run("--configfile", configfile, "-c2")
+    counts, cells = wf.planned_jobs(AGGREGATE, "--configfile", configfile)
+    assert counts == {"train": 1, "analysis_aggregate": 1}  # the pack reruns as one job ...
+    wf.run(AGGREGATE, "--configfile", configfile, "-c2")
     for cell in cells:  # ... in which only the edited cell trains; its pack-mates re-emit
         log = (wf.root / "results/cells" / cell / "train.log").read_text()
         edited = cell == "synth/mlp/none/random_labels/s0"
@@ -78,17 +80,19 @@ def slow_config(tmp_path):
     return config
 
 
-def start(wf, configfile, tmp_path):
+def start(wf, configfile):
+    """snakemake training the slow cell (its target only), once its data is built; returns when
+    the cell has trained two epochs."""
     wf.run("--configfile", configfile, "-c1", "data_shards")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "snakemake", "--configfile", str(configfile), "-c1"],
+        [sys.executable, "-m", "snakemake", f"{SLOW_CELL}/summary.json", "--configfile", str(configfile), "-c1"],
         cwd=wf.root,
         env=wf.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    log = wf.root / "results/cells/synth/mlp/none/random_labels/s0/train.log"
+    log = wf.root / SLOW_CELL / "train.log"
     deadline = time.monotonic() + 120
     while not (log.exists() and re.search(r"epoch\s+2 step", log.read_text())):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -99,7 +103,7 @@ def start(wf, configfile, tmp_path):
 def test_sigkill_of_snakemake_saves_the_cell_and_the_rerun_resumes_it(tmp_path):
     wf = Workflow(tmp_path / "wf")
     configfile = wf.write_config(slow_config(tmp_path))
-    proc, log = start(wf, configfile, tmp_path)
+    proc, log = start(wf, configfile)
     proc.kill()  # snakemake dies at once; its trainer is orphaned
     proc.communicate()
     deadline = time.monotonic() + 60
@@ -107,7 +111,7 @@ def test_sigkill_of_snakemake_saves_the_cell_and_the_rerun_resumes_it(tmp_path):
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.1)
     wf.run("--configfile", configfile, "--unlock")
-    wf.run("--configfile", configfile, "-c1")
+    wf.run(f"{SLOW_CELL}/summary.json", "--configfile", configfile, "-c1")
     assert re.search(r"resume from .* at epoch [1-9]\d* step", log.read_text())
     assert log.read_text().count("start cell=") == 1
 
@@ -117,11 +121,11 @@ def test_sigint_to_snakemake_keeps_the_finished_result_for_the_rerun(tmp_path):
     config = slow_config(tmp_path)
     config["training"]["max_epochs"] = 6
     configfile = wf.write_config(config)
-    proc, log = start(wf, configfile, tmp_path)
+    proc, log = start(wf, configfile)
     proc.send_signal(signal.SIGINT)  # snakemake alone: it waits for the job, then drops its outputs
     out, _ = proc.communicate(timeout=300)
     assert "stop: max_epochs" in log.read_text(), out
-    wf.run("--configfile", configfile, "-c1")
+    wf.run(f"{SLOW_CELL}/summary.json", "--configfile", configfile, "-c1")
     text = log.read_text()
     assert text.count("start cell=") == 1 and "re-emitted" in text
-    assert (wf.root / "results/cells/synth/mlp/none/random_labels/s0/summary.json").exists()
+    assert (wf.root / SLOW_CELL / "summary.json").exists()
