@@ -152,6 +152,17 @@ class Workflow:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Trainer tests run alongside others on 2 cores: one thread avoids OpenMP spin contention."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def workflow(tmp_path):
     return Workflow(tmp_path / "wf")
 

@@ -18,13 +18,7 @@ from rethink.train.loop import Job, setup, train
 
 from test_train import cli, make_cell, read_history, untimed, write_split
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

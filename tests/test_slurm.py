@@ -233,6 +233,15 @@ def uninterrupted_short(cluster, tmp_path_factory):
     return {seed: cell_results(wf, seed) for seed in CELLS}
 
 
+def start_profile(wf, home, tmp_path):
+    """`snakemake --profile slurm` training the cell, in the background -> (process, its log)."""
+    log = tmp_path / "snakemake.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--profile", "slurm", TRAINED], cwd=wf.root,
+                                env=wf.user_env(home), stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    return proc, log
+
+
 def assert_resumed_identically(wf, reference, seeds=(0,)):
     for seed in seeds:
         history, summary = cell_results(wf, seed)
@@ -253,14 +262,7 @@ def test_a_cancelled_pack_job_is_retried_and_resumes_every_cell_from_its_checkpo
     configfile = wf.write_config(long_cell_config(seeds=(0, 1), pack=2, **SHORT))  # one job, two cells
     install_profile(home, configfile)
     wf.run("--configfile", configfile, "-c2", "data_shards")  # the data is not what is tested here
-    out = open(tmp_path / "snakemake.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "snakemake", "--profile", "slurm", TRAINED],
-        cwd=wf.root,
-        env=wf.user_env(home),
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
+    proc, _ = start_profile(wf, home, tmp_path)
     try:
         deadline = time.monotonic() + 300
         while not list((wf.root / "results/checkpoints").rglob("*.pt")):  # training, checkpointed once
@@ -359,15 +361,7 @@ def test_a_job_that_hits_its_time_limit_is_retried_with_more_time_and_resumes(cl
     configfile = wf.write_config(long_cell_config(runtime_minutes=1, **SHORT))
     install_profile(home, configfile)
     wf.run("--configfile", configfile, "-c2", "data_shards")  # the data is not what is tested here
-    log = tmp_path / "snakemake.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "snakemake", "--profile", "slurm", TRAINED],
-            cwd=wf.root,
-            env=wf.user_env(home),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc, log = start_profile(wf, home, tmp_path)
     try:
         frozen_at = freeze_first_attempt_until_its_limit(wf, proc, log, uninterrupted_short[0][1]["epochs"] // 2)
         assert proc.wait(timeout=600) == 0, log.read_text()

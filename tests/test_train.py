@@ -30,13 +30,7 @@ HPARAMS = {
 TIMING = {"elapsed_s", "wall_s"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # other test files run alongside on 2 cores; one thread avoids OpenMP spin contention
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_cell(arch="mlp_1x512", width=1.0, seed=0, **hp):
