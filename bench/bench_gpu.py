@@ -27,6 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from rethink import config as rconfig  # noqa: E402
 from rethink import grid  # noqa: E402
+from rethink.data import sources  # noqa: E402
 from rethink.data.shards import write_shard  # noqa: E402
 from rethink.train import loop  # noqa: E402
 
@@ -145,8 +146,6 @@ def grid_hours(configfile, per_arch_rate):
     cells, _ = grid.expand(config)
     seconds = 0.0
     for cell, spec in cells.values():
-        from rethink.data import sources
-
         n = sources.split_size(config["datasets"][cell.dataset], "train")
         seconds += spec["hparams"]["max_epochs"] * n / per_arch_rate[spec["arch"]]
     return len(cells), seconds / 3600

@@ -221,6 +221,11 @@ def pack_json(pack):
     return fileio.canonical_json(members)
 
 
+def pack_arch(pack):
+    """The architecture's config entry: one per pack (packs never mix architectures)."""
+    return config["architectures"][pack_members(pack)[0][0].arch]
+
+
 def pack_gpus(pack):
     requested = config["compute"]["gpus"]
     if requested is not None:
@@ -231,7 +236,7 @@ def pack_gpus(pack):
 def pack_runtime(pack):
     """Minutes: the architecture's estimate per cell, times the cells, times the attempt number
     (a retry gets more time)."""
-    per_cell = config["architectures"][pack_members(pack)[0][0].arch]["runtime_minutes"]
+    per_cell = pack_arch(pack)["runtime_minutes"]
 
     def runtime(wildcards, attempt):
         return int(per_cell * len(pack.ids) * attempt)
@@ -240,7 +245,7 @@ def pack_runtime(pack):
 
 
 def pack_mem_mb(pack):
-    return config["architectures"][pack_members(pack)[0][0].arch]["mem_mb"]
+    return pack_arch(pack)["mem_mb"]
 
 
 onstart:
