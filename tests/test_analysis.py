@@ -185,6 +185,8 @@ def imagenet_like_rows(arch, classes):
 
 def test_table2_on_imagenet_sets_ours_against_the_paper(tmp_path):
     rows = imagenet_like_rows("inception_v3", 1000)
+    top5 = {"final_train_top5": 0.99, "final_test_top5": 0.9, "best_test_top5": 0.92}
+    rows = [dict(r, **top5) if r["regularizer"] == "all" else r for r in rows]  # the others: not measured
     out = tmp_path / "table2"
     tables.main(
         ["table2", "--metrics", str(write_metrics(tmp_path / "m", rows, {"table2": ids(rows)})), "--out", str(out)]
@@ -194,6 +196,11 @@ def test_table2_on_imagenet_sets_ours_against_the_paper(tmp_path):
     full = table[(table["labels"] == "true") & (table["aug"] == "yes") & (table["dropout"] == "yes")].iloc[0]
     assert (full["top-1 test (ours)"], full["best test (ours)"], full["top-1 test (paper)"]) == (70.0, 75.0, 77.84)
     assert full["test diff"] == -7.84
+    assert (full["top-5 test (ours)"], full["top-5 test (paper)"], full["top-5 test diff"]) == (90.0, 93.92, -3.92)
+    assert (full["top-5 train (ours)"], full["best top-5 test (ours)"]) == (99.0, 92.0)
+    assert table.loc[table["regularizer effect (ours)"] == 0.0, "top-5 test (ours)"].isna().all()
+    wd = table.iloc[2]
+    assert (wd["best top-5 test (paper)"], wd["top-5 test (paper)"]) == (91.31, 86.44)
     rnd = table[(table["labels"] == "random") & (table["wd"] == "no") & (table["dropout"] == "no")].iloc[0]
     assert rnd["top-1 train (ours)"] == 90.0 and rnd["fitted"] == "NOT FITTED" and rnd["top-1 test (paper)"] == 0.11
     # rows in the paper's order: true labels first, the unregularized row fourth
