@@ -20,6 +20,15 @@ needs_fashion_mnist = pytest.mark.skipif(
 )
 
 
+def pytest_collection_modifyitems(config, items):
+    """The Slurm tests run last. The Slurm executor plugin runs `scontrol show config` whenever
+    snakemake starts (it imports every installed plugin); once a Slurm client is installed but
+    no controller answers (the tests' cluster is stopped), that call waits out MessageTimeout,
+    9 s per snakemake start. On a fresh machine the Slurm tests install that client, so every
+    workflow test before them starts snakemake in about a second."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is not None)  # stable: order kept otherwise
+
+
 def is_training_rule(name):
     """The workflow trains each pack of cells with a rule of its own: train_<dataset>_<arch>_pNNN."""
     return re.fullmatch(r"train_\w+_p\d{3}", name) is not None
