@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from rethink.data import imagenet, prepare
@@ -17,7 +18,7 @@ from rethink.errors import RethinkError
 from rethink.fileio import canonical_json
 from rethink.train import checkpoint, loop, stream
 
-from conftest import flip_byte_in_chunk
+from conftest import REPO, SCHEMA, flip_byte_in_chunk
 from realformat import IMAGENET_WNIDS, write_imagenet
 
 PER_CLASS, N_VAL, SHARD_SIZE = 6, 8, 5  # 24 train images in 5 shards, 8 val images in 2
@@ -202,3 +203,35 @@ def history_without_time(path):
     rows = [line.split(",") for line in path.read_text().splitlines()]
     at = rows[0].index("elapsed_s")
     return [row[:at] + row[at + 1 :] for row in rows]
+
+
+def test_paper_config_skips_imagenet_with_one_message_when_there_is_none(capsys, monkeypatch, tmp_path):
+    from rethink import config, grid
+
+    monkeypatch.chdir(tmp_path)  # no data/imagenet here
+    loaded = config.load(REPO / "config/paper.yaml", SCHEMA)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "skipping experiments fig2a, table2: no imagenet at data/imagenet" in err
+    cells, experiments = grid.expand(loaded)
+    assert "fig2a" not in experiments and not any(c.startswith("imagenet/") for c in cells)
+
+
+@pytest.mark.workflow
+def test_slurm_dry_run_of_the_paper_config_lists_the_imagenet_cells_with_gpu_and_runtime(workflow):
+    write_imagenet(workflow.root / "data/imagenet", 2, N_VAL, val_layout="flat")
+    paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    paper["datasets"]["imagenet"]["subset"] = {"train": 8, "test": N_VAL}
+    paper["datasets"]["imagenet"]["stream"]["shard_size"] = 4
+    configfile = workflow.write_config(paper)
+    out = workflow.run("-n", "--profile", "profiles/slurm", "--configfile", configfile).stdout
+    jobs = {}
+    for block in out.split("\nrule ")[1:]:
+        name, body = block.split(":", 1)
+        jobs.setdefault(name, []).append(body)
+    training = {name: bodies[0] for name, bodies in jobs.items() if name.startswith("train_imagenet_inception_v3_p")}
+    assert len(training) == 9  # fig2a's 3 + table2's 7 cells, one shared
+    for body in training.values():
+        assert "gpu=1" in body and "runtime=2880" in body and "mem_mb=64000" in body
+    assert len(jobs["data_index"]) == 2  # one listing per split, at run time
+    assert sum("results/data/imagenet/clean/" in b for b in jobs["data_clean"]) == 4  # 2 train + 2 val shards
+    assert sum("imagenet/random_labels/s0/train-" in b for b in jobs["data_randomize"]) == 2
