@@ -182,3 +182,70 @@ def write_crafted_cifar10(root, marker):
     with open(path, "wb") as fh:
         pickle.dump(batch, fh, protocol=2)
     return path
+
+
+# ----------------------------------------------------------------------------- ImageNet
+
+IMAGENET_WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]
+
+
+def _jpeg_image(rng, label, classes):
+    """A real JPEG of a random size (ImageNet's vary), coloured by class so a model can learn it."""
+    from PIL import Image
+
+    h, w = (int(v) for v in rng.integers(60, 140, size=2))
+    base = np.array([255 * label / max(classes - 1, 1), 128, 255 - 255 * label / max(classes - 1, 1)])
+    pixels = np.clip(base + rng.normal(0, 30, size=(h, w, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def write_devkit(root, val_wnids, wnids):
+    """ILSVRC2012_devkit_t12/data: meta.mat (synsets struct array; leaves have num_children 0,
+    plus one inner node as the real file has) and the ground truth (ILSVRC2012_ID per val image)."""
+    import scipy.io
+
+    data = pathlib.Path(root) / "ILSVRC2012_devkit_t12" / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height"]
+    ids = {wnid: i + 1 for i, wnid in enumerate(sorted(wnids))}
+    synsets = np.zeros((len(wnids) + 1, 1), dtype=[(f, object) for f in fields])
+    for row, wnid in enumerate(sorted(wnids)):
+        synsets[row, 0] = (ids[wnid], wnid, f"class {wnid}", "", 0, np.zeros(0), 0)
+    synsets[len(wnids), 0] = (len(wnids) + 1, "n00001740", "entity", "", len(wnids), np.arange(1, 5), 9)
+    scipy.io.savemat(str(data / "meta.mat"), {"synsets": synsets})
+    (data / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{ids[w]}\n" for w in val_wnids))
+
+
+def write_imagenet(root, n_train_per_class=6, n_val=8, val_layout="folders", seed=0, wnids=IMAGENET_WNIDS):
+    """An ImageNet root in the real layout: train/<wnid>/<wnid>_<i>.JPEG; val/ either in class
+    folders or flat (ILSVRC2012_val_<8 digits>.JPEG) with the devkit. Like the real train split,
+    one '.JPEG' is a PNG and one is a CMYK JPEG. Returns {relative path: wnid} of every image."""
+    root, rng = pathlib.Path(root), np.random.default_rng(seed)
+    truth = {}
+    for k, wnid in enumerate(wnids):
+        folder = root / "train" / wnid
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n_train_per_class):
+            image, name = _jpeg_image(rng, k, len(wnids)), f"train/{wnid}/{wnid}_{i}.JPEG"
+            if (k, i) == (0, 1):
+                image.save(root / name, format="PNG")
+            elif (k, i) == (1, 2):
+                image.convert("CMYK").save(root / name, format="JPEG", quality=90)
+            else:
+                image.save(root / name, format="JPEG", quality=int(rng.integers(70, 95)))
+            truth[name] = wnid
+    val_labels = np.arange(n_val) % len(wnids)
+    rng.shuffle(val_labels)
+    val_wnids = [wnids[k] for k in val_labels]
+    for i, (k, wnid) in enumerate(zip(val_labels, val_wnids)):
+        name = (
+            f"val/{wnid}/ILSVRC2012_val_{i + 1:08d}.JPEG"
+            if val_layout == "folders"
+            else (f"val/ILSVRC2012_val_{i + 1:08d}.JPEG")
+        )
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        _jpeg_image(rng, int(k), len(wnids)).save(root / name, format="JPEG", quality=85)
+        truth[name] = wnid
+    if val_layout == "flat":
+        write_devkit(root, val_wnids, wnids)
+    return truth

@@ -18,6 +18,7 @@ STAGES = {
         "data/shards.py",
         "data/sources.py",
         "data/randomize.py",
+        "data/imagenet.py",
         "fileio.py",
         "errors.py",
         "torchvision_guard.py",

@@ -75,18 +75,31 @@ def _check_fits(config, exp, hparams, where):
         )
 
 
+def _check_streamable(config, exp, noise, where):
+    """A streamed dataset's shards hold JPEG bytes: label noises only (the paper's ImageNet runs)."""
+    if noise.changes_images and sources.streamed(config["datasets"][exp["dataset"]]):
+        raise ConfigError(
+            f"config key {where}: noise {noise.name} rewrites pixels, but dataset {exp['dataset']!r} is "
+            "streamed as JPEG bytes; use true_labels, random_labels or corruption_levels"
+        )
+
+
 def spec(config, cell, hparams):
     """The cell JSON the trainer reads (its canonical form decides reruns). `test_labels` says
     what its test labels are: corrupted only for a label noise under randomization.test_labels:
     corrupted, so switching that option reruns exactly the label-noise cells."""
     arch = config["architectures"][cell.arch]
     test_labels = config["randomization"]["test_labels"] if cell.noise.changes_labels else "clean"
-    return {
+    result = {
         "cell": cell.id, "dataset": cell.dataset, "arch": arch.get("model", cell.arch),
         "arch_name": cell.arch, "width": arch["width"], "regularizer": cell.regularizer,
         "noise": cell.noise.name, "level": cell.noise.level, "seed": cell.seed,
         "test_labels": test_labels, "hparams": hparams,
     }  # fmt: skip
+    dataset = config["datasets"][cell.dataset]
+    if sources.streamed(dataset):  # how the trainer mixes shards shapes its sample order
+        result["stream"] = {"window_shards": dataset["stream"]["window_shards"]}
+    return result
 
 
 def expand(config):
@@ -110,6 +123,7 @@ def expand(config):
                     }  # fmt: skip
                     _check_fits(config, exp, hparams, f"{where} ({arch}, {reg})")
                     for noise in entry_noises(entry, where):
+                        _check_streamable(config, exp, noise, where)
                         for seed in entry.get("seeds") or exp["seeds"]:
                             cell = Cell(exp["dataset"], arch, reg, noise, seed)
                             _add(cells, owners, cell, spec(config, cell, hparams), where)

@@ -8,6 +8,8 @@ from rethink.data import sources
 RESULTS = "results"
 CLEAN_SHARD = RESULTS + "/data/{dataset}/clean/{split}-{shard}.h5"
 NOISE_SHARD = RESULTS + "/data/{dataset}/{noise}/s{seed}/{split}-{shard}.h5"
+# A streamed dataset's listing of one split (rethink.data.imagenet): what its shard jobs read.
+SPLIT_INDEX = RESULTS + "/data/{dataset}/clean/{split}-index.json"
 CHANNEL_STATS = RESULTS + "/data/{dataset}/clean/train-stats.json"
 DATA_LOG = RESULTS + "/logs/data/{dataset}/{stage}/{split}-{shard}.log"
 # One directory per cell; the checkpoint lives outside it (a failed job's outputs are deleted,
@@ -36,7 +38,7 @@ def shard_id(index):
 
 
 def n_shards(spec, shards_cfg, split):
-    return math.ceil(sources.split_size(spec, split) / shards_cfg["size"])
+    return math.ceil(sources.split_size(spec, split) / sources.shard_size(spec, shards_cfg))
 
 
 def clean_shards(spec, shards_cfg, split):
@@ -55,6 +57,10 @@ def split_shards(spec, shards_cfg, noise, seed, split, test_labels):
         NOISE_SHARD.format(dataset=spec["name"], noise=noise.name, seed=seed, split=split, shard=shard_id(i))
         for i in range(n_shards(spec, shards_cfg, split))
     ]
+
+
+def split_index(spec, split):
+    return SPLIT_INDEX.format(dataset=spec["name"], split=split)
 
 
 def channel_stats(spec):

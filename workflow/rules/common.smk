@@ -155,6 +155,12 @@ def randomize_spec(wildcards):
     return fileio.canonical_json(spec)
 
 
+def split_index(wildcards):
+    """A streamed dataset's clean shard reads its split's index; the others read raw files."""
+    spec = dataset_spec(wildcards.dataset)
+    return [paths.split_index(spec, wildcards.split)] if sources.streamed(spec) else []
+
+
 def clean_train_shards(wildcards):
     return paths.clean_shards(dataset_spec(wildcards.dataset), SHARDS, "train")
 

@@ -1,7 +1,26 @@
 # Raw dataset -> clean HDF5 shards -> randomized shards per (noise, seed). One job per shard.
 
 
+# A streamed dataset (ImageNet) is listed once per split, by one job, into an index that its
+# shard jobs read: nothing lists 1.28M files at parse time, and no process reads them all.
+rule data_index:
+    output:
+        paths.SPLIT_INDEX,
+    log:
+        paths.DATA_LOG.replace("{stage}", "clean").replace("{shard}", "index"),
+    conda:
+        ENV
+    params:
+        spec=shard_spec,
+        code=CODE["data"],
+    shell:
+        "python -m rethink.data.prepare index --spec {params.spec:q} --split {wildcards.split}"
+        " --out {output} > {log} 2>&1"
+
+
 rule data_clean:
+    input:
+        index=split_index,
     output:
         paths.CLEAN_SHARD,
     log:
@@ -11,9 +30,10 @@ rule data_clean:
     params:
         spec=shard_spec,
         code=CODE["data"],
+        index=lambda wildcards, input: f"--index {input.index}" if input.index else "",
     shell:
         "python -m rethink.data.prepare clean --spec {params.spec:q} --split {wildcards.split}"
-        " --shard {wildcards.shard} --out {output} > {log} 2>&1"
+        " --shard {wildcards.shard} {params.index} --out {output} > {log} 2>&1"
 
 
 rule data_channel_stats:

@@ -143,6 +143,12 @@ def _open(path):
         raise ShardError(f"{path}: not a readable HDF5 shard ({err}); {_rebuild_hint(path)}") from None
 
 
+def dataset_names(path):
+    """The names of a shard's datasets, stored or linked (sorted, as HDF5 lists them)."""
+    with _open(path) as f:
+        return list(f)
+
+
 def stored_checksum(path):
     """The shard's recorded content_sha256, without reading its data (readers verify it)."""
     with _open(path) as f:

@@ -5,9 +5,10 @@ Supported sources:
   package `dataset-fashion-mnist` layout) or in torchvision's `root/<Name>/raw/` layout;
 - `cifar10`: torchvision's `cifar-10-batches-py` pickles under `root`;
 - `synthetic`: a seeded CIFAR-shaped dataset with class structure, for tests and benchmarks;
-- `imagenet`: torchvision's ILSVRC2012 layout is recognised (sizes, where the files are), but
-  not loaded yet: 1.28M images do not fit the in-memory shard and trainer path, which needs a
-  streaming variant first. Loading it is a clear error, so its experiments stay disabled.
+- `imagenet`: the ILSVRC2012 layout (train/<wnid>/, val/ in class folders or flat with the
+  devkit's ground truth). It is *streamed*: `rethink.data.imagenet` indexes a split and writes
+  shards of JPEG bytes, and the trainer streams them (`rethink.train.stream`) instead of loading
+  a split into memory; `load_split` refuses it.
 
 Every raw file is checked against the md5 of the released dataset's file before it is parsed
 (unless the dataset's config says `verify: false`), and CIFAR-10's pickles are read by an
@@ -49,6 +50,7 @@ DEFAULT_ROOTS = {
     "imagenet": "data/imagenet",
 }
 SOURCES = ("fashion_mnist", "mnist", "cifar10", "synthetic", "imagenet")
+STREAMED = ("imagenet",)  # sources written as JPEG shards and streamed by the trainer
 
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -82,7 +84,7 @@ RELEASED_MD5 = {
 }
 _TORCHVISION_CLASS = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST", "cifar10": "CIFAR10"}
 _CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
-_IMAGENET_DIRS = {"train": "train", "test": "val"}
+IMAGENET_DIRS = {"train": "train", "test": "val"}
 _HOW_TO_GET = {
     "fashion_mnist": "install the Debian package (apt-get install dataset-fashion-mnist), "
     "set {key}.root to a directory holding the four idx .gz files, or set {key}.download: true",
@@ -103,6 +105,16 @@ def shape(spec):
     if spec["source"] == "synthetic":
         return tuple(spec["synthetic"]["shape"])
     return SHAPES[spec["source"]]
+
+
+def streamed(spec):
+    """Whether a dataset is indexed, written as JPEG shards and streamed (ImageNet) rather than loaded."""
+    return spec["source"] in STREAMED
+
+
+def shard_size(spec, shards_cfg):
+    """Samples per shard file: the dataset's `stream.shard_size` when streamed, else shards.size."""
+    return spec["stream"]["shard_size"] if streamed(spec) else shards_cfg["size"]
 
 
 def num_classes(spec):
@@ -129,7 +141,7 @@ def source_files(spec, split):
     if source == "synthetic":
         return []
     if source == "imagenet":
-        folder = root / _IMAGENET_DIRS[split]
+        folder = root / IMAGENET_DIRS[split]
         if folder.is_dir():
             return [folder]
         looked = [str(folder)]
@@ -146,7 +158,7 @@ def source_files(spec, split):
             found = [_first_existing(folder, name) for name in _IDX_FILES[split]]
             if all(found):
                 return found
-    names = {"cifar10": _CIFAR_FILES[split], "imagenet": [_IMAGENET_DIRS[split] + "/"]}.get(
+    names = {"cifar10": _CIFAR_FILES[split], "imagenet": [IMAGENET_DIRS[split] + "/"]}.get(
         source, list(_IDX_FILES[split])
     )
     raise RethinkError(
@@ -180,8 +192,8 @@ def load_split(spec, split):
     source = spec["source"]
     if source == "imagenet":
         raise RethinkError(
-            f"dataset {spec['name']!r}: ImageNet is not supported yet (1.28M images need a "
-            "streaming shard writer and trainer); keep its experiments disabled"
+            f"dataset {spec['name']!r}: ImageNet is streamed, not loaded into memory; its shards are "
+            "written by `python -m rethink.data.prepare index|clean` (rethink.data.imagenet)"
         )
     if source == "synthetic":
         images, labels = synthetic_split(spec["synthetic"], split)

@@ -58,7 +58,7 @@ RESULT_KEYS = frozenset(
     final_train_loss final_train_acc final_test_loss final_test_acc best_test_acc best_test_step
     best_test_epoch steps_to_fit epochs_to_fit converged stop_reason steps epochs n_params
     param_norm num_classes n_train n_test input_shape device device_name torch_version
-    python_version wall_s inputs_sha256
+    python_version wall_s inputs_sha256 final_train_top5 final_test_top5 best_test_top5
 """.split()
 )
 

@@ -6,9 +6,11 @@ one SGD step of each in turn, and share nothing but the process: each has its ow
 optimizer, generators, checkpoint and outputs, so a member's results do not depend on its
 pack-mates (bit-identical on CPU).
 
-One member's story: the whole split on the device; each epoch's randomness drawn up front
-(`preprocess.epoch_plan`); SGD with a per-epoch lr decay (the lr is a device tensor, so a
-captured or compiled step sees the new value); the online (training-mode, minibatch) loss and
+One member's story: the whole split on the device (or, for ImageNet, streamed from JPEG shards
+by a background thread: `rethink.train.stream`); each epoch's randomness drawn up front
+(`preprocess.epoch_plan`; for a streamed split, the seed of its order and augmentation); SGD
+with a per-epoch lr decay (the lr is a device tensor, so a captured or compiled step sees the
+new value); the online (training-mode, minibatch) loss and
 accuracy accumulated on the device and read once per epoch; evaluation on the whole training and
 test sets in eval mode every `eval_every_epochs`; a checkpoint every `checkpoint_minutes` and on
 signals; at the stop, a *finished* checkpoint, then history.csv and summary.json.
@@ -28,12 +30,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from rethink.data.shards import read_split_tensors
+from rethink.data.imagenet import SHARD_FORMAT
+from rethink.data.shards import read_shard, read_split_tensors
 from rethink.errors import RethinkError
 from rethink.fileio import write_text_atomic
 from rethink.models import build_model, count_parameters
 from rethink.train import cell as cells
-from rethink.train import checkpoint, preprocess
+from rethink.train import checkpoint, stream
 
 HISTORY_COLUMNS = (
     "step",
@@ -43,15 +46,18 @@ HISTORY_COLUMNS = (
     "train_acc",
     "test_loss",
     "test_acc",
+    "train_top5",
+    "test_top5",
     "train_avg_loss",
     "train_avg_acc",
     "elapsed_s",
 )
-EVAL_COLUMNS = ("train_loss", "train_acc", "test_loss", "test_acc")  # empty where not evaluated
+# empty where not evaluated; top-5: the label is among the five largest logits (Table 2)
+EVAL_COLUMNS = ("train_loss", "train_acc", "test_loss", "test_acc", "train_top5", "test_top5")
 # Evaluation batch: bounds memory. On CPU the results do not depend on it; on CUDA, cuDNN picks
 # kernels per shape, so another batch size can move a logit in its last bits. Fixed, so that a
 # cell's numbers do not depend on anything but the cell.
-EVAL_BATCH = 500
+EVAL_BATCH = stream.EVAL_BATCH
 COMPILE_MODES = ("off", "default", "reduce-overhead")  # torch.compile's; reduce-overhead = CUDA graphs
 
 
@@ -83,8 +89,8 @@ def stream_seed(seed, stream):
 
 
 def check_split(arrays, attrs, paths, split, cell):
-    """A split's images, labels and class count on the device, once its shards are known to be
-    the cell's and fit its crop."""
+    """A split on the device (InMemorySplit), once its shards are known to be the cell's and fit
+    its crop."""
     cells.check_shards(cell, split, attrs, paths[0])
     crop_size = cell["hparams"]["crop_size"]
     shape = tuple(arrays["images"].shape[1:])
@@ -96,16 +102,21 @@ def check_split(arrays, attrs, paths, split, cell):
     num_classes = int(attrs["num_classes"])
     if arrays["labels"].max() >= num_classes:
         raise RethinkError(f"{paths[0]}: labels exceed the {num_classes} classes the shards declare")
-    return arrays["images"], arrays["labels"], num_classes
+    return stream.InMemorySplit(arrays["images"], arrays["labels"], num_classes)
 
 
 class SplitCache:
-    """Pack-mates that read the same shards share one copy on the device (checked for each)."""
+    """Pack-mates that read the same shards share one copy on the device (checked for each); a
+    streamed split (JPEG shards) is never loaded: each member gets a reader of its own."""
 
     def __init__(self, device):
         self.device, self._loaded = device, {}
 
     def get(self, paths, split, cell):
+        _, attrs = read_shard(paths[0], ["labels"])
+        if attrs.get("format") == SHARD_FORMAT:
+            cells.check_shards(cell, split, attrs, paths[0])
+            return stream.StreamedSplit(paths, attrs, cell["stream"]["window_shards"], self.device)
         key = tuple(map(str, paths))
         if key not in self._loaded:
             arrays, attrs = read_split_tensors(paths, ("images", "labels"))
@@ -195,18 +206,21 @@ def sgd_step(model, opt, x, y, amp, fmt):
 
 
 @torch.no_grad()
-def evaluate(model, images, labels, crop_size, amp, fmt):
-    """Mean loss and accuracy over a whole split, from float32 logits; one host sync, at the end."""
+def evaluate(model, split, crop_size, amp, fmt, dev):
+    """Mean loss, top-1 and top-5 accuracy over a whole split, from float32 logits; one host sync,
+    at the end."""
     model.eval()
-    loss = torch.zeros((), dtype=torch.float64, device=labels.device)
-    correct = torch.zeros((), dtype=torch.int64, device=labels.device)
-    for i in range(0, len(labels), EVAL_BATCH):
-        x, y = preprocess.eval_view(images[i : i + EVAL_BATCH], crop_size), labels[i : i + EVAL_BATCH]
+    loss = torch.zeros((), dtype=torch.float64, device=dev)
+    correct, top5 = (torch.zeros((), dtype=torch.int64, device=dev) for _ in range(2))
+    for x, y in split.eval_batches(crop_size):
+        x, y = x.to(dev), y.to(dev)
         with amp():
             logits = model(fmt(x))
         loss += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
-    return loss.item() / len(labels), correct.item() / len(labels)
+        top5 += (logits.topk(min(5, logits.shape[1]), 1).indices == y[:, None]).any(1).sum()
+    n = split.n
+    return loss.item() / n, correct.item() / n, top5.item() / n
 
 
 # ----------------------------------------------------------------------------- a member
@@ -232,25 +246,28 @@ class Member:
         self.job, self.cell, self.hp, self.key, self.dev = job, job.cell, job.cell["hparams"], key, dev
         pathlib.Path(job.out_dir).mkdir(parents=True, exist_ok=True)
         self.log = Log(pathlib.Path(job.out_dir) / "train.log", echo)
-        (self.x_train, self.y_train, self.num_classes), (self.x_test, self.y_test, test_classes) = data
+        self.train_split, self.test_split = data
+        self.num_classes, test_classes = self.train_split.num_classes, self.test_split.num_classes
         if test_classes != self.num_classes:
             raise RethinkError(
                 f"{job.test_paths[0]}: {test_classes} classes, but the training shards "
                 f"declare {self.num_classes}; the train and test shards come from different datasets"
             )
-        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+        train_shape, test_shape = self.train_split.image_shape, self.test_split.image_shape
+        if type(self.train_split) is stream.InMemorySplit and train_shape != test_shape:
             raise RethinkError(
-                f"train images are {tuple(self.x_train.shape[1:])} but test images are "
-                f"{tuple(self.x_test.shape[1:])}; the train and test shards come from different datasets"
+                f"train images are {train_shape} but test images are "
+                f"{test_shape}; the train and test shards come from different datasets"
             )
         crop = self.hp["crop_size"]
-        self.input_shape = (self.x_train.shape[1], crop, crop)
+        self.input_shape = (train_shape[0], crop, crop)
         self.model, self.opt, self.lr, self.dropout_gen, self.amp, self.fmt = setup(
             self.cell, self.input_shape, self.num_classes, dev
         )
         self.step_fn = sgd_step if compile_mode == "off" else torch.compile(sgd_step, mode=compile_mode)
         self.gen = torch.Generator(dev).manual_seed(stream_seed(self.cell["seed"], "data"))  # order, crops, flips
-        self.n, self.bs = len(self.y_train), self.hp["batch_size"]
+        self.n, self.bs = self.train_split.n, self.hp["batch_size"]
+        self.batches = None  # the current epoch's batch iterator, from the step it (re)started at
         self.steps_per_epoch = math.ceil(self.n / self.bs)
         self.p = Progress(online=torch.zeros(2, dtype=torch.float64, device=dev))
         if state:
@@ -262,8 +279,8 @@ class Member:
         else:
             self.log(
                 f"start cell={self.cell['cell']} arch={self.cell['arch']} width={self.cell['width']} "
-                f"seed={self.cell['seed']} device={dev.type} n_train={self.n} n_test={len(self.y_test)} "
-                f"input={tuple(self.x_train.shape[1:])} classes={self.num_classes} "
+                f"seed={self.cell['seed']} device={dev.type} n_train={self.n} n_test={self.test_split.n} "
+                f"input={train_shape} classes={self.num_classes} "
                 f"params={count_parameters(self.model)} steps/epoch={self.steps_per_epoch}"
             )
             self.record(online=None)  # epoch 0: the untrained network
@@ -275,7 +292,7 @@ class Member:
     # --- the named steps of an epoch
 
     def start_epoch(self):
-        self.p.plan = preprocess.epoch_plan(self.n, self.x_train.shape[1:], self.hp, self.gen, self.dev)
+        self.p.plan = self.train_split.epoch_plan(self.hp, self.gen, self.dev)
         self.p.online.zero_()
         self.lr.fill_(self.lr_at(self.p.epoch))
         self.model.train()
@@ -283,10 +300,12 @@ class Member:
     def train_step(self):
         if self.p.pos == 0:
             self.start_epoch()
-        lo = self.p.pos * self.bs
-        x, idx = preprocess.train_batch(self.x_train, self.p.plan, lo, min(lo + self.bs, self.n), self.hp)
-        loss, correct = self.step_fn(self.model, self.opt, x, self.y_train[idx], self.amp, self.fmt)
-        self.p.online[0] += loss * len(idx)
+        if self.batches is None:  # a new epoch, or a resumed one: continue at this step
+            self.batches = self.train_split.train_batches(self.p.plan, self.p.pos, self.hp)
+        x, y = next(self.batches)
+        x, y = x.to(self.dev, non_blocking=True), y.to(self.dev, non_blocking=True)
+        loss, correct = self.step_fn(self.model, self.opt, x, y, self.amp, self.fmt)
+        self.p.online[0] += loss * len(y)
         self.p.online[1] += correct
         self.p.pos += 1
         self.p.step += 1
@@ -295,7 +314,7 @@ class Member:
 
     def end_epoch(self):
         loss_sum, correct = self.p.online.tolist()  # the epoch's one host sync of the step path
-        self.p.epoch, self.p.pos, self.p.plan = self.p.epoch + 1, 0, None
+        self.p.epoch, self.p.pos, self.p.plan, self.batches = self.p.epoch + 1, 0, None, None
         self.record(online=(loss_sum / self.n, correct / self.n))
         self.reason = self.stop_reason()
 
@@ -310,11 +329,11 @@ class Member:
             train_avg_acc=online[1] if online else None,
         )
         if p.epoch % hp["eval_every_epochs"] == 0 or p.epoch == hp["max_epochs"]:
-            crop = hp["crop_size"]
-            row["train_loss"], row["train_acc"] = evaluate(
-                self.model, self.x_train, self.y_train, crop, self.amp, self.fmt
+            crop, model, amp, fmt, dev = hp["crop_size"], self.model, self.amp, self.fmt, self.dev
+            row["train_loss"], row["train_acc"], row["train_top5"] = evaluate(
+                model, self.train_split, crop, amp, fmt, dev
             )
-            row["test_loss"], row["test_acc"] = evaluate(self.model, self.x_test, self.y_test, crop, self.amp, self.fmt)
+            row["test_loss"], row["test_acc"], row["test_top5"] = evaluate(model, self.test_split, crop, amp, fmt, dev)
         else:
             row.update(dict.fromkeys(EVAL_COLUMNS))
         row["elapsed_s"] = time.monotonic() - self.t0
@@ -391,9 +410,11 @@ class Member:
             self.dev,
             self.num_classes,
             self.n,
-            len(self.y_test),
+            self.test_split.n,
             self.input_shape,
         )
+        self.train_split.close()
+        self.test_split.close()
         checkpoint.save(
             self.job.checkpoint,
             dict(
@@ -500,6 +521,8 @@ def _summary(cell, p, reason, model, key, dev, num_classes, n_train, n_test, inp
         cell,
         final_train_loss=finite(last["train_loss"]), final_train_acc=last["train_acc"],
         final_test_loss=finite(last["test_loss"]), final_test_acc=last["test_acc"],
+        final_train_top5=last["train_top5"], final_test_top5=last["test_top5"],
+        best_test_top5=max(r["test_top5"] for r in evaluated),
         final_train_avg_loss=finite(online["train_avg_loss"]), final_train_avg_acc=online["train_avg_acc"],
         train_avg_acc_global=sum(avg_accs) / len(avg_accs) if avg_accs else None,
         best_test_acc=best["test_acc"], best_test_step=best["step"], best_test_epoch=best["epoch"],

@@ -1,0 +1,237 @@
+"""ImageNet: a synthetic folder in the real layout (real JPEG files of varied sizes, a PNG and a CMYK
+JPEG among them, val/ flat with the devkit or in class folders) -> index -> JPEG shards -> the
+streaming reader -> Inception V3 training a few steps, and resumed mid-epoch bit for bit."""
+
+import io
+import pathlib
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from rethink.data import imagenet, prepare
+from rethink.data.shards import ShardError, read_shard
+from rethink.errors import RethinkError
+from rethink.fileio import canonical_json
+from rethink.train import checkpoint, loop, stream
+
+from conftest import REPO, SCHEMA, flip_byte_in_chunk
+from realformat import IMAGENET_WNIDS, write_imagenet
+
+PER_CLASS, N_VAL, SHARD_SIZE = 6, 8, 5  # 24 train images in 5 shards, 8 val images in 2
+N_TRAIN = PER_CLASS * len(IMAGENET_WNIDS)
+SHARDS = {"size": 50000, "compression": "lzf", "chunk_samples": 256}
+HPARAMS = {
+    "lr": 0.01, "lr_decay": 0.95, "momentum": 0.9, "batch_size": 4, "max_epochs": 1,
+    "weight_decay": 0.0, "dropout": 0.0, "random_crop": True, "crop_size": 75, "crop_pad": 0,
+    "augment": True, "rotate_degrees": 0.0, "fit_threshold": 1.0, "eval_every_epochs": 1,
+    "checkpoint_minutes": 5.0, "device": "cpu", "init": "tensorflow",
+}  # fmt: skip
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def dataset_spec(root):
+    return {
+        "name": "inet", "source": "imagenet", "root": str(root), "download": False, "verify": True,
+        "subset": {"train": N_TRAIN, "test": N_VAL, "how": "stratified", "seed": 0},
+        "stream": {"shard_size": SHARD_SIZE, "shuffle_seed": 0, "window_shards": 2},
+    }  # fmt: skip
+
+
+def write_split(data, dataset, split):
+    """What the data rules run for one split: the index job, then one job per shard."""
+    spec_json = canonical_json({"dataset": dataset, "shards": SHARDS})
+    index = data / f"{split}-index.json"
+    prepare.main(["index", "--spec", spec_json, "--split", split, "--out", str(index)])
+    count = -(-(N_TRAIN if split == "train" else N_VAL) // SHARD_SIZE)
+    paths = [str(data / f"{split}-{i:05d}.h5") for i in range(count)]
+    for i, path in enumerate(paths):
+        prepare.main(["clean", "--spec", spec_json, "--split", split, "--shard", str(i), "--index", str(index),
+                      "--out", path])  # fmt: skip
+    return paths
+
+
+@pytest.fixture(scope="module")
+def inet(tmp_path_factory):
+    """A flat-val ImageNet root (with the devkit), its index and clean shards."""
+    base = tmp_path_factory.mktemp("imagenet")
+    truth = write_imagenet(base / "root", PER_CLASS, N_VAL, val_layout="flat")
+    dataset = dataset_spec(base / "root")
+    shards = {split: write_split(base / "data", dataset, split) for split in ("train", "test")}
+    return base, dataset, truth, shards
+
+
+def test_both_val_layouts_give_every_image_its_class(tmp_path):
+    for layout in ("flat", "folders"):
+        truth = write_imagenet(tmp_path / layout, 2, N_VAL, val_layout=layout, seed=1)
+        for split in ("train", "test"):
+            classes, files, labels = imagenet.list_split(tmp_path / layout, split)
+            assert classes == IMAGENET_WNIDS and len(files) == (8 if split == "train" else N_VAL)
+            assert [classes[k] for k in labels] == [truth[f] for f in files]
+
+
+def test_flat_val_without_devkit_is_a_clear_error(tmp_path):
+    write_imagenet(tmp_path, 1, 4, val_layout="flat")
+    (tmp_path / imagenet.DEVKIT / imagenet.GROUND_TRUTH).unlink()
+    with pytest.raises(RethinkError, match="devkit's ground truth is needed.*ILSVRC2012_devkit_t12.tar.gz"):
+        imagenet.list_split(tmp_path, "test")
+
+
+def test_shards_hold_every_image_once_as_rgb_jpeg_with_its_label(inet):
+    base, _, truth, shards = inet
+    index = imagenet.read_index(base / "data" / "train-index.json")
+    seen, reencoded = [], 0
+    for position, path in enumerate(shards["train"]):
+        arrays, attrs = read_shard(path)
+        assert attrs["format"] == "jpeg" and attrs["shard_index"] == position and attrs["num_classes"] == 4
+        reencoded += attrs["reencoded"]
+        for i, label in enumerate(arrays["labels"]):
+            blob = arrays["jpeg"][arrays["offsets"][i] : arrays["offsets"][i + 1]].tobytes()
+            with Image.open(io.BytesIO(blob)) as image:
+                assert image.format == "JPEG" and image.mode == "RGB"
+                assert (image.height, image.width) == tuple(arrays["sizes"][i])
+            name = index["files"][position * SHARD_SIZE + i]
+            assert IMAGENET_WNIDS[label] == truth[name]
+            seen.append(name)
+    assert sorted(seen) == sorted(f for f in truth if f.startswith("train/"))
+    assert reencoded == 2  # the PNG and the CMYK JPEG
+    # the index mixed the classes: the first shard is not one class
+    assert len(set(read_shard(shards["train"][0], ["labels"])[0]["labels"])) > 1
+
+
+def test_a_damaged_jpeg_byte_is_caught_naming_the_shard(inet, tmp_path):
+    damaged = tmp_path / "train-00000.h5"
+    damaged.write_bytes(pathlib.Path(inet[3]["train"][0]).read_bytes())
+    flip_byte_in_chunk(damaged, "jpeg")
+    with pytest.raises(ShardError, match=f"{damaged}: checksum mismatch"):
+        read_shard(damaged, ["jpeg"])
+
+
+def test_random_labels_link_the_images_and_stay_fixed_across_epochs(inet, tmp_path):
+    base, dataset, _, shards = inet
+    spec_json = canonical_json({"dataset": dataset, "shards": SHARDS, "randomization": {}})
+    paths = []
+    for i, clean in enumerate(shards["train"]):
+        paths.append(str(tmp_path / f"train-{i:05d}.h5"))
+        prepare.main(["randomize", "--spec", spec_json, "--noise", "random_labels", "--seed", "3", "--split",
+                      "train", "--shard", str(i), "--clean", clean, "--out", paths[-1]])  # fmt: skip
+        with h5py.File(paths[-1]) as f:
+            for name in ("jpeg", "offsets", "sizes"):
+                assert isinstance(f.get(name, getlink=True), h5py.ExternalLink)
+    noisy = np.concatenate([read_shard(p, ["labels"])[0]["labels"] for p in paths])
+    true = np.concatenate([read_shard(p, ["labels"])[0]["labels"] for p in shards["train"]])
+    assert (noisy != true).mean() > 0.5
+    split = stream.StreamedSplit(paths, read_shard(paths[0], ["labels"])[1], 2, torch.device("cpu"))
+    hp = dict(HPARAMS, batch_size=7)
+    for epoch_seed in (11, 12):  # two epochs: other orders, the same label for each image
+        order = stream.epoch_order(split.counts, split.window, epoch_seed)
+        ys = torch.cat([y for _, y in split.train_batches({"seed": torch.tensor([epoch_seed])}, 0, hp)])
+        assert torch.equal(ys, torch.from_numpy(noisy[order]))
+    split.close()
+
+
+def test_stream_order_is_seeded_and_resumes_at_any_step(inet):
+    _, _, _, shards = inet
+    split = stream.StreamedSplit(shards["train"], read_shard(shards["train"][0], ["labels"])[1], 2, torch.device("cpu"))
+    orders = [stream.epoch_order(split.counts, 2, seed) for seed in (5, 5, 6)]
+    assert sorted(orders[0]) == list(range(N_TRAIN)) and np.array_equal(orders[0], orders[1])
+    assert not np.array_equal(orders[0], orders[2])
+    plan = {"seed": torch.tensor([5])}
+    full = list(split.train_batches(plan, 0, HPARAMS))
+    assert len(full) == N_TRAIN // HPARAMS["batch_size"] and full[0][0].shape == (4, 3, 75, 75)
+    assert -1 <= full[0][0].min() and full[0][0].max() <= 1 + 1e-6  # bilinear may overshoot by rounding
+    tail = list(split.train_batches(plan, 4, HPARAMS))  # a resumed epoch: the same batches, bit for bit
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[4:], tail, strict=True))
+    off = list(split.train_batches(plan, 0, dict(HPARAMS, random_crop=False, augment=False)))
+    assert not torch.equal(off[0][0], full[0][0])  # augmentation switched off: the central view
+    evals = list(split.eval_batches(75))
+    assert torch.equal(evals[0][0][:4], split._batch(np.arange(4), [stream.central_box(*s) for s in split.sizes[:4]],
+                                                      [False] * 4, 75)[0])  # fmt: skip
+    split.close()
+
+
+def cell(dataset):
+    return {
+        "cell": "inet/inception_v3/none/true_labels/s0", "dataset": "inet", "arch": "inception_v3",
+        "arch_name": "inception_v3", "width": 1.0, "regularizer": "none", "noise": "true_labels", "level": 0.0,
+        "seed": 0, "test_labels": "clean", "hparams": HPARAMS, "stream": {"window_shards": 2},
+    }  # fmt: skip
+
+
+def test_inception_v3_trains_streamed_and_resumes_mid_epoch_bit_identically(inet, tmp_path):
+    """Torchvision's Inception V3 at full width (it has no width knob) on 75x75 inputs, the
+    smallest it takes: one epoch of 6 steps straight, and interrupted after 3 steps then resumed."""
+    _, dataset, _, shards = inet
+    job = loop.Job(cell(dataset), shards["train"], shards["test"], tmp_path / "straight", tmp_path / "s.pt")
+    (summary,) = loop.train(job, echo=False)
+    assert summary["steps"] == 6 and summary["n_train"] == N_TRAIN and summary["num_classes"] == 4
+    assert 0 <= summary["final_test_acc"] <= summary["final_test_top5"] <= 1 and summary["final_train_top5"] >= 0
+    header = (tmp_path / "straight" / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"step", "train_top5", "test_top5"} <= set(header)
+
+    dev = torch.device("cpu")
+    resumed = loop.Job(cell(dataset), shards["train"], shards["test"], tmp_path / "resumed", tmp_path / "r.pt")
+    torch.use_deterministic_algorithms(True)
+    try:
+        cache = loop.SplitCache(dev)
+        data = (cache.get(shards["train"], "train", resumed.cell), cache.get(shards["test"], "test", resumed.cell))
+        member = loop.Member(resumed, "k", None, data, dev, echo=False)
+        for _ in range(3):
+            member.train_step()
+        member.save()
+        member.train_split.close()
+        state = checkpoint.load(resumed.checkpoint, "k", "cpu")
+        data = (cache.get(shards["train"], "train", resumed.cell), cache.get(shards["test"], "test", resumed.cell))
+        member = loop.Member(resumed, "k", state, data, dev, echo=False)
+        while member.reason is None:
+            member.train_step()
+        summary_resumed = member.finish()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    untimed = {"wall_s", "inputs_sha256"}
+    assert {k: v for k, v in summary_resumed.items() if k not in untimed} == {
+        k: v for k, v in summary.items() if k not in untimed
+    }
+    histories = [history_without_time(tmp_path / d / "history.csv") for d in ("straight", "resumed")]
+    assert histories[0] == histories[1] and len(histories[0]) == 3  # header, epoch 0, epoch 1
+
+
+def history_without_time(path):
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    at = rows[0].index("elapsed_s")
+    return [row[:at] + row[at + 1 :] for row in rows]
+
+
+def test_paper_config_skips_imagenet_with_one_message_when_there_is_none(capsys, monkeypatch, tmp_path):
+    from rethink import config, grid
+
+    monkeypatch.chdir(tmp_path)  # no data/imagenet here
+    loaded = config.load(REPO / "config/paper.yaml", SCHEMA)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "skipping experiments fig2a, table2: no imagenet at data/imagenet" in err
+    cells, experiments = grid.expand(loaded)
+    assert "fig2a" not in experiments and not any(c.startswith("imagenet/") for c in cells)
+
+
+@pytest.mark.workflow
+def test_slurm_dry_run_of_the_paper_config_lists_the_imagenet_cells_with_gpu_and_runtime(workflow):
+    write_imagenet(workflow.root / "data/imagenet", 2, N_VAL, val_layout="flat")
+    paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    paper["datasets"]["imagenet"]["subset"] = {"train": 8, "test": N_VAL}
+    paper["datasets"]["imagenet"]["stream"]["shard_size"] = 4
+    configfile = workflow.write_config(paper)
+    out = workflow.run("-n", "--profile", "profiles/slurm", "--configfile", configfile).stdout
+    jobs = {}
+    for block in out.split("\nrule ")[1:]:
+        name, body = block.split(":", 1)
+        jobs.setdefault(name, []).append(body)
+    training = {name: bodies[0] for name, bodies in jobs.items() if name.startswith("train_imagenet_inception_v3_p")}
+    assert len(training) == 9  # fig2a's 3 + table2's 7 cells, one shared
+    for body in training.values():
+        assert "gpu=1" in body and "runtime=2880" in body and "mem_mb=64000" in body
+    assert len(jobs["data_index"]) == 2  # one listing per split, at run time
+    assert sum("results/data/imagenet/clean/" in b for b in jobs["data_clean"]) == 4  # 2 train + 2 val shards
+    assert sum("imagenet/random_labels/s0/train-" in b for b in jobs["data_randomize"]) == 2
