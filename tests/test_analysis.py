@@ -528,13 +528,15 @@ def test_table3_takes_the_kernel_metrics(tmp_path):
     tables.main(["table3", "--metrics", str(root), "--out", str(tmp_path / "table3")])
     table = pd.read_csv(tmp_path / "table3.csv")
     exact, ridge = table.iloc[0], table.iloc[1]  # the paper's order: its MNIST raw row first, then ours it lacks
-    assert (exact["dataset"], exact["features"], exact["l2"]) == ("mnist", "raw", "0.0")
+    assert (exact["dataset"], exact["features"], exact["l2"], exact["n train"]) == ("mnist", "raw", "0", 60000)
     assert exact["test error (ours)"] == 1.25 and exact["diff"] == 0.05
     assert exact["norm (ours)"] == 221.0 and exact["norm (paper)"] == 220.0
-    assert ridge["test error (ours)"] == 30.0 and np.isnan(ridge["test error (paper)"])
+    assert ridge["test error (ours)"] == 30.0 and np.isnan(ridge["test error (paper)"]) and ridge["l2"] == "0.01"
     cifar = table[(table["dataset"] == "cifar10") & (table["features"] == "raw")].iloc[0]
     assert np.isnan(cifar["test error (ours)"]) and cifar["test error (paper)"] == 46.0
     assert len(table) == 2 + len(paper.TABLE3) - 1
+    markdown = (tmp_path / "table3.md").read_text()
+    assert "| mnist | raw | 0 | 60000 | 1.25 | 1.20 | 0.05 | 221.00 | 220.00 | 0.00 |" in markdown
 
 
 def test_kernel_claim_passes_far_above_chance_and_fails_near_it_or_without_a_fit():

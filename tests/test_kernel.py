@@ -156,7 +156,7 @@ def kernel_run(finished, tmp_path_factory):
     """The finished tiny run with kernel rows and Theorem 1 added to its config, run to completion."""
     source, _, _ = finished
     wf = Workflow(tmp_path_factory.mktemp("kernel") / "wf", source=source)
-    config = wf.write_config(CONFIG | {"kernel": KERNEL, "theorem1": THEOREM1}, name="kernel.yaml")
+    config = wf.write_config(CONFIG | {"kernel": KERNEL, "theorem1": THEOREM1})  # same name: same provenance
     planned = wf.planned_jobs("--configfile", config)[0]
     wf.run("--configfile", config, "-c2")
     return wf, config, planned
@@ -206,6 +206,6 @@ def test_a_finished_kernel_stage_is_up_to_date_and_reruns_when_its_code_changes(
     wf = Workflow(tmp_path / "wf", source=source)
     solver = wf.root / "src/rethink/kernel/solve.py"
     solver.write_text(solver.read_text() + "\n# an edit\n")
-    counts, cells = wf.planned_jobs("--configfile", config)
+    counts, cells = wf.planned_jobs("--configfile", wf.root / "config" / config.name)
     assert counts == {**KERNEL_JOBS, "analysis_claims": 1, "all": 1} and cells == set()
     shutil.rmtree(wf.root)

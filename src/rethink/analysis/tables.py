@@ -188,7 +188,8 @@ def table3(kernel):
         error, norm = paper.TABLE3.get(key[:3], (None, None))
         rows.append({
             "dataset": mine["dataset"] if mine else key[0], "features": key[1],
-            "l2": mine["l2"] if mine else ("yes" if key[2] else 0.0), "n train": mine["n_train"] if mine else None,
+            "l2": f"{mine['l2']:g}" if mine else ("small" if key[2] else "0"),
+            "n train": mine["n_train"] if mine else None,
             "test error (ours)": _pct(mine["test_error"]) if mine else None, "test error (paper)": error,
             "diff": _diff(_pct(mine["test_error"]) if mine else None, error),
             "norm (ours)": round(mine["rkhs_norm"], 1) if mine else None, "norm (paper)": norm,
@@ -199,7 +200,8 @@ def table3(kernel):
         "Gaussian kernel exp(-gamma ||x - x'||^2), prediction argmax; norm = sqrt(trace(alpha^T K alpha)); "
         "rows of other datasets than the paper's (MNIST, CIFAR-10) have no paper values."
     )
-    return pd.DataFrame(rows), note
+    frame = pd.DataFrame(rows)
+    return frame.astype({"n train": "Int64"}), note
 
 
 TABLES = {"table1": table1, "table2": table2, "table3": table3, "table4": table4}
