@@ -15,6 +15,7 @@ Results replace this benchmark's section of docs/BENCHMARKS.md.
 
 import argparse
 import datetime
+import os
 import pathlib
 import platform
 import sys
@@ -90,6 +91,7 @@ def main():
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
+    load = os.getloadavg()
     results = {"cpu": measure(torch.device("cpu"), args.sizes, args.repeats, with_baseline=True)}
     if torch.cuda.is_available():
         results[torch.cuda.get_device_name()] = measure(torch.device("cuda"), args.sizes, args.repeats, False)
@@ -101,7 +103,8 @@ def main():
         f"threads, torch {torch.__version__}, scipy {scipy.__version__}. Random 784-dimensional points, one-hot "
         f"labels (10 classes), gamma {GAMMA}; best of {args.repeats}. ours: `rethink.kernel.solve.solve` (K in one "
         "float64 buffer, in-place Cholesky, cholesky_solve); baseline: K as its own array and "
-        "`scipy.linalg.solve(assume_a='sym')` (the first author's approach), same run, same data.",
+        "`scipy.linalg.solve(assume_a='sym')` (the first author's approach), same run, same data. Load average "
+        f"at start / end {load[0]:.1f} / {os.getloadavg()[0]:.1f} (above the thread count: other jobs shared the CPU).",
         "",
         "| device | n | ours (s) | baseline (s) | baseline / ours |",
         "|---|---:|---:|---:|---:|",
