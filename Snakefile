@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/kernel.smk"
 
 
 # Every cell is a target of its own (not only an input of the aggregation): a deleted cell is

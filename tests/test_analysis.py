@@ -443,7 +443,10 @@ def paper_like_rows():
 
 
 def verdicts(rows, **thresholds):
-    return {r["id"]: r["verdict"] for r in claims.check_all(pd.DataFrame(rows), {**DEFAULT_THRESHOLDS, **thresholds})}
+    """Every claim's verdict on these cells, with a paper-like kernel row (MNIST raw, 1.2% error)."""
+    kernel = kernel_rows([0.012])
+    results = claims.check_all(pd.DataFrame(rows), {**DEFAULT_THRESHOLDS, **thresholds}, kernel)
+    return {r["id"]: r["verdict"] for r in results}
 
 
 def test_claims_hold_on_paper_like_metrics():
@@ -505,26 +508,52 @@ def test_claims_without_data_are_not_measured_and_the_cli_writes_both_files(tmp_
     got = verdicts(rows)
     assert got["fits_random_labels"] == "not measured" and got["batchnorm_effect"] == "not measured"
     root = write_metrics(tmp_path / "m", paper_like_rows(), {"all": ids(paper_like_rows())})
+    kernel = root / "kernel.csv"
+    kernel_rows(test_error=[0.012]).to_csv(kernel, index=False)
+    thresholds = json.dumps(DEFAULT_THRESHOLDS)
     claims.main(
-        ["--metrics", str(root), "--thresholds", json.dumps(DEFAULT_THRESHOLDS), "--out", str(tmp_path / "claims")]
+        ["--metrics", str(root), "--thresholds", thresholds, "--kernel", str(kernel), "--out", str(tmp_path / "claims")]
     )
     data = json.loads((tmp_path / "claims.json").read_text())
-    assert len(data["claims"]) == 8 and {c["verdict"] for c in data["claims"]} == {"pass"}
+    assert len(data["claims"]) == 9 and {c["verdict"] for c in data["claims"]} == {"pass"}
     assert (
         "| Every architecture fits random labels (training accuracy) | 1.0 | >= 0.99 | **pass** |"
         in (tmp_path / "claims.md").read_text()
     )
 
 
+def kernel_rows(test_error, features=None, l2=None, source="mnist", train_error=None):
+    """results/metrics/kernel.csv as the kernel stage writes it (the columns the readers use)."""
+    k = len(test_error)
+    return pd.DataFrame({
+        "row": [f"r{i}" for i in range(k)], "dataset": source, "source": source,
+        "features": features or ["raw"] * k, "l2": l2 or [0.0] * k, "n_train": 60000, "num_classes": 10,
+        "test_error": test_error, "train_error": train_error or [0.0] * k, "rkhs_norm": [221.04] * k,
+    })  # fmt: skip
+
+
 def test_table3_takes_the_kernel_metrics(tmp_path):
     root = write_metrics(tmp_path / "m", [cell("mlp_1x512")], {"x": []})
-    pd.DataFrame({"dataset": ["mnist"], "features": ["raw"], "test_error": [0.0125]}).to_csv(
-        root / "kernel.csv", index=False
-    )
+    kernel_rows([0.0125, 0.3], features=["raw", "raw"], l2=[0.0, 0.01]).to_csv(root / "kernel.csv", index=False)
     tables.main(["table3", "--metrics", str(root), "--out", str(tmp_path / "table3")])
-    table = pd.read_csv(tmp_path / "table3.csv").set_index(["dataset", "features"])
-    assert table.loc[("mnist", "raw"), "test error (ours)"] == 1.25 and table.loc[("mnist", "raw"), "diff"] == 0.05
-    assert (
-        np.isnan(table.loc[("cifar10", "raw"), "test error (ours)"])
-        and table.loc[("cifar10", "raw"), "test error (paper)"] == 46.0
-    )
+    table = pd.read_csv(tmp_path / "table3.csv")
+    exact, ridge = table.iloc[0], table.iloc[1]  # the paper's order: its MNIST raw row first, then ours it lacks
+    assert (exact["dataset"], exact["features"], exact["l2"], exact["n train"]) == ("mnist", "raw", "0", 60000)
+    assert exact["test error (ours)"] == 1.25 and exact["diff"] == 0.05
+    assert exact["norm (ours)"] == 221.0 and exact["norm (paper)"] == 220.0
+    assert ridge["test error (ours)"] == 30.0 and np.isnan(ridge["test error (paper)"]) and ridge["l2"] == "0.01"
+    cifar = table[(table["dataset"] == "cifar10") & (table["features"] == "raw")].iloc[0]
+    assert np.isnan(cifar["test error (ours)"]) and cifar["test error (paper)"] == 46.0
+    assert len(table) == 2 + len(paper.TABLE3) - 1
+    markdown = (tmp_path / "table3.md").read_text()
+    assert "| mnist | raw | 0 | 60000 | 1.25 | 1.20 | 0.05 | 221.00 | 220.00 | 0.00 |" in markdown
+
+
+def test_kernel_claim_passes_far_above_chance_and_fails_near_it_or_without_a_fit():
+    t = DEFAULT_THRESHOLDS
+    check = claims.kernel_interpolation_generalizes
+    assert check(kernel_rows([0.2]), t)["verdict"] == "pass"  # 8x chance
+    assert check(kernel_rows([0.75]), t)["verdict"] == "fail"  # 2.5x chance
+    assert check(kernel_rows([0.2], train_error=[0.01]), t)["verdict"] == "fail"  # not an interpolant
+    assert check(kernel_rows([0.2], features=["scattering"]), t)["verdict"] == "not measured"
+    assert check(None, t)["verdict"] == "not measured"

@@ -24,6 +24,8 @@ STAGES = {
         "torchvision_guard.py",
     ),
     "analysis": ("analysis/__init__.py", "analysis/aggregate.py", "fileio.py", "errors.py"),
+    # kernel interpolation (Table 3) and Theorem 1: the solver and what reads its inputs
+    "kernel": ("kernel", "data/shards.py", "fileio.py", "errors.py"),
     # figures, tables and claims (Figure 3 draws a model, so the models count too)
     "report": (
         "analysis/figures.py",

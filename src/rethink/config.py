@@ -21,7 +21,7 @@ from rethink.errors import ConfigError, RethinkError
 # checks each rule against these). An experiment is a target rule too (`snakemake fig1c`), so it
 # may not take one of these names.
 WORKFLOW_RULES = ("all",)
-RULE_PREFIXES = ("data_", "train_", "analysis_", "figure_", "table_")
+RULE_PREFIXES = ("data_", "train_", "analysis_", "figure_", "table_", "kernel_")
 # A number as YAML 1.2 writes it. PyYAML (and so Snakemake's config reader) follows YAML 1.1,
 # which reads `1e-3` (no dot, or an unsigned exponent) as a string.
 _NUMBER = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
@@ -198,6 +198,25 @@ def _check_semantics(config, models):
                 f"configured dataset (configured: {', '.join(sorted(datasets))})"
             )
     grid.expand(config)  # unknown architecture/regularizer names, conflicting cells, crops that do not fit
+    _check_kernel(config)
+
+
+def _check_kernel(config):
+    """Kernel rows and Theorem 1 name configured datasets."""
+    datasets = config["datasets"]
+    wanted = [(f"kernel.rows.{name}.dataset", row["dataset"]) for name, row in config["kernel"]["rows"].items()]
+    theorem = config["theorem1"]
+    if theorem["dataset_sizes"] and theorem["dataset"] is None:
+        raise ConfigError(
+            f"config key theorem1.dataset_sizes: {theorem['dataset_sizes']} needs theorem1.dataset (a key of datasets)"
+        )
+    if theorem["dataset"] is not None:
+        wanted.append(("theorem1.dataset", theorem["dataset"]))
+    for key, name in wanted:
+        if name not in datasets:
+            raise ConfigError(
+                f"config key {key}: {name!r} is not a configured dataset (configured: {', '.join(sorted(datasets))})"
+            )
 
 
 def load(path, schema_path):

@@ -71,6 +71,11 @@ EXPERIMENTS_JSON = RESULTS + "/metrics/experiments.json"
 FIGURE = RESULTS + "/figures/{name}.{ext}"
 TABLE = RESULTS + "/tables/{name}.{ext}"
 CLAIMS = RESULTS + "/claims.{ext}"
+# Section 5 / Appendix C: one result file per Table 3 row, their table, Theorem 1's checks
+KERNEL_ROW = RESULTS + "/kernel/{row}.json"
+KERNEL_LOG = RESULTS + "/logs/kernel/{row}.log"
+KERNEL_METRICS = RESULTS + "/metrics/kernel.csv"
+THEOREM1 = RESULTS + "/theorem1.{ext}"
 
 
 def checkpoint(cell, cell_json, code_digest):

@@ -89,14 +89,17 @@ for table in TABLES:
             " --out $(dirname {output.csv})/{params.table} > {log} 2>&1"
 
 
-# Table 3 (kernel interpolation, section 5): ready for the kernel step's metrics; not part of
-# `all` until that step exists and writes results/metrics/kernel.csv.
+# Table 3 (kernel interpolation, section 5) from the kernel step's metrics (workflow/rules/kernel.smk).
 rule table_table3:
     input:
-        kernel="results/metrics/kernel.csv",
+        kernel=paths.KERNEL_METRICS,
         experiments=paths.EXPERIMENTS_JSON,
     output:
-        csv=paths.TABLE.format(name="table3", ext="csv"),
+        csv=report(
+            paths.TABLE.format(name="table3", ext="csv"),
+            caption="../report/table3.rst",
+            category="Tables",
+        ),
         md=paths.TABLE.format(name="table3", ext="md"),
         tex=paths.TABLE.format(name="table3", ext="tex"),
         json=paths.TABLE.format(name="table3", ext="json"),
@@ -114,6 +117,7 @@ rule table_table3:
 rule analysis_claims:
     input:
         **metrics_inputs("claims"),
+        kernel=[paths.KERNEL_METRICS] if KERNEL_ROWS else [],
     output:
         md=report(
             paths.CLAIMS.format(ext="md"),
@@ -127,10 +131,11 @@ rule analysis_claims:
         ENV
     params:
         thresholds=claims_json(),
+        kernel=claims_kernel_argument(),
         code=CODE["report"],
     shell:
         "python -m rethink.analysis.claims --metrics $(dirname {input.summary}) --thresholds {params.thresholds:q}"
-        " --out $(dirname {output.md})/claims > {log} 2>&1"
+        " {params.kernel} --out $(dirname {output.md})/claims > {log} 2>&1"
 
 
 # `snakemake fig1c` trains just the cells Figure 1c needs. Figures and tables read the metrics

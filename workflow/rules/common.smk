@@ -79,7 +79,7 @@ def report_outputs():
     """Every figure, table and the claims check the config asks for."""
     files = [paths.FIGURE.format(name=f, ext="png") for f in FIGURES]
     files += [paths.TABLE.format(name=t, ext="csv") for t in TABLES]
-    return files + [paths.CLAIMS.format(ext="md")]
+    return files + kernel_outputs() + [paths.CLAIMS.format(ext="md")]
 
 
 def metrics_inputs(name):
@@ -122,7 +122,7 @@ def claims_json():
 
 def missing_datasets():
     """Datasets whose clean shards are not built yet and whose raw files cannot be found."""
-    for name in sorted({name for name, _, _ in DATA_UNITS}):
+    for name in sorted({name for name, _, _ in DATA_UNITS} | kernel_datasets()):
         spec = dataset_spec(name)
         built = all(
             pathlib.Path(p).exists()
@@ -252,6 +252,72 @@ def pack_runtime(pack):
 
 def pack_mem_mb(pack):
     return pack_arch(pack)["mem_mb"]
+
+
+# ----------------------------------------------------------------------------- kernel inputs
+# Section 5 (Table 3) and Appendix C (Theorem 1): rows read their dataset's clean shards.
+
+KERNEL = config["kernel"]
+KERNEL_ROWS = {name: row for name, row in KERNEL["rows"].items() if row["enabled"]}
+THEOREM1 = config["theorem1"]
+
+
+def kernel_outputs():
+    """Table 3 when a kernel row is enabled, Theorem 1's results when it is enabled."""
+    files = [paths.TABLE.format(name="table3", ext="csv")] if KERNEL_ROWS else []
+    return files + ([paths.THEOREM1.format(ext="csv")] if THEOREM1["enabled"] else [])
+
+
+def theorem1_dataset():
+    return (
+        THEOREM1["dataset"]
+        if THEOREM1["enabled"] and THEOREM1["dataset_sizes"]
+        else None
+    )
+
+
+def kernel_datasets():
+    names = {row["dataset"] for row in KERNEL_ROWS.values()}
+    return names | ({theorem1_dataset()} if theorem1_dataset() else set())
+
+
+def kernel_row_shards(split):
+    def row_shards(wildcards):
+        dataset = KERNEL_ROWS[wildcards.row]["dataset"]
+        return paths.clean_shards(dataset_spec(dataset), SHARDS, split)
+
+    return row_shards
+
+
+def kernel_row_json(wildcards):
+    """What the solver reads: the row, its name, and the settings of its featuriser."""
+    row = dict(KERNEL_ROWS[wildcards.row], name=wildcards.row)
+    row.update(batch=KERNEL["batch"], median_samples=KERNEL["median_samples"])
+    if row["features"] != "raw":
+        row[row["features"]] = KERNEL[row["features"]]
+    return fileio.canonical_json(row)
+
+
+def kernel_row_setting(key):
+    return lambda wildcards: KERNEL_ROWS[wildcards.row][key]
+
+
+def kernel_row_gpus(wildcards):
+    return 1 if KERNEL_ROWS[wildcards.row]["device"] == "cuda" else 0
+
+
+def kernel_row_runtime(wildcards, attempt):
+    return int(KERNEL_ROWS[wildcards.row]["runtime_minutes"] * attempt)
+
+
+def theorem1_shards():
+    dataset = theorem1_dataset()
+    return paths.clean_shards(dataset_spec(dataset), SHARDS, "train") if dataset else []
+
+
+def claims_kernel_argument():
+    """The claims check reads Table 3's metrics when the config has kernel rows."""
+    return f"--kernel {paths.KERNEL_METRICS}" if KERNEL_ROWS else ""
 
 
 onstart:

@@ -13,6 +13,8 @@ import math
 import pathlib
 import sys
 
+import pandas as pd
+
 from rethink.analysis import metrics
 from rethink.data.randomize import IMAGE_NOISES
 from rethink.errors import cli_main
@@ -179,6 +181,24 @@ def early_stopping_band(cells, t):
     )
 
 
+def kernel_interpolation_generalizes(kernel, t):
+    """Section 5: the exact (l2 = 0) interpolant of the raw pixels still predicts far above chance."""
+    claim = "Interpolating the raw training set exactly (Gaussian kernel) still generalizes far above chance"
+    threshold = f">= {t['kernel_min_chance_multiple']}x chance"
+    rows = None if kernel is None else kernel[(kernel["features"] == "raw") & (kernel["l2"] == 0)]
+    if rows is None or rows.empty:
+        return _none(claim, threshold, "no raw-pixel kernel row with l2 = 0 (config key kernel.rows)")
+    multiple = (1 - rows["test_error"]) * rows["num_classes"]
+    detail = ", ".join(
+        f"{r.row}: test error {100 * r.test_error:.2f}%, train error {100 * r.train_error:.2f}% "
+        f"(n = {r.n_train}), {m:.1f}x chance"
+        for r, m in zip(rows.itertuples(), multiple)
+    )
+    # an interpolant that does not fit its training set is not the claim's (a failed solve)
+    passed = bool(multiple.min() >= t["kernel_min_chance_multiple"] and (rows["train_error"] == 0).all())
+    return _check(claim, round(float(multiple.min()), 2), threshold, passed, detail)
+
+
 CHECKS = (
     fits_random_labels,
     random_labels_at_chance,
@@ -191,8 +211,11 @@ CHECKS = (
 )
 
 
-def check_all(cells, thresholds):
-    return [dict(id=check.__name__, **check(cells, thresholds)) for check in CHECKS]
+def check_all(cells, thresholds, kernel=None):
+    """Every check on the training cells, then the kernel check on results/metrics/kernel.csv."""
+    results = [dict(id=check.__name__, **check(cells, thresholds)) for check in CHECKS]
+    check = kernel_interpolation_generalizes
+    return results + [dict(id=check.__name__, **check(kernel, thresholds))]
 
 
 def to_markdown(results, provenance):
@@ -213,12 +236,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m rethink.analysis.claims", description=__doc__.splitlines()[0])
     parser.add_argument("--metrics", required=True)
     parser.add_argument("--thresholds", required=True, help="JSON of the config's `claims` section")
+    parser.add_argument("--kernel", help="results/metrics/kernel.csv (Table 3), when the config has kernel rows")
     parser.add_argument("--out", required=True, help="output prefix; .md and .json are written")
     args = parser.parse_args(argv)
     cells = metrics.read(args.metrics, "summary.parquet")
+    kernel = pd.read_csv(args.kernel) if args.kernel else None
     config = metrics.membership(args.metrics)["config"]
     provenance = {"config": config, "cells": int(len(cells))}
-    results = check_all(cells, json.loads(args.thresholds))
+    results = check_all(cells, json.loads(args.thresholds), kernel)
     out = pathlib.Path(args.out)
     write_text_atomic(
         out.with_suffix(".json"), json.dumps(dict(provenance, claims=results), indent=2, default=float) + "\n"

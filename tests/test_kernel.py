@@ -1,0 +1,211 @@
+"""Section 5 (kernel interpolation, Table 3) and Appendix C (Theorem 1): the solver, the
+featurisers and the construction on small n, their config errors, and the kernel stage through
+the real snakemake CLI on the session's finished tiny run (its clean synthetic shards)."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rethink import config as rconfig
+from rethink.errors import ConfigError, RethinkError
+from rethink.kernel import features, solve, theorem1
+
+from conftest import CONFIG, SCHEMA, Workflow
+
+CPU = torch.device("cpu")
+
+
+def points(n, dim=20, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, dim, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 10, (n,), generator=generator)
+    return x, torch.nn.functional.one_hot(labels, 10).double()
+
+
+def dense_kernel(x, gamma):
+    return torch.exp(-gamma * torch.cdist(x, x).square())
+
+
+@pytest.mark.parametrize("l2", [0.0, 0.1])
+def test_the_solve_factorises_in_its_buffer_and_solves_the_system(l2):
+    x, y = points(300)
+    buffer = torch.empty(300, 300, dtype=torch.float64)
+    solution = solve.solve(x, y, 0.5, l2, buffer)
+    k = dense_kernel(x, 0.5)
+    factor = buffer.mT.tril()  # the Cholesky factor, written over K in the one n x n buffer
+    torch.testing.assert_close(factor @ factor.T, k + l2 * torch.eye(300, dtype=torch.float64))
+    torch.testing.assert_close((k + l2 * torch.eye(300, dtype=torch.float64)) @ solution.alpha, y)
+    # the reported norm is sqrt(trace(alpha^T K alpha)) of K without the ridge
+    assert solution.rkhs_norm == pytest.approx(float(torch.trace(solution.alpha.T @ k @ solution.alpha)) ** 0.5)
+    fitted = solve.predict(x, x, solution, batch=64)  # block by block, as for the test set
+    if l2 == 0:
+        assert float((fitted - y).abs().max()) < 1e-8  # exact interpolation
+    else:
+        torch.testing.assert_close(fitted, y - l2 * solution.alpha)
+
+
+def test_identical_points_with_different_labels_are_a_clear_error_without_a_ridge():
+    x, y = points(3)  # the first two identical: K's second pivot is exactly 0
+    x[1] = x[0]
+    buffer = torch.empty(3, 3, dtype=torch.float64)
+    with pytest.raises(RethinkError, match="not positive definite.*use l2 > 0"):
+        solve.solve(x, y, 0.5, 0.0, buffer)
+    solve.solve(x, y, 0.5, 0.01, buffer)  # the ridge makes it solvable
+
+
+def test_a_system_that_does_not_fit_in_memory_is_refused_naming_n_and_bytes():
+    with pytest.raises(RethinkError) as err:
+        solve.check_memory(10_000_000, 1000, 784, 1024, CPU)
+    message = str(err.value)
+    assert "n = 10000000" in message and f"{solve.bytes_needed(10_000_000, 1000, 784, 1024):,} bytes" in message
+    assert "available" in message
+    needed, available = solve.check_memory(1000, 100, 784, 1024, CPU)
+    assert needed == 8 * (1000**2 + 1100 * 784 + 1024 * 1000 + 1000 * 1000) and available > needed
+
+
+SETTINGS = {
+    "scattering": {"J": 2, "L": 4, "max_order": 2},
+    "random_conv": {"filters": 16, "size": 3, "pool": "avg", "pool_grid": 2, "seed": 0},
+}
+
+
+@pytest.mark.parametrize("name", features.NAMES)
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 8, 8)])
+def test_each_featuriser_gives_its_declared_dimension_in_float64(name, shape):
+    images = torch.randint(0, 256, (5, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    out = features.featurise(name, SETTINGS, images, batch=2, device=CPU)
+    assert out.dtype == torch.float64 and out.shape == (5, features.feature_dim(name, SETTINGS, shape))
+    if name == "raw":
+        assert float(out.max()) <= 1.0 and torch.equal(out[0], images[0].flatten().double() / 255)
+
+
+def test_random_filters_come_from_their_seed():
+    first = features.random_filters(SETTINGS["random_conv"], 3)
+    assert torch.equal(first, features.random_filters(SETTINGS["random_conv"], 3))
+    other = features.random_filters(dict(SETTINGS["random_conv"], seed=1), 3)
+    assert not torch.equal(first, other)
+    torch.testing.assert_close(first.flatten(1).norm(dim=1), torch.ones(16))
+
+
+def test_theorem1_fits_random_labels_with_2n_plus_d_weights():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((300, 5)), rng.standard_normal(300)
+    network, matrix = theorem1.construct(x, y, seed=0)
+    assert network.n_weights == 2 * 300 + 5
+    assert np.array_equal(matrix, np.tril(matrix)) and (np.diag(matrix) > 0).all()
+    np.testing.assert_allclose(network(x), y, atol=1e-6)
+    row = theorem1.verify(x, y, seed=0)
+    assert row["weights"] == 605 and row["max_residual"] < 1e-6 and row["lower_triangular"]
+    assert row["condition_number"] >= np.linalg.cond(matrix, 1) / 10  # LAPACK's estimate is within a factor
+
+
+def test_theorem1_refuses_points_that_are_not_distinct():
+    x = np.random.default_rng(0).standard_normal((10, 3))
+    x[7] = x[2]
+    with pytest.raises(RethinkError, match="points (2 and 7|7 and 2).*distinct"):
+        theorem1.construct(x, np.arange(10.0), seed=0)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda c: c["kernel"]["rows"]["r"].update(dataset="nope"),
+            r"kernel.rows.r.dataset: 'nope' is not a configured",
+        ),
+        (lambda c: c["kernel"]["rows"]["r"].update(features="gabor"), r"kernel.rows.r.features: 'gabor' is not one of"),
+        (lambda c: c["kernel"]["rows"]["r"].update(gamma=-1), r"kernel.rows.r.gamma"),
+        (lambda c: c["kernel"]["rows"]["r"].update(l2=[-0.1]), r"kernel.rows.r.l2\[0\]: -0.1 is less than"),
+        (lambda c: c["theorem1"].update(dataset_sizes=[10]), r"theorem1.dataset_sizes: \[10\] needs theorem1.dataset"),
+    ],
+)
+def test_bad_kernel_config_is_an_error_naming_the_key(tmp_path, change, message):
+    config = json.loads(json.dumps(CONFIG)) | {
+        "kernel": {"rows": {"r": {"dataset": "synth", "features": "raw"}}},
+        "theorem1": {"enabled": True},
+    }
+    rconfig.validate(json.loads(json.dumps(config)), SCHEMA)  # the unchanged config is valid
+    change(config)
+    with pytest.raises(ConfigError, match=message):
+        rconfig.validate(config, SCHEMA)
+
+
+# ----------------------------------------------------------------------------- the workflow
+
+KERNEL = {
+    "batch": 16,
+    "median_samples": 32,
+    "scattering": {"J": 1, "L": 4, "max_order": 2},
+    "random_conv": {"filters": 32, "size": 3, "pool": "avg", "pool_grid": 2, "seed": 0},
+    "rows": {
+        "synth_raw": {"dataset": "synth", "features": "raw", "gamma": "median", "l2": [0.0, 0.01], "device": "cpu"},
+        "synth_scattering": {"dataset": "synth", "features": "scattering", "gamma": "median", "device": "cpu"},
+        "synth_random_conv": {"dataset": "synth", "features": "random_conv", "gamma": "median", "device": "cpu"},
+    },
+}
+THEOREM1 = {"enabled": True, "sizes": [50, 200], "dim": 4, "dataset": "synth", "dataset_sizes": [64], "seed": 0}
+KERNEL_JOBS = {"kernel_row": 3, "kernel_aggregate": 1, "kernel_theorem1": 1, "table_table3": 1}
+
+
+@pytest.fixture(scope="module")
+def kernel_run(finished, tmp_path_factory):
+    """The finished tiny run with kernel rows and Theorem 1 added to its config, run to completion."""
+    source, _, _ = finished
+    wf = Workflow(tmp_path_factory.mktemp("kernel") / "wf", source=source)
+    config = wf.write_config(CONFIG | {"kernel": KERNEL, "theorem1": THEOREM1})  # same name: same provenance
+    planned = wf.planned_jobs("--configfile", config)[0]
+    wf.run("--configfile", config, "-c2")
+    return wf, config, planned
+
+
+@pytest.mark.workflow
+def test_the_kernel_stage_runs_from_the_clean_shards_without_training(kernel_run):
+    wf, _, planned = kernel_run
+    # the new steps, the claims check (it now reads kernel.csv) and nothing else: no data job, no training
+    assert planned == {**KERNEL_JOBS, "analysis_claims": 1, "all": 1}
+    kernel = pd.read_csv(wf.root / "results/metrics/kernel.csv")
+    assert sorted(zip(kernel["row"], kernel["l2"])) == [
+        ("synth_random_conv", 0.0), ("synth_raw", 0.0), ("synth_raw", 0.01), ("synth_scattering", 0.0)
+    ]  # fmt: skip
+    exact = kernel[kernel["l2"] == 0]
+    assert (exact["train_error"] == 0).all() and (exact["max_train_residual"] < 1e-6).all()
+    assert (
+        (kernel["n_train"] == 64).all() and (kernel["n_test"] == 32).all() and (kernel["source"] == "synthetic").all()
+    )
+    assert (kernel["test_error"] < 0.5).all()  # the synthetic classes are separable: far from chance (0.9)
+    assert (kernel["rkhs_norm"] > 0).all() and (kernel["gamma"] > 0).all()
+    ridge = kernel[kernel["l2"] > 0].iloc[0]
+    assert ridge["max_train_residual"] > 1e-4  # a ridge solution does not interpolate
+
+    table = pd.read_csv(wf.root / "results/tables/table3.csv")
+    assert list(table["test error (paper)"].dropna()) == [1.2, 0.6, 46.0, 17.0, 15.0]  # the paper's rows stay
+    assert set(table["dataset"]) >= {"synth", "mnist", "cifar10"}
+    claim = next(
+        c for c in json.loads((wf.root / "results/claims.json").read_text())["claims"] if c["id"].startswith("kernel")
+    )
+    assert claim["verdict"] == "pass" and "synth_raw" in claim["detail"]
+
+    proof = pd.read_csv(wf.root / "results/theorem1.csv")
+    assert list(zip(proof["data"], proof["n"], proof["d"])) == [
+        ("random", 50, 4),
+        ("random", 200, 4),
+        ("synth", 64, 64),
+    ]
+    assert (proof["weights"] == 2 * proof["n"] + proof["d"]).all()
+    assert (proof["relative_residual"] < 1e-6).all() and proof["lower_triangular"].all()
+
+
+@pytest.mark.workflow
+def test_a_finished_kernel_stage_is_up_to_date_and_reruns_when_its_code_changes(kernel_run, tmp_path):
+    source, config, _ = kernel_run
+    assert source.planned_jobs("--configfile", config) == ({}, set())
+    wf = Workflow(tmp_path / "wf", source=source)
+    solver = wf.root / "src/rethink/kernel/solve.py"
+    solver.write_text(solver.read_text() + "\n# an edit\n")
+    counts, cells = wf.planned_jobs("--configfile", wf.root / "config" / config.name)
+    assert counts == {**KERNEL_JOBS, "analysis_claims": 1, "all": 1} and cells == set()
+    shutil.rmtree(wf.root)

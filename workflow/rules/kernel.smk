@@ -1,0 +1,68 @@
+# Section 5 and Appendix C: one kernel-interpolation job per Table 3 row (clean shards -> a
+# featuriser -> exact or ridge solves), their metrics, and Theorem 1's construction verified.
+# Table 3 itself is made in analysis.smk from results/metrics/kernel.csv.
+
+
+wildcard_constraints:
+    row="|".join(KERNEL_ROWS) or "(?!)",
+
+
+rule kernel_row:
+    input:
+        train=kernel_row_shards("train"),
+        test=kernel_row_shards("test"),
+    output:
+        paths.KERNEL_ROW,
+    log:
+        paths.KERNEL_LOG,
+    conda:
+        ENV
+    threads: kernel_row_setting("threads")
+    resources:
+        mem_mb=kernel_row_setting("mem_mb"),
+        runtime=kernel_row_runtime,
+        cpus_per_task=kernel_row_setting("threads"),
+        gpu=kernel_row_gpus,
+    params:
+        row=kernel_row_json,
+        code=CODE["kernel"],
+    shell:
+        "python -m rethink.kernel solve --row {params.row:q} --train {input.train} --test {input.test}"
+        " --out {output} > {log} 2>&1"
+
+
+rule kernel_aggregate:
+    input:
+        expand(paths.KERNEL_ROW, row=KERNEL_ROWS),
+    output:
+        paths.KERNEL_METRICS,
+    log:
+        "results/logs/kernel/aggregate.log",
+    conda:
+        ENV
+    params:
+        code=CODE["kernel"],
+    shell:
+        "python -m rethink.kernel aggregate --rows {input} --out {output} > {log} 2>&1"
+
+
+rule kernel_theorem1:
+    input:
+        train=theorem1_shards(),
+    output:
+        csv=report(
+            paths.THEOREM1.format(ext="csv"),
+            caption="../report/theorem1.rst",
+            category="Theorem 1",
+        ),
+        md=paths.THEOREM1.format(ext="md"),
+    log:
+        "results/logs/kernel/theorem1.log",
+    conda:
+        ENV
+    params:
+        spec=fileio.canonical_json(THEOREM1),
+        code=CODE["kernel"],
+    shell:
+        "python -m rethink.kernel theorem1 --spec {params.spec:q} --train {input.train}"
+        " --out $(dirname {output.csv})/theorem1 > {log} 2>&1"
