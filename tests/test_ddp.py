@@ -89,22 +89,15 @@ def test_two_processes_train_the_one_process_cell_and_resume_after_sigterm(tmp_p
     assert {k: ddp[k] for k in same} == {k: one[k] for k in same}
 
 
-class FakeWorld:
-    def __init__(self, rank, size):
-        self.rank, self.size = rank, size
-
-    part = distributed.World.part
-
-
 def test_parts_cover_a_batch_and_the_batch_must_split_evenly():
     for n in (1, 11, 16):
-        parts = [FakeWorld(r, 2).part(n) for r in range(2)]
+        parts = [distributed.World(r, 2, r, None).part(n) for r in range(2)]
         assert parts[0][0] == 0 and parts[0][1] == parts[1][0] and parts[1][1] == n
         assert parts[0][1] - parts[0][0] - (parts[1][1] - parts[1][0]) in (0, 1)
     with pytest.raises(RethinkError, match="batch_size=30 .* does not split evenly over 4 processes"):
-        distributed.check_batches(FakeWorld(0, 4), 100, 30, "c")
+        distributed.check_batches(distributed.World(0, 4, 0, None), 100, 30, "c")
     with pytest.raises(RethinkError, match="last batch has 1 samples, fewer than the 2 processes"):
-        distributed.check_batches(FakeWorld(0, 2), 33, 16, "c")
+        distributed.check_batches(distributed.World(0, 2, 0, None), 33, 16, "c")
 
 
 def gpu_config(gpus=2, pack=1, device="cuda"):

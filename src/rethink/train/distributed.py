@@ -119,6 +119,23 @@ def check_batches(world, n, batch_size, where):
         )
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) with autograd: the gradient of a sum over ranks is the sum of the ranks'
+    gradients."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class GlobalBatchNorm(torch.nn.BatchNorm2d):
     """BatchNorm2d whose training-mode statistics are the global batch's, over all ranks, with
     autograd through the all-reduces: SyncBatchNorm for the CPU (gloo), where torch's refuses to
@@ -128,10 +145,10 @@ class GlobalBatchNorm(torch.nn.BatchNorm2d):
     def forward(self, x):
         if not self.training:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = _SumOverRanks.apply
         dims = (0, 2, 3)
-        count = all_reduce(torch.tensor([x.shape[0] * x.shape[2] * x.shape[3]], dtype=x.dtype, device=x.device))
+        count = torch.tensor([x.shape[0] * x.shape[2] * x.shape[3]], dtype=x.dtype, device=x.device)
+        dist.all_reduce(count)
         mean = all_reduce(x.sum(dims)) / count
         centred = x - mean[None, :, None, None]
         var = all_reduce(centred.square().sum(dims)) / count
@@ -168,8 +185,9 @@ def sync_batchnorm(model, device_type):
 def wrap(model, world, dev):
     """DistributedDataParallel around `model` (whose parameters rank 0 broadcasts once)."""
     ids = [dev.index] if dev.type == "cuda" else None
-    # buffers (BatchNorm's running statistics) are updated from global statistics: the same everywhere
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    # buffers (BatchNorm's running statistics) are updated from global statistics: the same
+    # everywhere, so they are not broadcast before every forward (only once, at the start)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
 
 
 def ddp_step(model, opt, x, y, amp, fmt, scale):

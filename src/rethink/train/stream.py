@@ -24,7 +24,9 @@ preprocessing (rethink.train.preprocess), exactly as before streaming existed.
   batch's draws come from a generator seeded by (epoch seed, batch number): the same on resume
   and whichever thread makes it;
 - decoding: Pillow on the CPU; `torchvision.io.decode_jpeg(device="cuda")` (nvJPEG) on a GPU;
-- prefetch: a background thread prepares the next PREFETCH_BATCHES batches.
+- prefetch: a background thread prepares the next PREFETCH_BATCHES batches;
+- several processes (rethink.train.distributed): each draws the whole batch's crops and flips
+  and decodes only its part of the batch.
 """
 
 import io
@@ -68,7 +70,8 @@ class InMemorySplit:
         for lo in range(start * bs, self.n, bs):
             hi = min(lo + bs, self.n)
             if world is not None:
-                lo, hi = (lo + i for i in world.part(hi - lo))
+                first, last = world.part(hi - lo)
+                lo, hi = lo + first, lo + last
             x, idx = preprocess.train_batch(self.images, plan, lo, hi, hp)
             yield x, self.labels[idx]
 
