@@ -128,3 +128,39 @@ def test_multi_gpu_config_errors(change, message):
     with pytest.raises(RethinkError, match=message):
         rconfig.validate(gpu_config(**change), SCHEMA)
     rconfig.validate(gpu_config(), SCHEMA)
+
+
+WATCHER = """
+import sys, time
+from rethink.train.checkpoint import Signals
+signals = Signals(launcher=True)
+print("watching", flush=True)
+deadline = time.monotonic() + 30
+while not signals.orphaned() and time.monotonic() < deadline:
+    time.sleep(0.01)
+print("orphaned" if signals.orphaned() else "not orphaned", flush=True)
+"""
+LAUNCHER = """
+import os, subprocess, sys, time
+print(os.getpid(), flush=True)
+subprocess.Popen([sys.executable, "-c", sys.argv[1]])
+time.sleep(120)
+"""
+SNAKEMAKE = "import subprocess, sys; subprocess.run([sys.executable, '-c', sys.argv[1], sys.argv[2]])"
+
+
+def test_a_process_under_torchrun_sees_snakemake_die():
+    """trainer <- launcher (torchrun) <- snakemake: killing snakemake orphans the launcher, not the
+    trainer, which must notice anyway (it then saves and stops, as a one-process trainer does)."""
+    snakemake = subprocess.Popen(
+        [sys.executable, "-c", SNAKEMAKE, LAUNCHER, WATCHER], stdout=subprocess.PIPE, text=True
+    )  # fmt: skip
+    launcher = int(snakemake.stdout.readline())
+    try:
+        assert snakemake.stdout.readline() == "watching\n"
+        snakemake.kill()
+        snakemake.wait()
+        assert snakemake.stdout.readline() == "orphaned\n"  # the watcher inherited the pipe
+    finally:
+        snakemake.kill()
+        os.kill(launcher, signal.SIGKILL)

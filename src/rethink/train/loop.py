@@ -564,7 +564,7 @@ def _train_pack(jobs, keys, states, dev, echo, compile_mode, world=None):
                                     cache.get(job.test_paths, "test", job.cell)), dev, compile_mode, echo, world)
         for i, (job, key, state) in enumerate(zip(jobs, keys, states)) if i not in finished
     }  # fmt: skip
-    with checkpoint.Signals() as signals:
+    with checkpoint.Signals(launcher=world is not None) as signals:
         while members:
             for i, member in list(members.items()):  # lockstep: one step of each member in turn
                 if member.reason is None:
