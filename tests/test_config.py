@@ -48,6 +48,7 @@ def test_defaults_are_filled_in():
         "hparams": {},
         "runtime_minutes": 60,
         "mem_mb": 4000,
+        "gpus": 1,
         "model": "mlp_1x512",
     }
 

@@ -16,7 +16,7 @@ from rethink.data import imagenet, prepare
 from rethink.data.shards import ShardError, read_shard
 from rethink.errors import RethinkError
 from rethink.fileio import canonical_json
-from rethink.train import checkpoint, loop, stream
+from rethink.train import checkpoint, distributed, loop, stream
 
 from conftest import REPO, SCHEMA, flip_byte_in_chunk
 from realformat import IMAGENET_WNIDS, write_imagenet
@@ -145,6 +145,12 @@ def test_stream_order_is_seeded_and_resumes_at_any_step(inet):
     assert -1 <= full[0][0].min() and full[0][0].max() <= 1 + 1e-6  # bilinear may overshoot by rounding
     tail = list(split.train_batches(plan, 4, HPARAMS))  # a resumed epoch: the same batches, bit for bit
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[4:], tail, strict=True))
+    # several processes: each decodes its part of every batch, with the whole batch's draws
+    parts = [list(split.train_batches(plan, 0, HPARAMS, world=distributed.World(r, 3, r, None))) for r in range(3)]
+    for b, (x, y) in enumerate(full):
+        assert torch.equal(torch.cat([p[b][0] for p in parts]), x) and torch.equal(
+            torch.cat([p[b][1] for p in parts]), y
+        )
     off = list(split.train_batches(plan, 0, dict(HPARAMS, random_crop=False, augment=False)))
     assert not torch.equal(off[0][0], full[0][0])  # augmentation switched off: the central view
     evals = list(split.eval_batches(75))

@@ -197,8 +197,28 @@ def _check_semantics(config, models):
                 f"config key experiments.{exp_name}.dataset: {exp['dataset']!r} is not a "
                 f"configured dataset (configured: {', '.join(sorted(datasets))})"
             )
-    grid.expand(config)  # unknown architecture/regularizer names, conflicting cells, crops that do not fit
+    # unknown architecture/regularizer names, conflicting cells, crops that do not fit
+    _check_gpus(config, grid.expand(config)[0])
     _check_kernel(config)
+
+
+def _check_gpus(config, cells):
+    """A cell on several GPUs is a job of its own, and its global batch splits evenly over them."""
+    pack = config["compute"]["pack"]
+    for cell, spec in cells.values():
+        gpus = config["architectures"][cell.arch]["gpus"]
+        if gpus > 1 and pack > 1:
+            raise ConfigError(
+                f"config key architectures.{cell.arch}.gpus: {gpus} processes train each of its cells, so a "
+                f"job holds one cell, but compute.pack is {pack}; set compute.pack: 1 or gpus: 1"
+            )
+        batch = spec["hparams"]["batch_size"]
+        if batch % gpus:
+            raise ConfigError(
+                f"config key architectures.{cell.arch}.gpus: {gpus} does not divide cell {cell.id}'s "
+                f"batch_size {batch} (the global batch, split evenly over the GPUs); make batch_size a "
+                f"multiple of {gpus} or change gpus"
+            )
 
 
 def _check_kernel(config):

@@ -232,7 +232,29 @@ def pack_arch(pack):
     return config["architectures"][pack_members(pack)[0][0].arch]
 
 
+def pack_ranks(pack):
+    """Processes that train the pack's cell together (the architecture's `gpus`; 1 = one process)."""
+    return pack_arch(pack)["gpus"]
+
+
+def pack_launcher(pack):
+    """How the job starts the trainer: one process, or torchrun with one process per GPU."""
+    ranks = pack_ranks(pack)
+    if ranks == 1:
+        return "exec python"
+    return f"exec torchrun --standalone --nnodes=1 --nproc_per_node={ranks}"
+
+
+def pack_cpus(pack):
+    return config["compute"]["threads"] * pack_ranks(pack)
+
+
 def pack_gpus(pack):
+    """GPUs the job asks for: one per process of a multi-GPU cell (none when its device is cpu,
+    where the processes are CPU ranks); else compute.gpus, or 1 for a cuda cell."""
+    ranks, device = pack_ranks(pack), pack_members(pack)[0][1]["hparams"]["device"]
+    if ranks > 1:
+        return 0 if device == "cpu" else ranks
     requested = config["compute"]["gpus"]
     if requested is not None:
         return requested

@@ -3,6 +3,8 @@
 # checkpoints, which live outside the declared outputs so that Snakemake's cleanup of a failed
 # job cannot delete them; a rerun pack re-emits its finished cells instead of training them.
 # `exec`: the trainer's parent is Snakemake itself, so it notices when Snakemake is killed.
+# A cell on several GPUs (architectures.<name>.gpus > 1) is started by torchrun, one process per
+# GPU, inside this one job; torchrun passes SIGTERM on to every process.
 
 
 for pack in PACKS:
@@ -19,17 +21,19 @@ for pack in PACKS:
             paths.TRAIN_JOB_LOG.format(pack=pack.rule),
         conda:
             ENV
-        # Snakemake exports OMP_NUM_THREADS (and the BLAS equivalents) = threads to the shell
+        # Snakemake exports OMP_NUM_THREADS (and the BLAS equivalents) = threads to the shell:
+        # per process; a job of several processes asks Slurm for that many CPUs times theirs
         threads: config["compute"]["threads"]
         resources:
             runtime=pack_runtime(pack),
             mem_mb=pack_mem_mb(pack),
-            cpus_per_task=config["compute"]["threads"],
+            cpus_per_task=pack_cpus(pack),
             gpu=pack_gpus(pack),
         params:
             pack=pack_json(pack),
             code=CODE["train"],
             compile=config["compute"]["compile"],
         shell:
-            "exec python -m rethink.train --pack {params.pack:q} --compile {params.compile}"
+            pack_launcher(pack)
+            + " -m rethink.train --pack {params.pack:q} --compile {params.compile}"
             " > /dev/null 2> {log}"

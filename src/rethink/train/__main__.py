@@ -5,12 +5,15 @@
                                       "out_dir": "...", "checkpoint": "..."}, ...]'
 
 With --pack (what the workflow runs) each cell's cell.json is written into its out_dir first.
+Under `torchrun --nproc_per_node=N` the N processes train one cell together (a pack of one),
+each on its part of every batch; rank 0 writes (rethink.train.distributed).
 Errors a user can fix are one line on stderr and exit status 2; SIGTERM, SIGINT and SIGHUP save
 checkpoints and exit 128 + the signal, so the scheduler retries the job, which then resumes.
 """
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 
@@ -77,7 +80,8 @@ def main(argv=None):
         for job in jobs:  # the workflow's declared cell.json, as the trainer validated it
             cell.validate(job.cell, f"--pack cell {job.out_dir}")
             job.out_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(job.out_dir / "cell.json", canonical_json(job.cell) + "\n")
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 writes
+                write_text_atomic(job.out_dir / "cell.json", canonical_json(job.cell) + "\n")
     else:
         jobs = [
             loop.Job(

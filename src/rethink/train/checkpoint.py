@@ -61,17 +61,25 @@ class Signals:
     """Handled at step boundaries: SIGTERM (Slurm's preemption and time limit), SIGINT (Ctrl-C)
     and SIGHUP (a closed terminal) save, then stop; SIGUSR1 saves and goes on. A trainer whose
     parent died (snakemake killed with SIGKILL) is orphaned: `orphaned()` says so, and the loop
-    treats it as a SIGTERM, so the work is saved instead of running on unwatched."""
+    treats it as a SIGTERM, so the work is saved instead of running on unwatched. Under torchrun
+    (`launcher=True`) the parent is torchrun's agent, which does not watch its own parent: then
+    the trainer is orphaned when either of them is gone."""
 
     STOP = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     WATCHED = (*STOP, signal.SIGUSR1)
 
-    def __init__(self):
+    def __init__(self, launcher=False):
         self.pending, self._previous = None, {}
         self._parent = os.getppid()
+        self._grandparent = parent_of(self._parent) if launcher else None
 
     def orphaned(self):
-        return os.getppid() != self._parent
+        if os.getppid() != self._parent:
+            return True
+        if self._grandparent is None:
+            return False
+        now = parent_of(self._parent)
+        return now is not None and now != self._grandparent
 
     def __enter__(self):
         for sig in self.WATCHED:
@@ -89,6 +97,15 @@ class Signals:
         # a stopping signal wins over a pending SIGUSR1: both save, only one of them stops the run
         if self.pending not in self.STOP:
             self.pending = signal.Signals(signum)
+
+
+def parent_of(pid):
+    """The parent's pid of process `pid` (Linux /proc); None where that cannot be read."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # after "pid (comm)": state, ppid
 
 
 class Interrupted(Exception):

@@ -14,6 +14,10 @@ new value); the online (training-mode, minibatch) loss and
 accuracy accumulated on the device and read once per epoch; evaluation on the whole training and
 test sets in eval mode every `eval_every_epochs`; a checkpoint every `checkpoint_minutes` and on
 signals; at the stop, a *finished* checkpoint, then history.csv and summary.json.
+
+A cell may also be trained by several processes, one per GPU, launched by torchrun: each takes
+its part of every global batch, and the update is the one-process update
+(`rethink.train.distributed`). A pack is then one cell; without torchrun nothing of that path runs.
 """
 
 import csv
@@ -36,7 +40,7 @@ from rethink.errors import RethinkError
 from rethink.fileio import write_text_atomic
 from rethink.models import build_model, count_parameters
 from rethink.train import cell as cells
-from rethink.train import checkpoint, stream
+from rethink.train import checkpoint, distributed, stream
 
 HISTORY_COLUMNS = (
     "step",
@@ -147,22 +151,32 @@ class GeneratorDropout(torch.nn.Dropout):
     def __init__(self, p, generator):
         super().__init__(p)
         self.generator = generator
+        # several processes: (global batch size, this rank's first sample). The mask is drawn
+        # for the global batch, as one process draws it, and this rank's rows taken
+        self.part = None
 
     def forward(self, x):
         if not self.training or self.p == 0:
             return x
+        if self.part is not None:
+            total, lo = self.part
+            mask = torch.rand((total, *x.shape[1:]), generator=self.generator, device=x.device)
+            return x * (mask[lo : lo + len(x)] >= self.p) / (1 - self.p)
         keep = torch.rand(x.shape, generator=self.generator, device=x.device) >= self.p
         return x * keep / (1 - self.p)
 
 
-def setup(cell, input_shape, num_classes, dev, amp_dtype=None):
+def setup(cell, input_shape, num_classes, dev, amp_dtype=None, world=None):
     """Model, optimizer, lr tensor and device wrappers, as the loop (and bench/) trains them.
-    `amp_dtype`: autocast dtype; default bfloat16 on CUDA, none on CPU."""
+    `amp_dtype`: autocast dtype; default bfloat16 on CUDA, none on CPU. With a `world` (several
+    processes), BatchNorm normalises over the global batch."""
     hp, cuda = cell["hparams"], dev.type == "cuda"
     amp_dtype = amp_dtype if amp_dtype is not None else (torch.bfloat16 if cuda else None)
     torch.manual_seed(cell["seed"])  # the global RNG: weight init only
     model = build_model(cell["arch"], input_shape, num_classes, cell["width"], hp["dropout"], init=hp["init"])
     model = model.to(dev)
+    if world is not None:
+        model = distributed.sync_batchnorm(model, dev.type)
     dropout_gen = torch.Generator(dev).manual_seed(stream_seed(cell["seed"], "dropout"))
     for parent in list(model.modules()):
         for name, child in parent.named_children():
@@ -242,10 +256,12 @@ class Progress:
 class Member:
     """One cell of the pack: its model and optimizer, generators, progress and files."""
 
-    def __init__(self, job, key, state, data, dev, compile_mode="off", echo=True):
+    def __init__(self, job, key, state, data, dev, compile_mode="off", echo=True, world=None):
         self.job, self.cell, self.hp, self.key, self.dev = job, job.cell, job.cell["hparams"], key, dev
+        self.world = world  # None: one process; else the ranks that train this cell together
+        self.main = world is None or world.main  # evaluates, logs and writes
         pathlib.Path(job.out_dir).mkdir(parents=True, exist_ok=True)
-        self.log = Log(pathlib.Path(job.out_dir) / "train.log", echo)
+        self.log = Log(pathlib.Path(job.out_dir) / "train.log", echo) if self.main else lambda message: None
         self.train_split, self.test_split = data
         self.num_classes, test_classes = self.train_split.num_classes, self.test_split.num_classes
         if test_classes != self.num_classes:
@@ -262,9 +278,10 @@ class Member:
         crop = self.hp["crop_size"]
         self.input_shape = (train_shape[0], crop, crop)
         self.model, self.opt, self.lr, self.dropout_gen, self.amp, self.fmt = setup(
-            self.cell, self.input_shape, self.num_classes, dev
+            self.cell, self.input_shape, self.num_classes, dev, world=world
         )
-        self.step_fn = sgd_step if compile_mode == "off" else torch.compile(sgd_step, mode=compile_mode)
+        step = sgd_step if world is None else distributed.ddp_step
+        self.step_fn = step if compile_mode == "off" else torch.compile(step, mode=compile_mode)
         self.gen = torch.Generator(dev).manual_seed(stream_seed(self.cell["seed"], "data"))  # order, crops, flips
         self.n, self.bs = self.train_split.n, self.hp["batch_size"]
         self.batches = None  # the current epoch's batch iterator, from the step it (re)started at
@@ -272,6 +289,10 @@ class Member:
         self.p = Progress(online=torch.zeros(2, dtype=torch.float64, device=dev))
         if state:
             self._restore(state)
+        if world is not None:
+            distributed.check_batches(world, self.n, self.bs, self.cell["cell"])
+            self.dropouts = [m for m in self.model.modules() if isinstance(m, GeneratorDropout)]
+            self.ddp = distributed.wrap(self.model, world, dev)  # after a restore: every rank loaded it
         self.t0 = time.monotonic() - self.p.elapsed_s
         self.next_save = time.monotonic() + 60 * self.hp["checkpoint_minutes"]
         if state:
@@ -284,7 +305,7 @@ class Member:
                 f"params={count_parameters(self.model)} steps/epoch={self.steps_per_epoch}"
             )
             self.record(online=None)  # epoch 0: the untrained network
-        self.reason = self.stop_reason()
+        self.reason = self.decide()
 
     def lr_at(self, epoch):
         return self.hp["lr"] * self.hp["lr_decay"] ** epoch  # no scheduler state to resume
@@ -300,6 +321,8 @@ class Member:
     def train_step(self):
         if self.p.pos == 0:
             self.start_epoch()
+        if self.world is not None:
+            return self._train_step_part()
         if self.batches is None:  # a new epoch, or a resumed one: continue at this step
             self.batches = self.train_split.train_batches(self.p.plan, self.p.pos, self.hp)
         x, y = next(self.batches)
@@ -307,16 +330,40 @@ class Member:
         loss, correct = self.step_fn(self.model, self.opt, x, y, self.amp, self.fmt)
         self.p.online[0] += loss * len(y)
         self.p.online[1] += correct
+        self._advance()
+
+    def _train_step_part(self):
+        """train_step on this rank's part of the global batch (several processes)."""
+        if self.batches is None:
+            self.batches = self.train_split.train_batches(self.p.plan, self.p.pos, self.hp, world=self.world)
+        total = min(self.bs, self.n - self.p.pos * self.bs)  # the global batch (the last may be short)
+        lo, _ = self.world.part(total)
+        for dropout in self.dropouts:
+            dropout.part = (total, lo)
+        x, y = next(self.batches)
+        x, y = x.to(self.dev, non_blocking=True), y.to(self.dev, non_blocking=True)
+        loss_sum, correct = self.step_fn(self.ddp, self.opt, x, y, self.amp, self.fmt, self.world.size / total)
+        self.p.online[0] += loss_sum  # this rank's share; the epoch's end sums the ranks'
+        self.p.online[1] += correct
+        self._advance()
+
+    def _advance(self):
         self.p.pos += 1
         self.p.step += 1
         if self.p.pos == self.steps_per_epoch:
             self.end_epoch()
 
     def end_epoch(self):
-        loss_sum, correct = self.p.online.tolist()  # the epoch's one host sync of the step path
+        online = self.p.online if self.world is None else self.world.total(self.p.online)
+        loss_sum, correct = online.tolist()  # the epoch's one host sync of the step path
         self.p.epoch, self.p.pos, self.p.plan, self.batches = self.p.epoch + 1, 0, None, None
         self.record(online=(loss_sum / self.n, correct / self.n))
-        self.reason = self.stop_reason()
+        self.reason = self.decide()
+
+    def decide(self):
+        """The stop reason; with several processes, rank 0's (it alone evaluates), which the others
+        wait for."""
+        return self.stop_reason() if self.world is None else self.world.from_main(self.stop_reason())
 
     def record(self, online):
         """Append the epoch's history row: online numbers always, eval-mode numbers when due."""
@@ -328,7 +375,7 @@ class Member:
             train_avg_loss=online[0] if online else None,
             train_avg_acc=online[1] if online else None,
         )
-        if p.epoch % hp["eval_every_epochs"] == 0 or p.epoch == hp["max_epochs"]:
+        if self.main and (p.epoch % hp["eval_every_epochs"] == 0 or p.epoch == hp["max_epochs"]):
             crop, model, amp, fmt, dev = hp["crop_size"], self.model, self.amp, self.fmt, self.dev
             row["train_loss"], row["train_acc"], row["train_top5"] = evaluate(
                 model, self.train_split, crop, amp, fmt, dev
@@ -363,13 +410,20 @@ class Member:
         return time.monotonic() >= self.next_save
 
     def save(self, why=None):
-        p, cuda = self.p, self.dev.type == "cuda"
+        """Every rank calls it at the same step (several processes: the online sums are added up
+        over the ranks; rank 0 writes)."""
+        p, cuda, online = self.p, self.dev.type == "cuda", self.p.online
+        if self.world is not None:
+            online = self.world.total(online)
+            if not self.main:
+                self.next_save = time.monotonic() + 60 * self.hp["checkpoint_minutes"]
+                return
         checkpoint.save(self.job.checkpoint, dict(
             inputs_sha256=self.key, device_type=self.dev.type, model=self.model.state_dict(),
             optimizer=self.opt.state_dict(), generator=self.gen.get_state(),
             dropout_generator=self.dropout_gen.get_state(), torch_rng=torch.get_rng_state(),
             cuda_rng=torch.cuda.get_rng_state(self.dev) if cuda else None,
-            epoch=p.epoch, pos=p.pos, step=p.step, history=p.history, plan=p.plan, online=p.online,
+            epoch=p.epoch, pos=p.pos, step=p.step, history=p.history, plan=p.plan, online=online,
             elapsed_s=time.monotonic() - self.t0,
         ))  # fmt: skip
         self.next_save = time.monotonic() + 60 * self.hp["checkpoint_minutes"]
@@ -392,7 +446,8 @@ class Member:
             step=state["step"],
             history=state["history"],
             elapsed_s=state["elapsed_s"],
-            online=state["online"].to(self.dev),
+            # several processes: rank 0 carries the saved sums, the others start theirs from zero
+            online=state["online"].to(self.dev) if self.main else torch.zeros_like(state["online"]).to(self.dev),
             plan=state["plan"] and {k: v.to(self.dev) for k, v in state["plan"].items()},
         )
         if self.p.pos:  # mid-epoch: the rest of the epoch trains in training mode at its lr
@@ -400,7 +455,12 @@ class Member:
             self.model.train()
 
     def finish(self):
-        """The finished checkpoint first, then the outputs: a kill in between loses nothing."""
+        """The finished checkpoint first, then the outputs: a kill in between loses nothing. With
+        several processes, rank 0 writes; the others return None."""
+        if not self.main:
+            self.train_split.close()
+            self.test_split.close()
+            return None
         summary = _summary(
             self.cell,
             self.p,
@@ -445,7 +505,9 @@ def write_outputs(job, history, summary):
 
 def train(jobs, device=None, echo=True, compile_mode="off"):
     """Train a pack: `jobs` is a list of Job (or one Job). Writes each cell's history.csv,
-    summary.json and train.log into its out_dir; returns the summaries in the jobs' order."""
+    summary.json and train.log into its out_dir; returns the summaries in the jobs' order.
+    Under torchrun (WORLD_SIZE > 1) the processes train one cell together; rank 0 writes and
+    returns its summary, the others None."""
     jobs = [jobs] if isinstance(jobs, Job) else list(jobs)
     if compile_mode not in COMPILE_MODES:
         raise RethinkError(f"compile mode {compile_mode!r} is invalid; allowed: {', '.join(COMPILE_MODES)}")
@@ -455,6 +517,16 @@ def train(jobs, device=None, echo=True, compile_mode="off"):
     if len(devices) > 1:
         raise RethinkError(f"a pack trains on one device, but its cells ask for {', '.join(sorted(devices))}")
     dev = torch.device(devices.pop())
+    world = None
+    if distributed.world_size() > 1:
+        if len(jobs) != 1:
+            raise RethinkError(
+                f"{distributed.world_size()} processes train one cell together, but this pack has {len(jobs)} "
+                "cells; a cell trained on several GPUs needs compute.pack: 1"
+            )
+        world = distributed.from_environment(dev.type)
+        if dev.type == "cuda":
+            dev = torch.device("cuda", world.local_rank)
     keys = [cells.inputs_sha256(job.cell, job.train_paths, job.test_paths) for job in jobs]
     # every checkpoint is checked before the slow data load: a stale one is refused at once
     states = [checkpoint.load(job.checkpoint, key, dev.type) for job, key in zip(jobs, keys)]
@@ -462,16 +534,25 @@ def train(jobs, device=None, echo=True, compile_mode="off"):
     if dev.type == "cpu":
         torch.use_deterministic_algorithms(True)  # free on CPU; makes resume bit-identical
     try:
-        return _train_pack(jobs, keys, states, dev, echo, compile_mode)
+        if world is None:
+            return _train_pack(jobs, keys, states, dev, echo, compile_mode)
+        summaries = _train_pack(jobs, keys, states, dev, echo, compile_mode, world)
+        world.barrier()  # rank 0 has written everything
+        return summaries
     finally:
         torch.use_deterministic_algorithms(deterministic)
+        if world is not None:
+            world.close()
 
 
-def _train_pack(jobs, keys, states, dev, echo, compile_mode):
-    summaries = [None] * len(jobs)
+def _train_pack(jobs, keys, states, dev, echo, compile_mode, world=None):
+    summaries, finished = [None] * len(jobs), set()
     for i, (job, state) in enumerate(zip(jobs, states)):
         pathlib.Path(job.out_dir).mkdir(parents=True, exist_ok=True)
         if checkpoint.is_finished(state):  # trained before; its outputs were thrown away since
+            finished.add(i)
+            if world is not None and not world.main:
+                continue
             write_outputs(job, state["history"], state["summary"])
             Log(pathlib.Path(job.out_dir) / "train.log", echo)(
                 f"finished earlier: history and summary re-emitted from {job.checkpoint}"
@@ -480,33 +561,47 @@ def _train_pack(jobs, keys, states, dev, echo, compile_mode):
     cache = SplitCache(dev)
     members = {
         i: Member(job, key, state, (cache.get(job.train_paths, "train", job.cell),
-                                    cache.get(job.test_paths, "test", job.cell)), dev, compile_mode, echo)
-        for i, (job, key, state) in enumerate(zip(jobs, keys, states)) if summaries[i] is None
+                                    cache.get(job.test_paths, "test", job.cell)), dev, compile_mode, echo, world)
+        for i, (job, key, state) in enumerate(zip(jobs, keys, states)) if i not in finished
     }  # fmt: skip
-    with checkpoint.Signals() as signals:
+    with checkpoint.Signals(launcher=world is not None) as signals:
         while members:
             for i, member in list(members.items()):  # lockstep: one step of each member in turn
                 if member.reason is None:
                     member.train_step()
                 if member.reason is not None:
                     summaries[i] = members.pop(i).finish()
-            _checkpoint_boundary(members.values(), signals)
+            _checkpoint_boundary(list(members.values()), signals, world)
     return summaries
 
 
-def _checkpoint_boundary(members, signals):
-    """Between steps, where every state agrees: save members that are due, or all on a signal."""
+def _checkpoint_boundary(members, signals, world=None):
+    """Between steps, where every state agrees: save members that are due, or all on a signal.
+    Several processes agree first: a signal any rank got, a save due on rank 0."""
     sig, signals.pending = signals.pending, None
-    if sig is None and signals.orphaned():
+    orphaned, due = None, None
+    if world is not None:
+        sig, orphaned, due = _agree(world, sig, signals.orphaned(), members)
+    if sig is None and (signals.orphaned() if orphaned is None else orphaned):
         sig = signal.SIGTERM  # the parent died: save and stop rather than run unwatched
         why = "parent process gone"
     else:
         why = sig and sig.name
-    for member in members:
-        if sig is not None or member.save_due():
+    for i, member in enumerate(members):
+        if sig is not None or (member.save_due() if due is None else due[i]):
             member.save(why)
     if sig in checkpoint.Signals.STOP:
         raise checkpoint.Interrupted(sig, [m.job.checkpoint for m in members])
+
+
+def _agree(world, sig, orphaned, members):
+    """(signal, orphaned, saves due) as all ranks see them together: a stopping signal any rank
+    got wins over a SIGUSR1; the clock that makes a save due is rank 0's."""
+    stop = int(sig) if sig in checkpoint.Signals.STOP else 0
+    due = [int(world.main and m.save_due()) for m in members]
+    stop, usr1, orphaned, *due = world.agree([stop, int(sig == signal.SIGUSR1), int(orphaned), *due])
+    sig = signal.Signals(stop) if stop else (signal.SIGUSR1 if usr1 else None)
+    return sig, bool(orphaned), [bool(d) for d in due]
 
 
 def _summary(cell, p, reason, model, key, dev, num_classes, n_train, n_test, input_shape):

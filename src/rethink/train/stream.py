@@ -24,7 +24,9 @@ preprocessing (rethink.train.preprocess), exactly as before streaming existed.
   batch's draws come from a generator seeded by (epoch seed, batch number): the same on resume
   and whichever thread makes it;
 - decoding: Pillow on the CPU; `torchvision.io.decode_jpeg(device="cuda")` (nvJPEG) on a GPU;
-- prefetch: a background thread prepares the next PREFETCH_BATCHES batches.
+- prefetch: a background thread prepares the next PREFETCH_BATCHES batches;
+- several processes (rethink.train.distributed): each draws the whole batch's crops and flips
+  and decodes only its part of the batch.
 """
 
 import io
@@ -61,10 +63,16 @@ class InMemorySplit:
     def epoch_plan(self, hp, generator, device):
         return preprocess.epoch_plan(self.n, self.image_shape, hp, generator, device)
 
-    def train_batches(self, plan, start, hp):
+    def train_batches(self, plan, start, hp, world=None):
+        """The epoch's batches from step `start` on; with a `world` (several processes), this
+        rank's part of each (positions of the epoch: the same draws as the whole batch's)."""
         bs = hp["batch_size"]
         for lo in range(start * bs, self.n, bs):
-            x, idx = preprocess.train_batch(self.images, plan, lo, min(lo + bs, self.n), hp)
+            hi = min(lo + bs, self.n)
+            if world is not None:
+                first, last = world.part(hi - lo)
+                lo, hi = lo + first, lo + last
+            x, idx = preprocess.train_batch(self.images, plan, lo, hi, hp)
             yield x, self.labels[idx]
 
     def eval_batches(self, crop_size):
@@ -175,7 +183,7 @@ class StreamedSplit:
     def epoch_plan(self, hp, generator, device):
         return {"seed": torch.randint(0, 2**62, (1,), generator=generator, device=device)}
 
-    def train_batches(self, plan, start, hp):
+    def train_batches(self, plan, start, hp, world=None):
         seed, bs, size = int(plan["seed"].item()), hp["batch_size"], hp["crop_size"]
         order = epoch_order(self.counts, self.window, seed)
 
@@ -188,6 +196,9 @@ class StreamedSplit:
                     h, w = (int(v) for v in self.sizes[i])
                     boxes.append(crop_box(rng, h, w) if hp["random_crop"] else central_box(h, w))
                     flips.append(bool(rng.random() < 0.5) if hp["augment"] else False)
+                if world is not None:  # the whole batch's draws were made: decode this rank's part
+                    lo, hi = world.part(len(indices))
+                    indices, boxes, flips = indices[lo:hi], boxes[lo:hi], flips[lo:hi]
                 yield self._batch(indices, boxes, flips, size)
 
         return self._prefetched(produce())

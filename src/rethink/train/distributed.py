@@ -1,0 +1,203 @@
+"""Data-parallel training of one cell by several processes (one per GPU), launched by torchrun.
+
+The workflow launches `torchrun --standalone --nproc_per_node=N -m rethink.train --pack ...` for
+an architecture whose `gpus` is N > 1 (a pack of one cell). torchrun sets WORLD_SIZE, RANK and
+LOCAL_RANK; `from_environment` turns them into a `World` (None for the one-process run, which
+then takes exactly the path it always took). What the ranks do, and why it is the one-process
+run of the same cell:
+
+- the global batch is the cell's `batch_size`; rank r trains on its contiguous part of every
+  global batch (`World.part`; the last, partial batch is split as evenly as it goes). Every rank
+  draws the whole epoch's randomness (order, crops, flips, angles; a streamed split's per-batch
+  draws) from the same seeded generators as the one-process run and takes its part of it; the
+  dropout masks are drawn for the global batch and sliced (loop.GeneratorDropout);
+- each rank's loss is its samples' summed cross-entropy times world / global batch, so
+  DistributedDataParallel's gradient average is the gradient of the global batch's mean loss,
+  even for an uneven last batch; the SGD update is then the one-process update (up to the order
+  of float additions);
+- BatchNorm normalises with the global batch's statistics (SyncBatchNorm; on CPU, where torch's
+  SyncBatchNorm refuses to run, `GlobalBatchNorm`), so the running statistics, too, are those
+  of the one-process run and identical on every rank;
+- rank 0 evaluates, logs and writes (history, summary, checkpoints); the other ranks wait at a
+  barrier of a CPU (gloo) control group whose timeout (CONTROL_TIMEOUT) covers a whole-split
+  evaluation;
+- signals: every rank records its own (torchrun passes SIGTERM on to all of them); at each step
+  boundary the ranks agree over the control group (a signal seen by any rank, a save that is due
+  on rank 0), so they save and stop at the same step. One small CPU all-reduce per step; it
+  does not wait for the GPU.
+
+The backend is nccl on CUDA (each rank on cuda:LOCAL_RANK) and gloo on the CPU (tests).
+"""
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from rethink.errors import RethinkError
+
+# The other ranks wait this long for rank 0's evaluation of a whole split (ImageNet's 1.28M
+# training images on one GPU take minutes; decoded on CPUs, hours). A job's time limit ends a
+# truly stuck run long before.
+CONTROL_TIMEOUT = datetime.timedelta(hours=12)
+
+
+class World:
+    """This process's place among the ranks that train one cell."""
+
+    def __init__(self, rank, size, local_rank, control):
+        self.rank, self.size, self.local_rank, self.control = rank, size, local_rank, control
+        self.main = rank == 0
+
+    def part(self, n):
+        """This rank's contiguous [lo, hi) of a global batch of n samples, split as evenly as it goes."""
+        base, extra = divmod(n, self.size)
+        lo = self.rank * base + min(self.rank, extra)
+        return lo, lo + base + (self.rank < extra)
+
+    def agree(self, values):
+        """Element-wise maximum of small non-negative integers over all ranks (CPU, control group)."""
+        t = torch.tensor(values, dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.control)
+        return t.tolist()
+
+    def from_main(self, value):
+        """Rank 0's value of a picklable object, on every rank."""
+        box = [value]
+        dist.broadcast_object_list(box, src=0, group=self.control)
+        return box[0]
+
+    def barrier(self):
+        dist.barrier(group=self.control)
+
+    def total(self, tensor):
+        """The sum over ranks of a device tensor (a copy)."""
+        t = tensor.clone()
+        dist.all_reduce(t)
+        return t
+
+    def close(self):
+        dist.destroy_process_group()
+
+
+def world_size():
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def from_environment(device_type):
+    """The World torchrun describes (WORLD_SIZE > 1), with the process group started; else None."""
+    size = world_size()
+    if size <= 1:
+        return None
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+    if device_type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise RethinkError(
+                f"rank {rank} needs GPU {local_rank}, but this job sees {torch.cuda.device_count()}; "
+                f"ask the scheduler for {size} GPUs (architectures.<name>.gpus)"
+            )
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=CONTROL_TIMEOUT)
+    control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT) if device_type == "cuda" else dist.group.WORLD
+    return World(rank, size, local_rank, control)
+
+
+def check_batches(world, n, batch_size, where):
+    """The global batch must split evenly over the ranks, and the last one give each a sample."""
+    if batch_size % world.size:
+        raise RethinkError(
+            f"{where}: hparams.batch_size={batch_size} (the global batch) does not split evenly over "
+            f"{world.size} processes; make it a multiple of {world.size} or change architectures.<name>.gpus"
+        )
+    last = n % batch_size
+    if 0 < last < world.size:
+        raise RethinkError(
+            f"{where}: the epoch's last batch has {last} samples, fewer than the {world.size} processes; "
+            f"change hparams.batch_size or architectures.<name>.gpus"
+        )
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) with autograd: the gradient of a sum over ranks is the sum of the ranks'
+    gradients."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class GlobalBatchNorm(torch.nn.BatchNorm2d):
+    """BatchNorm2d whose training-mode statistics are the global batch's, over all ranks, with
+    autograd through the all-reduces: SyncBatchNorm for the CPU (gloo), where torch's refuses to
+    run. Two passes (mean, then the mean squared deviation), as one process computes them; eval
+    mode and the state dict are BatchNorm2d's."""
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        all_reduce = _SumOverRanks.apply
+        dims = (0, 2, 3)
+        count = torch.tensor([x.shape[0] * x.shape[2] * x.shape[3]], dtype=x.dtype, device=x.device)
+        dist.all_reduce(count)
+        mean = all_reduce(x.sum(dims)) / count
+        centred = x - mean[None, :, None, None]
+        var = all_reduce(centred.square().sum(dims)) / count
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            m = self.momentum
+            self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+            self.running_var.mul_(1 - m).add_(var.detach() * count / (count - 1), alpha=m)
+        y = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y
+
+
+def sync_batchnorm(model, device_type):
+    """The model with every BatchNorm normalising over the global batch."""
+    if device_type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) is torch.nn.BatchNorm2d:
+                if child.momentum is None:
+                    raise RethinkError("BatchNorm with a cumulative average (momentum None) is not supported here")
+                replacement = GlobalBatchNorm(
+                    child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+                ).to(next(iter(child.buffers())).device)
+                replacement.load_state_dict(child.state_dict())
+                setattr(parent, name, replacement)
+            elif isinstance(child, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm):
+                raise RethinkError(f"{type(child).__name__} has no CPU global-batch version; train on CUDA")
+    return model
+
+
+def wrap(model, world, dev):
+    """DistributedDataParallel around `model` (whose parameters rank 0 broadcasts once)."""
+    ids = [dev.index] if dev.type == "cuda" else None
+    # buffers (BatchNorm's running statistics) are updated from global statistics: the same
+    # everywhere, so they are not broadcast before every forward (only once, at the start)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+
+
+def ddp_step(model, opt, x, y, amp, fmt, scale):
+    """One SGD step on this rank's part of a global batch -> (summed loss, number correct) of the
+    part, on the device. `scale` = world / global batch: DDP's average of the ranks' gradients is
+    then the gradient of the global batch's mean loss."""
+    with amp():
+        logits = model(fmt(x))
+    loss = F.cross_entropy(logits, y, reduction="sum")
+    opt.zero_grad(set_to_none=True)
+    (loss * scale).backward()
+    opt.step()
+    return loss.detach(), (logits.argmax(1) == y).sum()
