@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one-command GPU proof (README "GPU"): on a machine with one CUDA GPU and the project's
-# Python dependencies (torch >= 2.11 with CUDA, h5py, numpy, pandas, pytest, pyyaml, jsonschema;
+# Python dependencies (torch >= 2.11 with CUDA and its torchvision, h5py, numpy, pandas, pytest, pyyaml,
+# jsonschema, pillow and scipy for the streamed-ImageNet test;
 # no Snakemake, no network), run the GPU tests, the GPU benchmark and a paper-settings mini-grid
 # on Fashion-MNIST, and write markdown + JSON results into OUT.
 #   scripts/gpu-check.sh OUT            (or: make gpu-check OUT=dir)
@@ -18,7 +19,7 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
   | tee "$out/device.txt"
 status=0
 SECONDS=0
-"$py" -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider --junitxml="$out/gpu-tests.xml" 2>&1 \
+"$py" -m pytest -m gpu tests/test_gpu.py tests/test_imagenet.py -q -p no:cacheprovider --junitxml="$out/gpu-tests.xml" 2>&1 \
   | tee "$out/gpu-tests.log" || status=1
 echo "gpu-check: tests took ${SECONDS}s"
 "$py" bench/bench_gpu.py --out "$out" || status=1

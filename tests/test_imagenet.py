@@ -205,6 +205,29 @@ def test_inception_v3_trains_streamed_and_resumes_mid_epoch_bit_identically(inet
     assert histories[0] == histories[1] and len(histories[0]) == 3  # header, epoch 0, epoch 1
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_nvjpeg_decodes_the_batches_pillow_decodes_and_inception_v3_trains(inet, tmp_path):
+    """The CUDA path of the streamed split (`make gpu-check` runs it): torchvision's nvJPEG decode
+    on the GPU gives the CPU (Pillow) batches within JPEG decoders' rounding (IDCT and chroma
+    upsampling differ by a few levels of 255), and a streamed Inception V3 cell trains on CUDA."""
+    _, dataset, _, shards = inet
+    attrs = read_shard(shards["train"][0], ["labels"])[1]
+    plan, batches = {"seed": torch.tensor([5])}, {}
+    for name in ("cpu", "cuda"):
+        split = stream.StreamedSplit(shards["train"], attrs, 2, torch.device(name))
+        batches[name] = [(x.cpu(), y.cpu()) for x, y in split.train_batches(plan, 0, HPARAMS)]
+        split.close()
+    for (xc, yc), (xg, yg) in zip(batches["cpu"], batches["cuda"], strict=True):
+        diff = (xc - xg).abs()
+        assert torch.equal(yc, yg) and diff.mean() < 0.02 and diff.max() < 0.25, (diff.mean(), diff.max())
+    gpu_cell = cell(dataset)
+    gpu_cell["hparams"] = dict(HPARAMS, device="cuda")
+    job = loop.Job(gpu_cell, shards["train"], shards["test"], tmp_path / "cuda", tmp_path / "cuda.pt")
+    (summary,) = loop.train(job, echo=False)
+    assert summary["device"] == "cuda" and summary["steps"] == 6 and 0 <= summary["final_test_top5"] <= 1
+
+
 def history_without_time(path):
     rows = [line.split(",") for line in path.read_text().splitlines()]
     at = rows[0].index("elapsed_s")
