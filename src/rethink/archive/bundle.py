@@ -40,7 +40,7 @@ def pending(root, configfiles):
         raise RethinkError(f"snakemake --summary printed no table:\n{out}")
     header = lines[start].split("\t")
     rows = [dict(zip(header, line.split("\t"))) for line in lines[start + 1 :] if "\t" in line]
-    stale = {r["output_file"]: f"{r['status']} ({r['plan']})" for r in rows if r["plan"] != "no update"}
+    stale = {r["output_file"]: f"{r['status']}; snakemake: {r['plan']}" for r in rows if r["plan"] != "no update"}
     return stale, sorted(r["output_file"] for r in rows)
 
 
@@ -87,28 +87,29 @@ def problems(bag_dir):
     bag_dir = pathlib.Path(bag_dir)
     try:
         bag = bagit.Bag(str(bag_dir))
+        bag.validate(processes=1)  # the library's verdict: structure, bagit.txt, every manifest
+        verdict = None
     except bagit.BagError as err:
-        return [f"not a bag: {err}"]
-    found = []
-    try:
-        bag.validate(processes=1)
-    except bagit.BagValidationError as err:
-        for detail in err.details or [err.message]:
-            if isinstance(detail, bagit.ChecksumMismatch):
-                found.append(f"changed: {detail.path}")
-            elif isinstance(detail, bagit.FileMissing):
-                found.append(f"missing: {detail.path}")
-            elif isinstance(detail, bagit.UnexpectedFile):
-                found.append(f"extra: {detail.path}")
-            else:
-                found.append(str(detail))
-    # bagit checks the payload (data/) and the tag files it lists; a file added beside them
-    # would go unnoticed
-    tags = {"bagit.txt", "manifest-sha256.txt", "tagmanifest-sha256.txt", *bag.tagfile_entries()}
+        verdict = str(err)
+        if not isinstance(err, bagit.BagValidationError):  # not a bag at all
+            return [f"not a bag: {err}"]
+    # bagit stops at its first failed stage (file count, then completeness, then checksums), so
+    # name every file here: missing and extra from its manifests, changed by their sha256
+    missing, extra = bag.compare_manifests_with_fs()
+    found = [f"missing: {p}" for p in missing] + [f"extra: {p}" for p in extra]
+    for rel, hashes in {**bag.payload_entries(), **bag.tagfile_entries()}.items():
+        if not (bag_dir / rel).is_file():
+            found.append(f"missing: {rel}")
+        elif sha256(bag_dir / rel) != hashes.get("sha256"):
+            found.append(f"changed: {rel}")
+    # a file beside the tag files is in no manifest, and bagit does not look for one
+    tags = {"bagit.txt", "tagmanifest-sha256.txt", *bag.tagfile_entries()}
     for path in sorted(p for p in bag_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(bag_dir).as_posix()
         if not rel.startswith("data/") and rel not in tags:
             found.append(f"extra: {rel}")
+    if verdict and not found:
+        found.append(f"invalid bag: {verdict}")
     return sorted(set(found))
 
 

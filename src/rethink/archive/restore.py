@@ -4,11 +4,11 @@ checksums, so that `snakemake -n` has nothing to do."""
 
 import filecmp
 import json
-import os
 import pathlib
 import shutil
 import subprocess
 
+from rethink import fileio
 from rethink.archive import MANIFEST, METADATA, bundle
 from rethink.errors import RethinkError
 
@@ -46,11 +46,13 @@ def restore(path, root, cores, different_source=False):
                 "touch). Differences:\n  " + "\n  ".join(differ)
             )
         files = manifest["files"]
-        present = [rel for rel in files if (root / rel).exists()]
-        if present:
+        # a file already here with the archived bytes (a killed restore's) is kept; any other is refused
+        done = {rel for rel in files if (root / rel).is_file() and bundle.sha256(root / rel) == files[rel]["sha256"]}
+        clash = sorted(rel for rel in files if (root / rel).exists() and rel not in done)
+        if clash:
             raise RethinkError(
-                f"{len(present)} of the bundle's files exist here already (e.g. {present[0]}); restore into a "
-                "clone without results/ (nothing was restored)"
+                f"{len(clash)} of the bundle's files exist here with other contents; restore into a clone without "
+                "them (nothing was restored):\n  " + "\n  ".join(clash)
             )
         for rel in manifest["configfiles"]:
             if not (root / rel).exists():
@@ -59,7 +61,7 @@ def restore(path, root, cores, different_source=False):
 
         # shards first: the data rules rebuild them (byte-identical by design), and each must
         # match its recorded checksum before any result that depends on it comes back
-        rebuild = sorted(rel for rel, entry in files.items() if not entry["stored"])
+        rebuild = sorted(rel for rel, entry in files.items() if not entry["stored"] and rel not in done)
         if rebuild:
             bundle.snakemake(["--cores", cores, *bundle.config_args(manifest["configfiles"]), "--", *rebuild], root)
             wrong = [rel for rel in rebuild if bundle.sha256(root / rel) != files[rel]["sha256"]]
@@ -72,16 +74,13 @@ def restore(path, root, cores, different_source=False):
                 )
         for rel, entry in files.items():
             target = root / rel
-            if entry["stored"]:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-                shutil.copyfile(data / rel, tmp)
-                os.replace(tmp, target)
+            if entry["stored"] and rel not in done:
+                with fileio.atomic_path(target) as tmp:
+                    shutil.copyfile(data / rel, tmp)
+            # the run's own mtimes: Snakemake's mtime trigger sees the order in which they were made
             bundle.set_mtime(target, entry["mtime_ns"])
         for output, record in json.loads((data / METADATA).read_text()).items():
-            record_file = bundle.record_path(root, output)
-            record_file.parent.mkdir(parents=True, exist_ok=True)
-            record_file.write_text(json.dumps(record))
+            fileio.write_text_atomic(bundle.record_path(root, output), json.dumps(record))
 
     stale, _ = bundle.pending(root, manifest["configfiles"])
     return manifest, stale, differ
