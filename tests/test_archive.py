@@ -112,6 +112,7 @@ def test_bundle_holds_results_and_shard_checksums_not_shards(built):
     assert "torch==2.13.0" in (data / "environment" / "pip-freeze.txt").read_text().replace("+cpu", "")
     versions = json.loads((data / "environment" / "versions.json").read_text())
     assert versions["cells"] and {c["device"] for c in versions["cells"]} == {"cpu"}
+    assert versions["torch_matches_cells"] and versions["torch"] == versions["cells"][0]["torch_version"]
     records = json.loads((data / "snakemake" / "metadata.json").read_text())
     assert records[f"results/cells/{EDITED_CELL}/summary.json"]["rule"] == "train_synth_mlp_p002"
     report = (data / "report.html").read_text()

@@ -80,12 +80,14 @@ def snapshot(root):
     return files
 
 
-def build(root, configfiles, allow_incomplete=False, date=None):
+def build(root, configfiles, allow_incomplete=False):
+    """Bundle the run into results/archive/<name>/ and <name>.tar.gz; returns both and what was
+    not up to date (empty unless allow_incomplete)."""
     root = pathlib.Path(root).resolve()
     configfiles = configfiles or ["config/config.yaml"]
     settings = load_config(root, configfiles)["archive"]
     commit = git(root, "rev-parse", "HEAD").strip()
-    date = date or datetime.datetime.now(datetime.UTC).date().isoformat()
+    date = datetime.datetime.now(datetime.UTC).date().isoformat()
     name = f"{settings['name']}-{commit[:12]}-{date.replace('-', '')}"
     final = root / ARCHIVE_DIR / name
     if final.exists() or final.with_suffix(".tar.gz").exists():
@@ -103,6 +105,25 @@ def build(root, configfiles, allow_incomplete=False, date=None):
     stage = root / ARCHIVE_DIR / f".{name}.partial"
     shutil.rmtree(stage, ignore_errors=True)  # a killed build's leftovers
     stage.mkdir(parents=True)
+    try:
+        _stage(root, stage, name, commit, date, configfiles, settings, before, outputs, found)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    stage.rename(final)
+    tarball = final.with_suffix(".tar.gz")
+    with fileio.atomic_path(tarball) as tmp:
+        with tarfile.open(tmp, "w:gz") as tar:
+            tar.add(final, arcname=name)
+    fileio.write_text_atomic(tarball.with_name(tarball.name + ".sha256"), f"{bundle.sha256(tarball)}  {tarball.name}\n")
+
+    if snapshot(root) != before:  # a guard on the promise, cheap: sizes and mtimes
+        raise RethinkError("results/ changed while archiving (another run writing?): archive again when it is idle")
+    return final, tarball, found
+
+
+def _stage(root, stage, name, commit, date, configfiles, settings, before, outputs, found):
+    """Write the bag's content into `stage` and make it a bag."""
     files, results, inputs = {}, [], []
     for rel, (size, mtime_ns) in before.items():
         entry = {"sha256": bundle.sha256(root / rel), "size": size, "mtime_ns": mtime_ns}
@@ -117,9 +138,6 @@ def build(root, configfiles, allow_incomplete=False, date=None):
             if not shard:
                 results.append(rel)
         files[rel] = entry
-    missing = [o for o in outputs if o not in files]
-    if missing and not allow_incomplete:
-        raise RethinkError("outputs missing under results/:\n  " + "\n  ".join(missing))
 
     # Snakemake's record of each output (params, code, input, software env): what makes a restore
     # up to date, and what makes an edited cell rerun after it
@@ -176,13 +194,3 @@ def build(root, configfiles, allow_incomplete=False, date=None):
         bag_info={"External-Identifier": name, "External-Description": f"rethink results at commit {commit}"},
         checksums=["sha256"],
     )
-    stage.rename(final)
-    tarball = final.with_suffix(".tar.gz")
-    with fileio.atomic_path(tarball) as tmp:
-        with tarfile.open(tmp, "w:gz") as tar:
-            tar.add(final, arcname=name)
-    fileio.write_text_atomic(tarball.with_name(tarball.name + ".sha256"), f"{bundle.sha256(tarball)}  {tarball.name}\n")
-
-    if snapshot(root) != before:  # a guard on the promise, cheap: sizes and mtimes
-        raise RethinkError("results/ changed while archiving (another run writing?): archive again when it is idle")
-    return final, tarball, found

@@ -63,6 +63,9 @@ def environment(out_dir, cells):
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         **{name: importlib.metadata.version(name) for name in ("snakemake", "h5py", "numpy", "bagit", "rocrate")},
         "cells": [{"device": d, "device_name": n, "torch_version": t} for d, n, t in devices],
+        # pip freeze and the versions above are the archiving environment's: say whether the cells
+        # ran with the same torch (a run on a GPU cluster archived elsewhere may not)
+        "torch_matches_cells": all(t == torch.__version__ for _, _, t in devices),
     }
     (out_dir / "versions.json").write_text(json.dumps(versions, indent=1) + "\n")
     return versions
