@@ -40,7 +40,12 @@ def pending(root, configfiles):
         raise RethinkError(f"snakemake --summary printed no table:\n{out}")
     header = lines[start].split("\t")
     rows = [dict(zip(header, line.split("\t"))) for line in lines[start + 1 :] if "\t" in line]
-    stale = {r["output_file"]: f"{r['status']}; snakemake: {r['plan']}" for r in rows if r["plan"] != "no update"}
+    # status "ok" with an update pending: present, but incomplete or downstream of a change
+    stale = {
+        r["output_file"]: r["status"] if r["status"] != "ok" else "present, but snakemake would rebuild it"
+        for r in rows
+        if r["plan"] != "no update"
+    }
     return stale, sorted(r["output_file"] for r in rows)
 
 
