@@ -68,6 +68,13 @@ def main():
             tar.add(results, arcname="results", filter=lambda m: None if "/archive" in m.name else m)
         plain_s, plain_bytes = time.perf_counter() - start, size(tmp / "plain.tar.gz")
         startup_s, _ = timed([*python, "snakemake", "-n", "--configfile", args.configfile], work)
+        # the Slurm executor plugin asks `scontrol show config` at import: with Slurm installed and no
+        # controller up that waits for its timeout, in every Snakemake start
+        scontrol_s = None
+        if shutil.which("scontrol"):
+            start = time.perf_counter()
+            subprocess.run(["scontrol", "show", "config"], capture_output=True)
+            scontrol_s = time.perf_counter() - start
 
         build_s, out = timed([*python, "rethink.archive", "build", "--configfile", args.configfile], work)
         folder, tarball = (pathlib.Path(line) for line in out.split())
@@ -79,7 +86,7 @@ def main():
         _, dry = timed([*python, "snakemake", "-n", "--configfile", args.configfile], clone, env)
         if "Nothing to be done" not in dry:
             raise SystemExit(f"the restored clone is not up to date:\n{dry}")
-        bundle_bytes, tar_bytes = size(folder), size(tarball)
+        bundle_bytes, tar_bytes, report_bytes = size(folder), size(tarball), size(folder / "data" / "report.html")
         if not args.keep:
             shutil.rmtree(folder)
             for leftover in folder.parent.glob(folder.name + ".*"):
@@ -97,10 +104,12 @@ def main():
         "| what | value |",
         "|---|---:|",
         f"| results/ (without archives) | {everything / mb:.1f} MB, of which shards {shards / mb:.1f} MB |",
-        f"| bundle folder / its tarball | {bundle_bytes / mb:.1f} MB / {tar_bytes / mb:.1f} MB |",
+        f"| bundle folder / its tarball | {bundle_bytes / mb:.1f} MB / {tar_bytes / mb:.1f} MB "
+        f"(report.html {report_bytes / mb:.1f} MB) |",
         f"| plain `tar czf results/` | {plain_bytes / mb:.1f} MB in {plain_s:.1f} s |",
         f"| tarball vs plain tar | {tar_bytes / plain_bytes:.2f}x the size |",
-        f"| `snakemake -n` (baseline) | {startup_s:.1f} s |",
+        f"| `snakemake -n` (baseline) | {startup_s:.1f} s"
+        + (f", of which `scontrol show config` (Slurm plugin, at import) {scontrol_s:.1f} s |" if scontrol_s else " |"),
         f"| build | {build_s:.1f} s ({build_s / startup_s:.1f}x `snakemake -n`, {build_s / plain_s:.1f}x plain tar) |",
         f"| verify (tarball) | {verify_s:.1f} s |",
         f"| restore into a fresh clone (shards rebuilt and checked) | {restore_s:.1f} s |",
