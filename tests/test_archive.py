@@ -191,6 +191,13 @@ def test_restore_into_a_fresh_clone_is_up_to_date_and_an_edit_reruns_one_cell(bu
     restored = results_state(clone.root)
     # every file back with its bytes and mtime; the shards rebuilt byte-identically
     assert {rel: restored[rel] for rel in before} == before
+    # These shards are below Snakemake's 1 MB input-checksum limit, so its records' checksums
+    # would hide a wrong mtime; without them (as for real shards) mtimes alone must say up to date.
+    for record in (clone.root / ".snakemake" / "metadata").rglob("*"):
+        if record.is_file():
+            fields = json.loads(record.read_text())
+            fields.pop("input_checksums", None)
+            record.write_text(json.dumps(fields))
     assert clone.planned_jobs("--configfile", CONFIG) == ({}, set())
     config = yaml.safe_load((clone.root / CONFIG).read_text())
     config["regularizers"]["wd"]["weight_decay"] = 0.001
