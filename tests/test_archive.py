@@ -229,6 +229,10 @@ def test_restore_into_another_commit_names_the_differing_files(built, tmp_path):
 
 def test_build_refuses_an_incomplete_run_unless_allowed(finished, tmp_path):
     wf = committed_copy(finished[0], tmp_path / "wf")
+    config = yaml.safe_load((wf.root / CONFIG).read_text())
+    config["archive"] = {"shards": True}  # the bundle keeps the shards' bytes too; nothing reruns for it
+    wf.write_config(config)
+    git(wf.root, "commit", "-qam", "archive the shards")
     missing = wf.root / "results" / "cells" / EDITED_CELL / "summary.json"
     missing.unlink()
     proc = archive(wf, "build", "--configfile", CONFIG, check=2)
@@ -239,6 +243,12 @@ def test_build_refuses_an_incomplete_run_unless_allowed(finished, tmp_path):
     folder = wf.root / proc.stdout.split()[0]
     manifest = json.loads((folder / "data" / "archive.json").read_text())
     assert not manifest["complete"] and any(EDITED_CELL in line for line in manifest["not_up_to_date"])
+    shards = sorted(rel for rel in manifest["files"] if rel.endswith(".h5"))
+    assert len(shards) == 3 and all(manifest["files"][rel]["stored"] for rel in shards)
+    for rel in shards:
+        assert (folder / "data" / rel).read_bytes() == (wf.root / rel).read_bytes()
+    action = next(e for e in ROCrate(folder / "data").get_entities() if "CreateAction" in e.type)
+    assert {e.id for e in action["object"]} == {f"run-config/{CONFIG}", *shards}
 
 
 def test_zenodo_deposition_is_prepared_from_the_bundle(built, tmp_path):
