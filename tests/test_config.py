@@ -111,6 +111,9 @@ def test_defaults_are_filled_in():
         ("experiments.fig1a.grid", [], r"experiments\.fig1a\.grid: \[\] should be non-empty"),
         ("shards", {"size": 0}, r"shards\.size: 0 is less than the minimum of 1"),
         ("experiments.fig1a.seeds", [], r"experiments\.fig1a\.seeds: \[\] should be non-empty"),
+        ("archive", {"name": "my archive"}, r"archive\.name: 'my archive' does not match"),
+        ("archive", {"authors": [{"given-names": "A"}]}, r"archive\.authors\[0\]: 'family-names' is a dependency"),
+        ("archive", {"shards": "yes"}, r"archive\.shards: 'yes' is not of type 'boolean'"),
     ],
 )
 def test_bad_values_are_named(key, value, message):
