@@ -18,7 +18,6 @@ import pathlib
 import platform
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -28,16 +27,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the spec helpers the tests use
 from rethink.data import prepare, shards, sources  # noqa: E402
 
 from conftest import FASHION_MNIST_ROOT, synthetic_spec  # noqa: E402
-from report import publish  # noqa: E402
-
-
-def best_of(repeats, fn):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+from report import best_of, publish  # noqa: E402
 
 
 def machine():

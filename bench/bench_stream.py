@@ -36,7 +36,7 @@ from rethink.data.shards import read_shard  # noqa: E402
 from rethink.fileio import canonical_json  # noqa: E402
 from rethink.train import stream  # noqa: E402
 
-from report import publish  # noqa: E402
+from report import best_of, publish  # noqa: E402
 
 WNIDS = [f"n{i:08d}" for i in range(8)]
 
@@ -60,15 +60,6 @@ def write_folder(root, n, seed=0):
         photo_like(rng, max(h, 100), max(w, 100)).save(path, format="JPEG", quality=90)
     (root / "val" / WNIDS[0]).mkdir(parents=True)  # the layout wants one; the bench reads train/
     return sorted((root / "train").rglob("*.JPEG"))
-
-
-def best_of(repeats, fn):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main():

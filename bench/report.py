@@ -1,6 +1,7 @@
 """docs/BENCHMARKS.md is made of sections, each rewritten by the benchmark that names it."""
 
 import pathlib
+import time
 
 from rethink.fileio import write_text_atomic
 
@@ -24,3 +25,13 @@ def write_section(name, lines):
     else:
         new = old.rstrip("\n") + "\n\n" + text + "\n"
     write_text_atomic(PATH, new)
+
+
+def best_of(repeats, fn):
+    """The shortest of `repeats` wall-clock timings of fn() (CPU work; a GPU bench syncs itself)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
