@@ -20,16 +20,16 @@ from rethink.train import checkpoint, distributed, loop, stream
 
 from conftest import REPO, SCHEMA, flip_byte_in_chunk
 from realformat import IMAGENET_WNIDS, write_imagenet
+from test_train import HPARAMS as TRAIN_HPARAMS
 
 PER_CLASS, N_VAL, SHARD_SIZE = 6, 8, 5  # 24 train images in 5 shards, 8 val images in 2
 N_TRAIN = PER_CLASS * len(IMAGENET_WNIDS)
 SHARDS = {"size": 50000, "compression": "lzf", "chunk_samples": 256}
-HPARAMS = {
-    "lr": 0.01, "lr_decay": 0.95, "momentum": 0.9, "batch_size": 4, "max_epochs": 1,
-    "weight_decay": 0.0, "dropout": 0.0, "random_crop": True, "crop_size": 75, "crop_pad": 0,
-    "augment": True, "rotate_degrees": 0.0, "fit_threshold": 1.0, "eval_every_epochs": 1,
-    "checkpoint_minutes": 5.0, "device": "cpu", "init": "tensorflow",
-}  # fmt: skip
+# the trainer tests' hyper-parameters, at Inception V3's smallest input, with TF-slim's crop and flip
+HPARAMS = dict(
+    TRAIN_HPARAMS, batch_size=4, max_epochs=1, random_crop=True, crop_size=75, crop_pad=0, augment=True,
+    rotate_degrees=0.0,
+)  # fmt: skip
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
