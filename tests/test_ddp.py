@@ -117,6 +117,19 @@ def test_dry_run_asks_for_one_gpu_per_process_and_launches_torchrun(workflow):
     assert "gpu=0" in mlp and "exec python -m rethink.train" in mlp and "torchrun" not in mlp
 
 
+@pytest.mark.workflow
+def test_each_pack_job_runs_its_own_launcher(workflow):
+    """A run, not a dry run: the multi-process cell under torchrun, its neighbour in one process
+    (a launcher read from the rule-defining loop's variable at run time would give both the
+    last pack's)."""
+    configfile = workflow.write_config(gpu_config(device="cpu"))
+    workflow.run("--configfile", configfile, "-c2", "fig1a")
+    cells = workflow.root / "results/cells/synth"
+    for arch, processes in (("alexnet", 2), ("mlp", 1)):
+        log = (cells / arch / "none/true_labels/s0/train.log").read_text()
+        assert f"processes={processes} " in log, log
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

@@ -29,11 +29,13 @@ for pack in PACKS:
             mem_mb=pack_mem_mb(pack),
             cpus_per_task=pack_cpus(pack),
             gpu=pack_gpus(pack),
+        # Everything pack-specific reaches the command through params: Snakemake evaluates a
+        # shell expression again when the job runs, by which time `pack` is the loop's last one.
         params:
+            launcher=pack_launcher(pack),
             pack=pack_json(pack),
             code=CODE["train"],
             compile=config["compute"]["compile"],
         shell:
-            pack_launcher(pack)
-            + " -m rethink.train --pack {params.pack:q} --compile {params.compile}"
+            "{params.launcher} -m rethink.train --pack {params.pack:q} --compile {params.compile}"
             " > /dev/null 2> {log}"

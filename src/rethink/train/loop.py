@@ -300,7 +300,8 @@ class Member:
         else:
             self.log(
                 f"start cell={self.cell['cell']} arch={self.cell['arch']} width={self.cell['width']} "
-                f"seed={self.cell['seed']} device={dev.type} n_train={self.n} n_test={self.test_split.n} "
+                f"seed={self.cell['seed']} device={dev.type} processes={world.size if world else 1} "
+                f"n_train={self.n} n_test={self.test_split.n} "
                 f"input={train_shape} classes={self.num_classes} "
                 f"params={count_parameters(self.model)} steps/epoch={self.steps_per_epoch}"
             )
