@@ -102,6 +102,41 @@ def test_shards_hold_every_image_once_as_rgb_jpeg_with_its_label(inet):
     assert len(set(read_shard(shards["train"][0], ["labels"])[0]["labels"])) > 1
 
 
+def test_a_range_job_writes_the_shards_one_shard_jobs_write_and_its_rerun_keeps_the_finished_ones(
+    inet, tmp_path, monkeypatch, capsys
+):
+    """`clean --shards FIRST-LAST` (one data_<dataset>_<split>_rNNN job) gives the bytes of one call
+    per shard. A job killed mid-range has its outputs deleted by Snakemake, but its finished
+    shards wait in the staging folder: the rerun verifies and reuses them, writes the rest."""
+    base, dataset, _, shards = inet
+    spec_json = canonical_json({"dataset": dataset, "shards": SHARDS})
+    outs = [str(tmp_path / "out" / pathlib.Path(p).name) for p in shards["train"]]
+    argv = ["clean", "--spec", spec_json, "--split", "train", "--shards", f"0-{len(outs) - 1}",
+            "--index", str(base / "data" / "train-index.json"), "--staging", str(tmp_path / "staging"),
+            "--out", *outs]  # fmt: skip
+    written, real = [], prepare._make_jpeg_shard
+
+    def killed_at_shard_3(dataset, shards_cfg, identity, *args):
+        if identity["shard_index"] == 3:
+            raise KeyboardInterrupt  # the job dies here
+        written.append(identity["shard_index"])
+        return real(dataset, shards_cfg, identity, *args)
+
+    monkeypatch.setattr(prepare, "_make_jpeg_shard", killed_at_shard_3)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.main(argv)
+    assert written == [0, 1, 2] and not any(pathlib.Path(p).exists() for p in outs)
+    monkeypatch.setattr(prepare, "_make_jpeg_shard", lambda *a: written.append(a[2]["shard_index"]) or real(*a))
+    prepare.main(argv)
+    assert written == [0, 1, 2, 3, 4]  # the rerun wrote only the shards the killed job had not finished
+    for mine, theirs in zip(outs, shards["train"], strict=True):
+        assert pathlib.Path(mine).read_bytes() == pathlib.Path(theirs).read_bytes()
+    assert not (tmp_path / "staging").exists()  # nothing left behind
+    with pytest.raises(SystemExit):
+        prepare.main(argv[:6] + ["1-0"] + argv[7:])
+    assert "--shards '1-0': expected FIRST-LAST" in capsys.readouterr().err
+
+
 def test_a_damaged_jpeg_byte_is_caught_naming_the_shard(inet, tmp_path):
     damaged = tmp_path / "train-00000.h5"
     damaged.write_bytes(pathlib.Path(inet[3]["train"][0]).read_bytes())
@@ -250,7 +285,7 @@ def test_slurm_dry_run_of_the_paper_config_lists_the_imagenet_cells_with_gpu_and
     write_imagenet(workflow.root / "data/imagenet", 2, N_VAL, val_layout="flat")
     paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())
     paper["datasets"]["imagenet"]["subset"] = {"train": 8, "test": N_VAL}
-    paper["datasets"]["imagenet"]["stream"]["shard_size"] = 4
+    paper["datasets"]["imagenet"]["stream"].update(shard_size=3, shards_per_job=2)  # 3 shards a split
     configfile = workflow.write_config(paper)
     out = workflow.run("-n", "--profile", "profiles/slurm", "--configfile", configfile).stdout
     jobs = {}
@@ -262,5 +297,37 @@ def test_slurm_dry_run_of_the_paper_config_lists_the_imagenet_cells_with_gpu_and
     for body in training.values():
         assert "gpu=1" in body and "runtime=2880" in body and "mem_mb=64000" in body
     assert len(jobs["data_index"]) == 2  # one listing per split, at run time
-    assert sum("results/data/imagenet/clean/" in b for b in jobs["data_clean"]) == 4  # 2 train + 2 val shards
-    assert sum("imagenet/random_labels/s0/train-" in b for b in jobs["data_randomize"]) == 2
+    # the clean shards: one job per range of shards_per_job shards, none of them data_clean's
+    assert not any("results/data/imagenet/" in b for b in jobs.get("data_clean", []))
+    ranges = {name: bodies for name, bodies in jobs.items() if name.startswith("data_imagenet_")}
+    assert sorted(ranges) == [f"data_imagenet_{s}_r00{r}" for s in ("test", "train") for r in (0, 1)]
+    for name, (body,) in ranges.items():
+        split, first = name.split("_")[2], 2 * int(name[-1])
+        outputs = next(line for line in body.splitlines() if line.strip().startswith("output:"))
+        expected = [f"results/data/imagenet/clean/{split}-{i:05d}.h5" for i in range(first, min(first + 2, 3))]
+        assert outputs.split(":", 1)[1].strip().split(", ") == expected
+    assert sum("imagenet/random_labels/s0/train-" in b for b in jobs["data_randomize"]) == 3
+
+
+@pytest.mark.workflow
+def test_range_jobs_build_the_clean_shards_and_regrouping_them_reruns_nothing(workflow):
+    """The range rules really run (each its own range: a rule made in a loop must not read the
+    loop variable when it runs), and shards_per_job only groups the work: changing it is a no-op."""
+    write_imagenet(workflow.root / "data/imagenet", 2, N_VAL, val_layout="flat")
+    paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    paper.update(experiments={"fig2a": paper["experiments"]["fig2a"]}, theorem1={"enabled": False})
+    paper["kernel"]["rows"] = {}
+    paper["datasets"]["imagenet"]["subset"] = {"train": 8, "test": N_VAL}
+    paper["datasets"]["imagenet"]["stream"].update(shard_size=3, shards_per_job=2)
+    targets = [f"results/data/imagenet/clean/{s}-{i:05d}.h5" for s in ("train", "test") for i in range(3)]
+    workflow.run("-c1", *targets, "--configfile", workflow.write_config(paper))
+    for split in ("train", "test"):
+        index = imagenet.read_index(workflow.root / f"results/data/imagenet/clean/{split}-index.json")
+        for i in range(3):
+            arrays, attrs = read_shard(workflow.root / f"results/data/imagenet/clean/{split}-{i:05d}.h5", ["labels"])
+            assert (attrs["split"], attrs["shard_index"]) == (split, i)
+            assert arrays["labels"].tolist() == index["labels"][3 * i : 3 * i + 3]
+    assert not any((workflow.root / "results/data/imagenet/clean/staging").iterdir())
+    paper["datasets"]["imagenet"]["stream"]["shards_per_job"] = 3
+    dry = workflow.run("-n", *targets, "--configfile", workflow.write_config(paper))
+    assert "Nothing to be done" in dry.stdout + dry.stderr

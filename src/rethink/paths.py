@@ -10,6 +10,10 @@ CLEAN_SHARD = RESULTS + "/data/{dataset}/clean/{split}-{shard}.h5"
 NOISE_SHARD = RESULTS + "/data/{dataset}/{noise}/s{seed}/{split}-{shard}.h5"
 # A streamed dataset's listing of one split (rethink.data.imagenet): what its shard jobs read.
 SPLIT_INDEX = RESULTS + "/data/{dataset}/clean/{split}-index.json"
+# Where a streamed dataset's range job keeps its finished shards until all are done (outside
+# its outputs, which Snakemake deletes when the job fails: a rerun reuses them). {code}: the
+# data code's hash, so a changed writer never meets shards of the old one.
+CLEAN_STAGING = RESULTS + "/data/{dataset}/clean/staging/{code}"
 CHANNEL_STATS = RESULTS + "/data/{dataset}/clean/train-stats.json"
 DATA_LOG = RESULTS + "/logs/data/{dataset}/{stage}/{split}-{shard}.log"
 # One directory per cell; the checkpoint lives outside it (a failed job's outputs are deleted,

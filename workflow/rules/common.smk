@@ -1,5 +1,6 @@
 # Config validation, grid expansion and input functions. Parsed again inside every cluster
 # job: nothing here may import torch or read data.
+import collections
 import pathlib
 
 from snakemake.exceptions import WorkflowError
@@ -136,9 +137,20 @@ def missing_datasets():
 # ----------------------------------------------------------------------------- data inputs
 
 
+def stored_spec(name):
+    """The dataset config as the data files record it: without stream.shards_per_job, which
+    only groups shard writing into jobs (changing it rebuilds no file)."""
+    spec = dict(dataset_spec(name))
+    if "stream" in spec:
+        spec["stream"] = {
+            k: v for k, v in spec["stream"].items() if k != "shards_per_job"
+        }
+    return spec
+
+
 def shard_spec(wildcards):
     return fileio.canonical_json(
-        {"dataset": dataset_spec(wildcards.dataset), "shards": SHARDS}
+        {"dataset": stored_spec(wildcards.dataset), "shards": SHARDS}
     )
 
 
@@ -148,7 +160,7 @@ def randomize_spec(wildcards):
         randomize.parse_noise(wildcards.noise), config["randomization"]
     )
     spec = {
-        "dataset": dataset_spec(wildcards.dataset),
+        "dataset": stored_spec(wildcards.dataset),
         "shards": SHARDS,
         "randomization": options,
     }
@@ -159,6 +171,51 @@ def split_index(wildcards):
     """A streamed dataset's clean shard reads its split's index; the others read raw files."""
     spec = dataset_spec(wildcards.dataset)
     return [paths.split_index(spec, wildcards.split)] if sources.streamed(spec) else []
+
+
+# A streamed dataset's clean shards are written by one job per range of
+# stream.shards_per_job consecutive shards (rule data_<dataset>_<split>_r<NNN>); data_clean
+# (one job per shard) makes the other datasets' only.
+STREAMED = sorted(n for n, s in config["datasets"].items() if sources.streamed(s))
+NOT_STREAMED = (
+    "(?!(?:" + "|".join(STREAMED) + ")(?![a-z0-9_]))" + NAME if STREAMED else NAME
+)
+ShardRange = collections.namedtuple(
+    "ShardRange", ["rule", "dataset", "split", "first", "last"]
+)
+
+
+def shard_ranges():
+    ranges = []
+    for name in STREAMED:
+        spec = dataset_spec(name)
+        per_job = spec["stream"]["shards_per_job"]
+        for split in sources.SPLITS:
+            count = paths.n_shards(spec, SHARDS, split)
+            for r, first in enumerate(range(0, count, per_job)):
+                last = min(count, first + per_job) - 1
+                job = f"data_{name}_{split}_r{r:03d}"
+                ranges.append(ShardRange(job, name, split, first, last))
+    return ranges
+
+
+def range_outputs(r):
+    return [
+        paths.CLEAN_SHARD.format(
+            dataset=r.dataset, split=r.split, shard=paths.shard_id(i)
+        )
+        for i in range(r.first, r.last + 1)
+    ]
+
+
+def range_argument(span):
+    """`--shards FIRST-LAST`, as a parameter Snakemake does not record (a function of the
+    outputs): changing shards_per_job regroups the shards and reruns no job."""
+
+    def shards(wildcards, output):
+        return f"{span.first}-{span.last}"
+
+    return shards
 
 
 def clean_train_shards(wildcards):
