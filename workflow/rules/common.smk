@@ -177,9 +177,8 @@ def split_index(wildcards):
 # stream.shards_per_job consecutive shards (rule data_<dataset>_<split>_r<NNN>); data_clean
 # (one job per shard) makes the other datasets' only.
 STREAMED = sorted(n for n, s in config["datasets"].items() if sources.streamed(s))
-NOT_STREAMED = (
-    "(?!(?:" + "|".join(STREAMED) + ")(?![a-z0-9_]))" + NAME if STREAMED else NAME
-)
+# a dataset name that is not a streamed one (a negative lookahead on the whole name)
+NOT_STREAMED = f"(?!(?:{'|'.join(STREAMED)})(?![a-z0-9_])){NAME}" if STREAMED else NAME
 ShardRange = collections.namedtuple(
     "ShardRange", ["rule", "dataset", "split", "first", "last"]
 )
