@@ -26,6 +26,7 @@ it, and the few ImageNet files that are not RGB JPEGs (one PNG, 22 CMYK JPEGs in
 re-encoded once as RGB JPEGs (quality `REENCODE_QUALITY`), so the reader needs one decoder only.
 """
 
+import hashlib
 import io
 import json
 import pathlib
@@ -162,8 +163,6 @@ def as_rgb_jpeg(content, path):
 
 def shard_arrays(index, start, stop):
     """Index entries start:stop -> the shard's arrays and the sha256 of the raw files read."""
-    import hashlib
-
     root, digest = pathlib.Path(index["root"]), hashlib.sha256()
     blobs, sizes, reencoded = [], [], 0
     for relative in index["files"][start:stop]:
