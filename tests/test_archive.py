@@ -1,14 +1,20 @@
 """Archiving (issue 12): a bundle of the finished tiny run, built, checked, restored into a
 fresh git clone and prepared for Zenodo, all through the real CLIs (snakemake, git,
-python -m rethink.archive, cffconvert, the RO-Crate validator)."""
+python -m rethink.archive, cffconvert, the RO-Crate validator). A bundle is untrusted input
+(issue 18): crafted bundles that are valid bags with hostile entries, damaged tarballs and
+symlinks under results/ are refused or named, and nothing is written outside results/."""
 
+import gzip
 import hashlib
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
+import tarfile
 
+import bagit
 import h5py
 import pytest
 import yaml
@@ -20,6 +26,10 @@ pytestmark = pytest.mark.workflow
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 CONFIG = "config/test.yaml"  # where conftest's `finished` run wrote its config
 EDITED_CELL = "synth/mlp/wd/random_labels/s0"
+# The archive CLI as a user starts it without activating the virtualenv (`.venv/bin/python -m
+# rethink.archive`): the interpreter's folder is not on PATH, yet the jobs of the Snakemake it
+# starts must run `python -m rethink...` with this interpreter
+BARE_PATH = "/usr/bin:/bin"
 
 
 def git(root, *args):
@@ -30,7 +40,7 @@ def archive(wf, *args, check=None):
     proc = subprocess.run(
         [sys.executable, "-m", "rethink.archive", *map(str, args)],
         cwd=wf.root,
-        env=wf.env,
+        env=dict(wf.env, PATH=BARE_PATH, PYTHONDONTWRITEBYTECODE="1"),
         capture_output=True,
         text=True,
     )
@@ -69,7 +79,7 @@ class Clone(Workflow):
         self.root = root
         self.env = dict(
             os.environ,
-            PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+            PATH=BARE_PATH,
             PYTHONPATH=os.pathsep.join([str(root / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]),
         )
 
@@ -271,3 +281,198 @@ def test_zenodo_deposition_is_prepared_from_the_bundle(built, tmp_path):
         text=True,
     )
     assert proc.returncode == 2 and "ZENODO_TOKEN is not set" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- untrusted bundles
+
+
+def tree_state(*folders):
+    """Every path under the folders (hidden ones too), with size and mtime: what a refused restore must leave."""
+    state = {}
+    for folder in folders:
+        for path in sorted(folder.rglob("*")):
+            st = path.lstat()
+            state[str(path)] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return state
+
+
+def crafted(folder, dest, rel, content):
+    """The bundle folder copied to `dest`, listing one more stored file `rel` with `content` at
+    data/<rel> (where restore reads it; for an absolute `rel` that is `rel` itself, so nothing is
+    put there), and still a valid bag: the manifests recomputed, as a crafter would."""
+    bag = dest / folder.name
+    shutil.copytree(folder, bag)
+    data = bag / "data"
+    manifest = json.loads((data / "archive.json").read_text())
+    manifest["files"][rel] = {
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "size": len(content),
+        "mtime_ns": 0,
+        "stored": True,
+    }
+    (data / "archive.json").write_text(json.dumps(manifest))
+    source = pathlib.Path(os.path.normpath(data / rel))
+    if source.is_relative_to(bag):
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_bytes(content)
+    bagit.Bag(str(bag)).save(manifests=True)
+    assert bagit.Bag(str(bag)).is_valid()
+    return bag
+
+
+HOSTILE = {
+    "parent": "../x",
+    "absolute": None,  # an absolute path beside the clone, filled in by the test
+    "venv": ".venv/lib/python3.11/site-packages/x.pth",
+    "git": ".git/hooks/pre-commit",
+    "source": "src/rethink/__init__.py",
+}
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_restore_refuses_a_valid_bag_listing_a_path_outside_results_and_writes_nothing(built, tmp_path, kind):
+    wf, folder, _, _, _ = built
+    clone = Clone(wf.root, tmp_path / "clone")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    rel = HOSTILE[kind] or str(outside / "x")
+    # the source file with its own bytes: restore would keep it and set its mtime to the bundle's
+    content = (clone.root / rel).read_bytes() if kind == "source" else b"import os; os.system('touch pwned')\n"
+    bag = crafted(folder, tmp_path / "crafted", rel, content)
+    before = tree_state(clone.root, outside)
+    proc = archive(clone, "restore", bag, check=2)
+    assert f"unsafe: data/archive.json: files: '{rel}' is not a file under results/" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert tree_state(clone.root, outside) == before
+    assert not (tmp_path / "x").exists()
+    # verify names it too, though the bag itself is valid
+    proc = archive(wf, "verify", bag, check=1)
+    assert proc.stdout.splitlines() == [
+        f"unsafe: data/archive.json: files: '{rel}' is not a file under results/ (relative, no '..' or hidden part, "
+        "not results/archive/)"
+    ]
+
+
+def test_restore_refuses_a_listed_result_that_the_bag_does_not_hold_and_writes_nothing(built, tmp_path):
+    wf, folder, _, _, _ = built
+    clone = Clone(wf.root, tmp_path / "clone")
+    bag = crafted(folder, tmp_path / "crafted", "results/ghost.txt", b"listed, then left out\n")
+    (bag / "data" / "results" / "ghost.txt").unlink()
+    bagit.Bag(str(bag)).save(manifests=True)
+    before = tree_state(clone.root)
+    proc = archive(clone, "restore", bag, check=2)
+    assert (
+        "unsafe: data/archive.json: 'results/ghost.txt' is restored from the bag but is not in the bag" in proc.stderr
+    )
+    assert "Traceback" not in proc.stderr and tree_state(clone.root) == before
+
+
+def test_restore_refuses_a_symlink_in_the_bundle_and_writes_nothing(built, tmp_path):
+    wf, folder, _, _, _ = built
+    clone = Clone(wf.root, tmp_path / "clone")
+    bag = crafted(folder, tmp_path / "crafted", "results/link", b"")
+    link = bag / "data" / "results" / "link"
+    link.unlink()
+    link.symlink_to("../source/Snakefile")  # inside the bag, so tarfile's data filter lets it through
+    manifest = json.loads((bag / "data" / "archive.json").read_text())
+    manifest["files"]["results/link"]["sha256"] = hashlib.sha256((REPO / "Snakefile").read_bytes()).hexdigest()
+    (bag / "data" / "archive.json").write_text(json.dumps(manifest))
+    bagit.Bag(str(bag)).save(manifests=True)
+    assert bagit.Bag(str(bag)).is_valid()
+    tarball = tmp_path / f"{bag.name}.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(bag, arcname=bag.name)
+    before = tree_state(clone.root)
+    proc = archive(clone, "restore", tarball, check=2)
+    assert "symlink: data/results/link -> ../source/Snakefile" in proc.stderr and "Traceback" not in proc.stderr
+    assert tree_state(clone.root) == before
+
+
+def test_restore_refuses_paths_that_a_symlink_in_the_clone_takes_outside_results(built, tmp_path):
+    wf, _, tarball, _, _ = built
+    clone = Clone(wf.root, tmp_path / "clone")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (clone.root / "results").mkdir()
+    (clone.root / "results" / "tables").symlink_to(outside)
+    before = tree_state(clone.root, outside)
+    proc = archive(clone, "restore", tarball, check=2)
+    assert proc.stderr.splitlines()[:2] == [
+        f"error: a symlink in this clone would take these files of the bundle outside {clone.root / 'results'} "
+        "(nothing was restored):",
+        "  results/tables/table4.csv",
+    ]
+    assert tree_state(clone.root, outside) == before
+
+
+def test_build_refuses_symlinks_and_hidden_files_under_results(finished, tmp_path):
+    wf = committed_copy(finished[0], tmp_path / "wf")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not for publication\n")
+    (wf.root / "results" / "leak.txt").symlink_to(outside / "secret.txt")
+    (wf.root / "results" / "figures" / "elsewhere").symlink_to(outside)
+    hidden = wf.root / "results" / "data" / "synth" / "clean" / ".train-00000.h5.tmp123"
+    hidden.write_bytes(b"a killed writer's temporary")
+    proc = archive(wf, "build", "--configfile", CONFIG, check=2)
+    assert proc.stderr.splitlines()[1:] == [
+        "  results/data/synth/clean/.train-00000.h5.tmp123: a hidden name or a control character (a killed job's "
+        "temporary?): restore refuses it",
+        f"  results/figures/elsewhere -> {outside}: a symlink (a bundle holds plain files only)",
+        f"  results/leak.txt -> {outside / 'secret.txt'}: a symlink (a bundle holds plain files only)",
+    ]
+    assert not (wf.root / "results" / "archive").exists()
+
+
+def damaged_copy(tarball, dest, offset=None, sidecar=None):
+    """A copy of the tarball and its .sha256, with one bit of the byte at `offset` flipped
+    (negative: from the end) or the .sha256 replaced by `sidecar`."""
+    dest.mkdir(exist_ok=True)
+    copy = dest / tarball.name
+    raw = bytearray(tarball.read_bytes())
+    if offset is not None:
+        raw[offset] ^= 0x01
+    copy.write_bytes(bytes(raw))
+    shutil.copy(tarball.with_name(tarball.name + ".sha256"), dest)
+    if sidecar is not None:
+        copy.with_name(copy.name + ".sha256").write_text(sidecar)
+    return copy
+
+
+def test_verify_reads_the_whole_gzip_stream_and_names_a_damaged_trailer(built, tmp_path):
+    wf, _, tarball, _, _ = built
+    assert gzip.decompress(tarball.read_bytes())  # gzip's own check passes on the original
+    for offset, what in ((-8, "CRC check failed"), (-3, "Incorrect length of data produced")):
+        copy = damaged_copy(tarball, tmp_path / str(offset), offset)
+        with pytest.raises(gzip.BadGzipFile, match=what):
+            gzip.decompress(copy.read_bytes())  # as `gzip -t` rejects it
+        proc = archive(wf, "verify", copy, check=1)
+        (line,) = proc.stdout.splitlines()
+        assert line.startswith(f"{copy}: damaged: the gzip trailer does not match the data ({what}")
+        assert line.endswith("the trailer itself (its last 8 bytes; every file read back matches its manifest)")
+        proc = archive(wf, "restore", copy, check=2)
+        assert "damaged: the gzip trailer" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_verify_names_damage_in_the_compressed_data_and_a_wrong_sha256_file_without_a_traceback(built, tmp_path):
+    wf, _, tarball, _, _ = built
+    size = tarball.stat().st_size
+    # wherever the flipped bit lands, deflate either fails (zlib), decodes wrong bytes (a tar
+    # header tarfile stops at, or a file's content: the CRC-32 then differs) or ends early
+    for k, offset in enumerate([100, size // 4, size // 3, size // 2, 2 * size // 3, size - 100, size - 30]):
+        copy = damaged_copy(tarball, tmp_path / str(k), offset)
+        proc = archive(wf, "verify", copy, check=1)
+        (line,) = proc.stdout.splitlines()  # one line saying where, not intact files listed as extra
+        assert line.startswith(f"{copy}: damaged"), line
+        assert "Traceback" not in proc.stderr
+    copy = damaged_copy(tarball, tmp_path / "sidecar", sidecar=f"{'0' * 64}  {tarball.name}\n")
+    proc = archive(wf, "verify", copy, check=1)
+    assert proc.stdout == f"{copy}: damaged: its sha256 is not the one {copy.name}.sha256 records, although " + (
+        "its gzip data and files read back intact (one of the two files was changed after the build)\n"
+    )
+    copy = tmp_path / "truncated" / tarball.name
+    copy.parent.mkdir()
+    copy.write_bytes(tarball.read_bytes()[: size // 2])
+    proc = archive(wf, "verify", copy, check=1)
+    assert "damaged" in proc.stdout and "Compressed file ended before the end-of-stream marker" in proc.stdout
+    assert "Traceback" not in proc.stderr

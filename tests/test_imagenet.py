@@ -331,3 +331,35 @@ def test_range_jobs_build_the_clean_shards_and_regrouping_them_reruns_nothing(wo
     paper["datasets"]["imagenet"]["stream"]["shards_per_job"] = 3
     dry = workflow.run("-n", *targets, "--configfile", workflow.write_config(paper))
     assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_an_empty_class_folder_is_an_error_naming_it_and_both_splits_have_the_same_classes(tmp_path, capsys):
+    """An empty train/<wnid>/ would be a class without images (num_classes 5 for 4 real classes):
+    the index job of either split stops naming it, in one line."""
+    write_imagenet(tmp_path / "folders", PER_CLASS, N_VAL, val_layout="folders")
+    empty = tmp_path / "folders" / "train" / "n09999999"
+    empty.mkdir()
+    (empty / "README.txt").write_text("not an image")
+    spec_json = canonical_json({"dataset": dataset_spec(tmp_path / "folders"), "shards": SHARDS})
+    for split in ("train", "test"):
+        with pytest.raises(SystemExit) as stop:
+            prepare.main(["index", "--spec", spec_json, "--split", split, "--out", str(tmp_path / f"{split}.json")])
+        assert stop.value.code == 2 and not (tmp_path / f"{split}.json").exists()
+        assert capsys.readouterr().err == (
+            f"error: {empty}: class folder without images (.jpeg, .jpg, .png); every folder of {empty.parent} is a "
+            "class, so remove it or put its images back\n"
+        )
+    (empty / "README.txt").unlink()
+    empty.rmdir()
+    # a val class folder without images: the splits would disagree on the classes
+    val = tmp_path / "folders" / "val" / IMAGENET_WNIDS[2]
+    for image in val.iterdir():
+        image.unlink()
+    with pytest.raises(RethinkError, match=rf"no test images of class {IMAGENET_WNIDS[2]}, which train/ has"):
+        imagenet.list_split(tmp_path / "folders", "test")
+    classes, _, labels = imagenet.list_split(tmp_path / "folders", "train")
+    assert classes == IMAGENET_WNIDS and sorted(set(labels.tolist())) == [0, 1, 2, 3]
+    # flat val: the devkit's ground truth must cover every class too (3 images for 4 classes here)
+    write_imagenet(tmp_path / "flat", 1, 3, val_layout="flat")
+    with pytest.raises(RethinkError, match=rf"{imagenet.GROUND_TRUTH}: no test images of class {IMAGENET_WNIDS[3]}"):
+        imagenet.list_split(tmp_path / "flat", "test")

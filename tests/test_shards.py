@@ -1,7 +1,9 @@
-"""HDF5 shards: round trip, links instead of copies, checksums, atomic writes, the disk bound."""
+"""HDF5 shards: round trip, links instead of copies, checksums, atomic writes, a full disk, the
+disk bound."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import pytest
 from rethink.data import prepare, shards
 from rethink.data.shards import ShardError
 from rethink.errors import RethinkError
+from rethink.fileio import canonical_json
 
 from conftest import SHARDS, flip_byte_in_chunk, synthetic_spec
 
@@ -167,9 +170,13 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
             sys.executable,
             "-c",
             f"""
-import os, signal, h5py, numpy as np
+import os, pathlib, signal, numpy as np
 from rethink.data import shards
-h5py.Group.create_dataset = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)  # killed mid-write
+def killed(path, data):  # half-way through writing the file
+    with open(path, "wb") as fh:
+        fh.write(data[: len(data) // 2])
+    os.kill(os.getpid(), signal.SIGKILL)
+pathlib.Path.write_bytes = killed
 shards.write_shard({str(target)!r}, {{"labels": np.arange(10)}}, {{"dataset": "d"}})
 """,
         ]
@@ -180,6 +187,34 @@ shards.write_shard({str(target)!r}, {{"labels": np.arange(10)}}, {{"dataset": "d
     other.write_bytes(b"")
     shards.write_shard(target, {"labels": np.arange(10)}, {"dataset": "d"})
     assert sorted(os.listdir(tmp_path)) == [other.name, target.name]
+
+
+def test_a_full_disk_is_one_line_naming_the_shard_and_the_free_space_and_leaves_no_file(tmp_path):
+    """A real full file system: a 1 MiB tmpfs mounted in a private mount namespace (unshare; as
+    an unprivileged user too where user namespaces are enabled), written by the rule's CLI. The
+    shard (2,000 3x32x32 images, uncompressed) needs 6 MB. It used to end in h5py tracebacks
+    and a segmentation fault."""
+    unshare = ["unshare", "--user", "--map-root-user", "--mount"]
+    if subprocess.run([*unshare, "true"], capture_output=True).returncode != 0:
+        pytest.skip("this machine allows no private mount namespace (unshare --user --mount) for a small tmpfs")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    out = disk / "train-00000.h5"
+    spec = {"dataset": synthetic_spec(n_train=2000, n_test=10), "shards": dict(SHARDS, compression="none")}
+    writer = [sys.executable, "-m", "rethink.data.prepare", "clean", "--spec", canonical_json(spec)]
+    writer += ["--split", "train", "--shard", "0", "--out", str(out)]
+    # what the writer left is listed inside the namespace: the tmpfs goes with it
+    script = f'mount -t tmpfs -o size=1m tmpfs {disk} && "$@"; status=$?; ls -A {disk}; exit $status'
+    proc = subprocess.run([*unshare, "sh", "-c", script, "sh", *writer], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+    found = re.fullmatch(
+        rf"error: {re.escape(str(out))}: could not be written \(No space left on device; ([\d,]+) bytes free there "
+        r"now, its partial copy removed\): free some space and run again\n",
+        proc.stderr,
+    )
+    assert found, proc.stderr
+    assert 0 < int(found[1].replace(",", "")) <= 1 << 20
+    assert not disk.exists() or not any(disk.iterdir())
 
 
 def test_split_over_several_shards_reads_back_in_order_and_checks_the_list(tmp_path):

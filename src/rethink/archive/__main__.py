@@ -18,15 +18,20 @@ def _build(args):
 
 
 def _verify(args):
-    with bundle.opened(args.path) as bag:
-        found = bundle.problems(bag)
-        n = sum(1 for p in (bag / "data").rglob("*") if p.is_file()) if (bag / "data").is_dir() else 0
+    try:
+        with bundle.opened(args.path) as bag:
+            found = bundle.problems(bag)
+            n = sum(1 for p in (bag / "data").rglob("*") if p.is_file()) if (bag / "data").is_dir() else 0
+    except bundle.BadBundle as err:  # damaged past reading: where, in one line
+        found = [str(err)]
     for line in found:
         print(line)
     if found:
         print(f"error: {args.path}: {len(found)} problem(s)", file=sys.stderr)
         return 1
-    print(f"ok: {args.path}: {n} files match their sha256 manifest")
+    sidecar = pathlib.Path(args.path + ".sha256")
+    also = f", and the tarball its {sidecar.name}" if sidecar.is_file() and not os.path.isdir(args.path) else ""
+    print(f"ok: {args.path}: {n} files match their sha256 manifest{also}")
     return 0
 
 

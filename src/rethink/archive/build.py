@@ -4,6 +4,7 @@ results/archive/; refuses a run that Snakemake does not find complete and up to 
 import datetime
 import io
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -70,13 +71,28 @@ def h5_provenance(path):
 
 
 def snapshot(root):
-    """Every file under results/ but the archives: {relative path: (size, mtime_ns)}."""
-    files = {}
+    """Every file under results/ but the archives: {relative path: (size, mtime_ns)}. A symlink
+    is never followed (it could put a file from anywhere into a published bundle), and a hidden
+    file is not archived (restore refuses both): either stops the build, naming each."""
+    files, refused = {}, []
     for path in sorted((root / RESULTS).rglob("*")):
         rel = path.relative_to(root).as_posix()
-        if path.is_file() and not rel.startswith(ARCHIVE_DIR + "/"):
+        if rel == ARCHIVE_DIR or rel.startswith(ARCHIVE_DIR + "/"):
+            continue
+        if path.is_symlink():
+            refused.append(f"{rel} -> {os.readlink(path)}: a symlink (a bundle holds plain files only)")
+        elif not bundle.RESULT_PATH.fullmatch(rel):
+            refused.append(
+                f"{rel}: a hidden name or a control character (a killed job's temporary?): restore refuses it"
+            )
+        elif path.is_file():
             st = path.stat()
             files[rel] = (st.st_size, st.st_mtime_ns)
+    if refused:
+        raise RethinkError(
+            f"{RESULTS}/ holds what is not archived; replace each symlink by the file it points to, remove the "
+            "rest, and archive again:\n  " + "\n  ".join(refused)
+        )
     return files
 
 
@@ -85,6 +101,12 @@ def build(root, configfiles, allow_incomplete=False):
     not up to date (empty unless allow_incomplete)."""
     root = pathlib.Path(root).resolve()
     configfiles = configfiles or ["config/config.yaml"]
+    for path in configfiles:  # as restore accepts them
+        if not bundle.CONFIG_PATH.fullmatch(path):
+            raise RethinkError(
+                f"--configfile {path}: give the run's config files as relative paths inside the clone, without "
+                "'..' or hidden parts, ending in .yaml, .yml or .json (restore puts them back at that path)"
+            )
     settings = load_config(root, configfiles)["archive"]
     commit = git(root, "rev-parse", "HEAD").strip()
     date = datetime.datetime.now(datetime.UTC).date().isoformat()
@@ -93,6 +115,7 @@ def build(root, configfiles, allow_incomplete=False):
     if final.exists() or final.with_suffix(".tar.gz").exists():
         raise RethinkError(f"{final.relative_to(root)} exists: remove it (and its .tar.gz) to archive again")
 
+    before = snapshot(root)
     stale, outputs = bundle.pending(root, configfiles)
     found = refusals(root, configfiles, stale)
     if found and not allow_incomplete:
@@ -101,7 +124,6 @@ def build(root, configfiles, allow_incomplete=False):
             "anyway, listing this in archive.json):\n  " + "\n  ".join(found)
         )
 
-    before = snapshot(root)
     stage = root / ARCHIVE_DIR / f".{name}.partial"
     shutil.rmtree(stage, ignore_errors=True)  # a killed build's leftovers
     stage.mkdir(parents=True)
@@ -189,6 +211,9 @@ def _stage(root, stage, name, commit, date, configfiles, settings, before, outpu
         iso(min(starts, default=None)),
         iso(max(ends, default=None)),
     )
+    refused = bundle.odd_entries(stage) + bundle.unsafe_entries(stage)
+    if refused:  # restore would refuse the bundle: say so now (a tracked symlink in the source?)
+        raise RethinkError("the bundle would hold what restore refuses:\n  " + "\n  ".join(refused))
     bagit.make_bag(
         str(stage),
         bag_info={"External-Identifier": name, "External-Description": f"rethink results at commit {commit}"},

@@ -4,12 +4,13 @@ checksums, so that `snakemake -n` has nothing to do."""
 
 import filecmp
 import json
+import os
 import pathlib
 import shutil
 import subprocess
 
 from rethink import fileio
-from rethink.archive import MANIFEST, METADATA, bundle
+from rethink.archive import MANIFEST, METADATA, RESULTS, bundle
 from rethink.errors import RethinkError
 
 
@@ -32,12 +33,30 @@ def source_differences(bag_data, root):
     return found
 
 
+def outside(root, manifest, records):
+    """The bundle's paths that would land outside this clone's results/ (config files: outside
+    the clone) through a symlink already here. bundle.check has refused any other path."""
+
+    def escapes(rel, folder):
+        return os.path.commonpath([os.path.realpath(root / rel), os.path.realpath(folder)]) != os.path.realpath(folder)
+
+    found = [rel for rel in sorted({*manifest["files"], *records}) if escapes(rel, root / RESULTS)]
+    return found + [rel for rel in manifest["configfiles"] if escapes(rel, root)]
+
+
 def restore(path, root, cores, different_source=False):
     root = pathlib.Path(root).resolve()
     with bundle.opened(path) as bag:
-        bundle.check(bag)
+        bundle.check(bag)  # also refuses any path that is not a result or config file
         data = bag / "data"
         manifest = json.loads((data / MANIFEST).read_text())
+        records = json.loads((data / METADATA).read_text())
+        escaping = outside(root, manifest, records)
+        if escaping:
+            raise RethinkError(
+                f"a symlink in this clone would take these files of the bundle outside {root / RESULTS} "
+                "(nothing was restored):\n  " + "\n  ".join(escaping)
+            )
         differ = source_differences(data, root)
         if differ and not different_source:
             raise RethinkError(
@@ -79,7 +98,7 @@ def restore(path, root, cores, different_source=False):
                     shutil.copyfile(data / rel, tmp)
             # the run's own mtimes: Snakemake's mtime trigger sees the order in which they were made
             bundle.set_mtime(target, entry["mtime_ns"])
-        for output, record in json.loads((data / METADATA).read_text()).items():
+        for output, record in records.items():
             fileio.write_text_atomic(bundle.record_path(root, output), json.dumps(record))
 
     stale, _ = bundle.pending(root, manifest["configfiles"])

@@ -44,44 +44,76 @@ REENCODE_QUALITY = 95  # the few non-RGB-JPEG files: high quality, so re-encodin
 SHARD_FORMAT = "jpeg"  # shard attribute `format`: the trainer streams these instead of loading them
 
 
+def _is_image(path):
+    return path.suffix.lower() in EXTENSIONS and path.is_file()
+
+
 def _images_in(folder):
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
+    return sorted(p for p in folder.iterdir() if _is_image(p))
 
 
 def _class_folders(folder):
     return sorted(p for p in folder.iterdir() if p.is_dir())
 
 
-def list_split(root, split):
-    """-> (classes: sorted wnids, files: paths relative to root, labels: int64), file order sorted."""
-    root = pathlib.Path(root)
-    train = root / "train"
-    classes = [p.name for p in _class_folders(train)] if train.is_dir() else []
-    if not classes:
+def _named(paths, limit=3):
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return ", ".join(map(str, paths[:limit])) + more
+
+
+def list_classes(root):
+    """The classes: the sorted wnids of train/'s folders. Each must hold an image: an empty folder
+    would be a class without a sample, one more output of the classifier (num_classes)."""
+    train = pathlib.Path(root) / "train"
+    folders = _class_folders(train) if train.is_dir() else []
+    if not folders:
         raise RethinkError(f"{train}: no class folders (train/<wnid>/*.JPEG); is this an ImageNet root?")
+    empty = [f for f in folders if not any(map(_is_image, f.iterdir()))]  # stops at a folder's first image
+    if empty:
+        raise RethinkError(
+            f"{_named(empty)}: class folder without images ({', '.join(EXTENSIONS)}); every folder of {train} is a "
+            "class, so remove it or put its images back"
+        )
+    return [f.name for f in folders]
+
+
+def list_split(root, split):
+    """-> (classes: sorted wnids, files: paths relative to root, labels: int64), file order sorted.
+    Both splits have the classes of train/, each with images."""
+    root = pathlib.Path(root)
+    classes = list_classes(root)
+    position = {wnid: k for k, wnid in enumerate(classes)}
     folder = root / sources.IMAGENET_DIRS[split]
     if not folder.is_dir():
         raise RethinkError(f"{folder}: not found; the {split} split of ImageNet lives there")
     files, labels = [], []
     if _class_folders(folder):
-        position = {wnid: k for k, wnid in enumerate(classes)}
         for class_folder in _class_folders(folder):
             if class_folder.name not in position:
-                raise RethinkError(f"{class_folder}: class {class_folder.name!r} has no folder in {train}")
+                raise RethinkError(f"{class_folder}: class {class_folder.name!r} has no folder in {root / 'train'}")
             images = _images_in(class_folder)
             files += [str(p.relative_to(root)) for p in images]
             labels += [position[class_folder.name]] * len(images)
+        where = f"{folder}/<wnid>/"
     else:
         images = _images_in(folder)
         wnids = _devkit_val_wnids(root, len(images))
-        position = {wnid: k for k, wnid in enumerate(classes)}
         unknown = sorted(set(wnids) - set(position))
         if unknown:
-            raise RethinkError(f"{root / DEVKIT}: ground-truth classes {unknown[:3]} have no folder in {train}")
+            raise RethinkError(
+                f"{root / DEVKIT}: ground-truth classes {unknown[:3]} have no folder in {root / 'train'}"
+            )
         files = [str(p.relative_to(root)) for p in images]
         labels = [position[w] for w in wnids]
+        where = f"{root / DEVKIT / GROUND_TRUTH}"
     if not files:
         raise RethinkError(f"{folder}: no images (*.JPEG) found")
+    absent = [classes[k] for k in sorted(set(range(len(classes))) - set(labels))]
+    if absent:
+        raise RethinkError(
+            f"{where}: no {split} images of class {_named(absent)}, which train/ has; both splits must have the same "
+            "classes (an empty or missing class folder?)"
+        )
     return classes, files, np.asarray(labels, dtype=np.int64)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from rethink import __version__, paths
 from rethink.errors import RethinkError
-from rethink.fileio import atomic_path
+from rethink.fileio import write_bytes_atomic
 
 COMPRESSIONS = ("lzf", "gzip", "none")
 
@@ -90,7 +90,11 @@ def write_shard(path, arrays, attrs, links=None, compression="lzf", chunk_sample
     attrs["dataset_sha256"] = json.dumps({name: _array_sha256(a) for name, a in sorted(arrays.items())})
     attrs["content_sha256"] = _content_checksum(targets, attrs)
 
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    # HDF5 builds the file in memory (the core driver, no backing store; the bytes are those the
+    # default driver writes to disk) and Python writes them: a full disk is then an OSError that
+    # fileio turns into one line. An HDF5 write error left h5py's file half-closed, and the
+    # process segfaulted at exit.
+    with h5py.File(path.name, "w", driver="core", backing_store=False) as f:
         for name, array in arrays.items():
             array = np.ascontiguousarray(array)
             chunks = (max(1, min(chunk_samples, len(array))),) + array.shape[1:]
@@ -104,6 +108,9 @@ def write_shard(path, arrays, attrs, links=None, compression="lzf", chunk_sample
             f[name] = h5py.ExternalLink(target, f"/{dataset}")
         for key, value in attrs.items():
             f.attrs[key] = value
+        f.flush()
+        image = f.id.get_file_image()
+    write_bytes_atomic(path, image)
     return attrs["content_sha256"]
 
 
