@@ -476,3 +476,23 @@ def test_verify_names_damage_in_the_compressed_data_and_a_wrong_sha256_file_with
     proc = archive(wf, "verify", copy, check=1)
     assert "damaged" in proc.stdout and "Compressed file ended before the end-of-stream marker" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_restore_writes_a_missing_run_config_only_under_config(built, tmp_path):
+    """A run config outside config/ (slurm/config.yaml: a Snakemake profile for later runs) is
+    refused, naming it, and nothing is written."""
+    wf, folder, _, _, _ = built
+    clone = Clone(wf.root, tmp_path / "clone")
+    bag = tmp_path / "crafted" / folder.name
+    shutil.copytree(folder, bag)
+    data = bag / "data"
+    manifest = json.loads((data / "archive.json").read_text())
+    manifest["configfiles"].append("slurm/config.yaml")
+    (data / "archive.json").write_text(json.dumps(manifest))
+    (data / "run-config" / "slurm").mkdir(parents=True)
+    (data / "run-config" / "slurm" / "config.yaml").write_text("executor: local\n")
+    bagit.Bag(str(bag)).save(manifests=True)
+    before = tree_state(clone.root)
+    proc = archive(clone, "restore", bag, check=2)
+    assert "the run's config files slurm/config.yaml are not in this clone" in proc.stderr
+    assert "Traceback" not in proc.stderr and tree_state(clone.root) == before

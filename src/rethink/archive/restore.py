@@ -13,6 +13,8 @@ from rethink import fileio
 from rethink.archive import MANIFEST, METADATA, RESULTS, bundle
 from rethink.errors import RethinkError
 
+RUN_CONFIG_DIR = "config/"
+
 
 def source_differences(bag_data, root):
     """Files that differ between the archived source and this clone: 'changed: F', 'only in the
@@ -73,10 +75,19 @@ def restore(path, root, cores, different_source=False):
                 f"{len(clash)} of the bundle's files exist here with other contents; restore into a clone without "
                 "them (nothing was restored):\n  " + "\n  ".join(clash)
             )
-        for rel in manifest["configfiles"]:
-            if not (root / rel).exists():
-                (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(data / "run-config" / rel, root / rel)
+        # a missing run config is put back only under config/: elsewhere a file such as
+        # slurm/config.yaml would become a Snakemake profile that later runs pick up
+        missing = [rel for rel in manifest["configfiles"] if not (root / rel).exists()]
+        elsewhere = [rel for rel in missing if not rel.startswith(RUN_CONFIG_DIR)]
+        if elsewhere:
+            raise RethinkError(
+                f"the run's config files {', '.join(elsewhere)} are not in this clone and restore writes config files "
+                f"only under {RUN_CONFIG_DIR} (nothing was restored); read each in the bundle's data/run-config/, "
+                "copy it into place yourself, and restore again"
+            )
+        for rel in missing:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(data / "run-config" / rel, root / rel)
 
         # shards first: the data rules rebuild them (byte-identical by design), and each must
         # match its recorded checksum before any result that depends on it comes back
