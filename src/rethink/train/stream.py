@@ -60,6 +60,7 @@ CROP_ASPECT = (0.75, 1.33)
 CROP_MIN_COVERED = 0.1
 CROP_ATTEMPTS = 100
 EVAL_FRACTION = 0.875
+DIGEST_BYTES = 16  # of a sample's sha256, kept to check its later reads: 128 bits
 
 
 class InMemorySplit:
@@ -196,15 +197,11 @@ class ShardReader:
         digests = np.stack([_digest(jpeg[offsets[i] : offsets[i + 1]]) for i in range(len(offsets) - 1)])
         with h5py.File(path, "r", locking=False) as f:
             link = f.get("jpeg", getlink=True)
-        # a randomized shard links the clean shard's bytes; resolved as rethink.data.shards does
-        file, dataset = (path.parent / link.filename, link.path.lstrip("/")) if isinstance(
-            link, h5py.ExternalLink
-        ) else (path, "jpeg")  # fmt: skip
+        file, dataset = path, "jpeg"
+        if isinstance(link, h5py.ExternalLink):  # a randomized shard's bytes are the clean shard's
+            file, dataset = path.parent / link.filename, link.path.lstrip("/")  # as rethink.data.shards finds them
         self._verified[s] = (file, stored_checksum(file), dataset, offsets, digests)
         return {int(i): jpeg[offsets[i] : offsets[i + 1]].copy() for i in local}  # the rest is let go
-
-
-DIGEST_BYTES = 16
 
 
 def _digest(blob):
@@ -258,8 +255,8 @@ class StreamedSplit:
             lo = ends[g] - len(windows[g])
             return np.sort(order[lo : ends[g]][used[lo : ends[g]]])
 
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shard-reader") as reader:
-            loading = {}
+        reader, loading = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shard-reader"), {}
+        try:
             for part in parts:
                 lo, hi = part[:2]
                 first, last = (int(np.searchsorted(ends, p, side="right")) for p in (lo, hi - 1))
@@ -269,6 +266,8 @@ class StreamedSplit:
                     if g not in loading:
                         loading[g] = reader.submit(self._load, wanted(g))
                 yield make(part, collections.ChainMap(*(loading[g].result() for g in range(first, last + 1))))
+        finally:  # stopped early (or failed): a read under way ends, a queued one is dropped
+            reader.shutdown(cancel_futures=True)
 
     def _batch(self, indices, boxes, flips, size, blobs):
         images = decode([blobs[int(i)] for i in indices], self.device)
