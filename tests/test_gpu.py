@@ -174,11 +174,11 @@ def test_no_host_sync_inside_a_training_step(tmp_path, data):
 
 
 def smooth_jpeg(rng, height, width, subsampling):
-    """A JPEG of a smooth colour field (bilinear blend of random corner colours): no edges, so
-    decoders differ only by rounding."""
+    """A JPEG of a smooth colour field (bilinear blend of random corner colours in 64..192, at least
+    128 pixels apart: at most one level per pixel), so that decoders differ only by rounding."""
     from PIL import Image
 
-    corners = rng.uniform(0, 255, (2, 2, 3))
+    corners = rng.uniform(64, 192, (2, 2, 3))
     v, u = np.linspace(0, 1, height)[:, None, None], np.linspace(0, 1, width)[None, :, None]
     top, bottom = corners[0, 0] * (1 - u) + corners[0, 1] * u, corners[1, 0] * (1 - u) + corners[1, 1] * u
     pixels = np.round(top * (1 - v) + bottom * v).astype(np.uint8)
@@ -188,15 +188,16 @@ def smooth_jpeg(rng, height, width, subsampling):
 
 
 # JPEG decoders may round the inverse DCT and the YCbCr -> RGB conversion differently (libjpeg-turbo,
-# which Pillow uses, in integer arithmetic; nvJPEG its own), about one level each; 4:2:0 chroma is
-# interpolated differently too, which on a smooth image moves a pixel by a few levels at most.
-DECODE_TOL = {0: (0.5, 3), 2: (1.0, 8)}  # subsampling (Pillow: 0 = 4:4:4, 2 = 4:2:0) -> (mean, max) levels
+# which Pillow uses, in integer arithmetic; nvJPEG its own), about one level each; 4:2:0 chroma may be
+# interpolated differently too, which at one level per pixel moves a colour by about two levels more.
+# Stated bounds, not measured ones: no GPU has run this yet.
+DECODE_TOL = {0: (0.5, 3), 2: (1.0, 6)}  # subsampling (Pillow: 0 = 4:4:4, 2 = 4:2:0) -> (mean, max) levels
 
 
 @pytest.mark.parametrize("subsampling", sorted(DECODE_TOL))
 def test_nvjpeg_decodes_smooth_images_as_pillow_does(subsampling):
     rng = np.random.default_rng(subsampling)
-    blobs = [smooth_jpeg(rng, int(h), int(w), subsampling) for h, w in rng.integers(64, 480, (16, 2))]
+    blobs = [smooth_jpeg(rng, int(h), int(w), subsampling) for h, w in rng.integers(128, 480, (16, 2))]
     on_gpu = stream.decode(blobs, torch.device("cuda"))
     on_cpu = stream.decode(blobs, torch.device("cpu"))
     mean_tol, max_tol = DECODE_TOL[subsampling]
