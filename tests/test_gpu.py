@@ -1,16 +1,20 @@
-"""The CUDA path: fitting, resume, packs, compiled (CUDA-graph) steps, no host sync in a step.
-Skipped without a CUDA GPU; `make gpu-check OUT=dir` runs them with the GPU benchmark.
+"""The CUDA path: fitting, resume, packs, compiled (CUDA-graph) steps, no host sync in a step,
+nvJPEG decoding, SyncBatchNorm. Skipped without a CUDA GPU; `make gpu-check OUT=dir` runs them
+with the GPU benchmark. Their CPU halves: test_compile.py, test_distributed.py, test_stream.py.
 
 Tolerances: bf16 autocast and cuDNN's autotuned kernels are not bit-reproducible, so CUDA runs are
 compared with each other within 0.02 absolute on losses and 0.03 on accuracies after a few epochs,
 and must agree on the stop reason."""
 
+import io
 import json
 
+import numpy as np
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
-from rethink.train import checkpoint, loop
+from rethink.train import checkpoint, distributed, loop, stream
 from rethink.train.loop import Job, train
 
 from test_train import make_cell, read_history, write_split
@@ -97,11 +101,26 @@ def test_a_pack_on_cuda_equals_its_cells_alone(tmp_path, data):
         close(packed[i], alone)
 
 
+def graphs_used():
+    """What was compiled since the counters were cleared ran as CUDA graphs: inductor skips a graph it
+    cannot capture (or re-records too often) silently, counting it in cudagraph_skips (torch 2.11
+    and 2.13)."""
+    assert counters["stats"]["unique_graphs"] > 0, "nothing was compiled"
+    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-def test_a_compiled_step_equals_the_eager_one(tmp_path, data, mode):
-    cell = cuda_cell("alexnet", width=0.25)
+def test_a_compiled_step_equals_the_eager_one(tmp_path, data, mode, dropout):
+    """With dropout, the step's graphs stop at the draw from the cell's generator (made eagerly,
+    test_compile.py); the graphs around it are captured all the same."""
+    cell = cuda_cell("alexnet", width=0.25, dropout=dropout)
     (eager,), (eager_h,) = run(tmp_path, data, [cell], "eager")
+    torch._dynamo.reset()
+    counters.clear()
     (compiled,), (compiled_h,) = run(tmp_path, data, [cell], mode, compile_mode=mode)
+    if mode == "reduce-overhead":
+        graphs_used()
     close(eager_h, compiled_h)
     assert eager["stop_reason"] == compiled["stop_reason"]
 
@@ -110,6 +129,8 @@ def test_an_lr_change_takes_effect_inside_a_graphed_step():
     dev = torch.device("cuda")
     cell = cuda_cell()
     model, opt, lr, _, amp, fmt = loop.setup(cell, (3, 28, 28), 10, dev)
+    torch._dynamo.reset()
+    counters.clear()
     step = torch.compile(loop.sgd_step, mode="reduce-overhead")
     x, y = torch.randn(64, 3, 28, 28, device=dev), torch.randint(0, 10, (64,), device=dev)
     for _ in range(3):  # warm-up and capture
@@ -122,6 +143,7 @@ def test_an_lr_change_takes_effect_inside_a_graphed_step():
     lr.fill_(0.5)
     step(model, opt, x, y, amp, fmt)
     assert not torch.equal(weight.detach(), before)
+    graphs_used()
 
 
 def test_no_host_sync_inside_a_training_step(tmp_path, data):
@@ -149,3 +171,69 @@ def test_no_host_sync_inside_a_training_step(tmp_path, data):
             member.train_step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def smooth_jpeg(rng, height, width, subsampling):
+    """A JPEG of a smooth colour field (bilinear blend of random corner colours in 64..192, at least
+    128 pixels apart: at most one level per pixel), so that decoders differ only by rounding."""
+    from PIL import Image
+
+    corners = rng.uniform(64, 192, (2, 2, 3))
+    v, u = np.linspace(0, 1, height)[:, None, None], np.linspace(0, 1, width)[None, :, None]
+    top, bottom = corners[0, 0] * (1 - u) + corners[0, 1] * u, corners[1, 0] * (1 - u) + corners[1, 1] * u
+    pixels = np.round(top * (1 - v) + bottom * v).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG", quality=95, subsampling=subsampling)
+    return np.frombuffer(out.getvalue(), dtype=np.uint8)
+
+
+# JPEG decoders may round the inverse DCT and the YCbCr -> RGB conversion differently (libjpeg-turbo,
+# which Pillow uses, in integer arithmetic; nvJPEG its own), about one level each; 4:2:0 chroma may be
+# interpolated differently too, which at one level per pixel moves a colour by about two levels more.
+# Stated bounds, not measured ones: no GPU has run this yet.
+DECODE_TOL = {0: (0.5, 3), 2: (1.0, 6)}  # subsampling (Pillow: 0 = 4:4:4, 2 = 4:2:0) -> (mean, max) levels
+
+
+@pytest.mark.parametrize("subsampling", sorted(DECODE_TOL))
+def test_nvjpeg_decodes_smooth_images_as_pillow_does(subsampling):
+    rng = np.random.default_rng(subsampling)
+    blobs = [smooth_jpeg(rng, int(h), int(w), subsampling) for h, w in rng.integers(128, 480, (16, 2))]
+    on_gpu = stream.decode(blobs, torch.device("cuda"))
+    on_cpu = stream.decode(blobs, torch.device("cpu"))
+    mean_tol, max_tol = DECODE_TOL[subsampling]
+    for gpu, cpu in zip(on_gpu, on_cpu, strict=True):
+        assert gpu.shape == cpu.shape and gpu.dtype == cpu.dtype == torch.uint8
+        diff = (gpu.cpu().int() - cpu.int()).abs()
+        assert diff.float().mean() <= mean_tol and diff.max() <= max_tol, (diff.float().mean(), diff.max())
+
+
+def test_cuda_sync_batchnorm_has_no_host_sync_and_is_batch_norm(tmp_path):
+    """One NCCL process: the forward and backward of distributed.SyncBatchNorm (torch's kernels,
+    without the empty-input mask) under sync debug mode "error", equal to BatchNorm2d's."""
+    import torch.distributed as dist
+
+    dev = torch.device("cuda")
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        reference = torch.nn.BatchNorm2d(8).to(dev)
+        ours = distributed.sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(8)), "cuda")[0].to(dev)
+        x = (torch.randn(16, 8, 12, 12, device=dev) * 3 + 1).contiguous(memory_format=torch.channels_last)
+        grad = torch.randn_like(x)
+        mine, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ours(mine)  # warm-up: NCCL's communicator and the allocator
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = ours(mine)
+            out.backward(grad)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        expected = reference(theirs)
+        expected.backward(grad)
+        reference(theirs)  # the same two updates of the running statistics
+        assert torch.allclose(out, expected, atol=1e-4) and torch.allclose(mine.grad, theirs.grad, atol=1e-4)
+        assert torch.allclose(ours.running_mean, reference.running_mean, atol=1e-5)
+        assert torch.allclose(ours.running_var, reference.running_var, atol=1e-4)
+    finally:
+        dist.destroy_process_group()

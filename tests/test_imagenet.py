@@ -189,8 +189,9 @@ def test_stream_order_is_seeded_and_resumes_at_any_step(inet):
     off = list(split.train_batches(plan, 0, dict(HPARAMS, random_crop=False, augment=False)))
     assert not torch.equal(off[0][0], full[0][0])  # augmentation switched off: the central view
     evals = list(split.eval_batches(75))
-    assert torch.equal(evals[0][0][:4], split._batch(np.arange(4), [stream.central_box(*s) for s in split.sizes[:4]],
-                                                      [False] * 4, 75)[0])  # fmt: skip
+    first = np.arange(4)
+    boxes = [stream.central_box(*s) for s in split.sizes[:4]]
+    assert torch.equal(evals[0][0][:4], split._batch(first, boxes, [False] * 4, 75, split._load(first))[0])
     split.close()
 
 

@@ -110,10 +110,14 @@ def parent_of(pid):
 
 class Interrupted(Exception):
     """Raised after the checkpoints were saved because a signal (or the parent's death) asked the run
-    to stop."""
+    to stop; `paths` is empty when the signal came after the last cell had finished."""
 
     def __init__(self, signum, paths):
         name, paths = signal.Signals(signum).name, [str(p) for p in paths]
-        where = paths[0] if len(paths) == 1 else f"{len(paths)} checkpoints ({paths[0]}, ...)"
-        super().__init__(f"stopped by {name}; saved to {where}; rerun to resume")
+        if not paths:
+            message = f"stopped by {name} after every cell had finished (outputs written); a rerun re-emits them"
+        else:
+            where = paths[0] if len(paths) == 1 else f"{len(paths)} checkpoints ({paths[0]}, ...)"
+            message = f"stopped by {name}; saved to {where}; rerun to resume"
+        super().__init__(message)
         self.signum = signum

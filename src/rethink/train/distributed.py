@@ -15,9 +15,9 @@ run of the same cell:
   DistributedDataParallel's gradient average is the gradient of the global batch's mean loss,
   even for an uneven last batch; the SGD update is then the one-process update (up to the order
   of float additions);
-- BatchNorm normalises with the global batch's statistics (SyncBatchNorm; on CPU, where torch's
-  SyncBatchNorm refuses to run, `GlobalBatchNorm`), so the running statistics, too, are those
-  of the one-process run and identical on every rank;
+- BatchNorm normalises with the global batch's statistics (on CUDA `SyncBatchNorm`, torch's
+  without its host sync; on CPU, where torch's refuses to run, `GlobalBatchNorm`), so the running
+  statistics, too, are those of the one-process run and identical on every rank;
 - rank 0 evaluates, logs and writes (history, summary, checkpoints); the other ranks wait at a
   barrier of a CPU (gloo) control group whose timeout (CONTROL_TIMEOUT) covers a whole-split
   evaluation;
@@ -163,31 +163,81 @@ class GlobalBatchNorm(torch.nn.BatchNorm2d):
         return y
 
 
+class _SyncBatchNormStats(torch.nn.modules._functions.SyncBatchNorm):
+    """torch's SyncBatchNorm autograd function (its backward, the same in torch 2.11 and 2.13) with
+    a forward that never waits for the GPU. torch's forward drops the statistics of ranks whose
+    input is empty by indexing with a boolean mask, a host sync once per BatchNorm layer per step;
+    here every rank has samples (check_batches), so the mask is left out. Otherwise it is torch's
+    forward, with all_gather (one call that gloo and NCCL, 2.11 and 2.13 all take)."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, running_mean, running_var, eps, momentum, process_group, world_size):
+        if not input.is_contiguous(memory_format=torch.channels_last):
+            input = input.contiguous()
+        if weight is not None:
+            weight = weight.contiguous()
+        channels = input.shape[1]
+        mean, invstd = torch.batch_norm_stats(input, eps)
+        count = torch.full((1,), input.numel() // channels, dtype=mean.dtype, device=mean.device)
+        gathered = [torch.empty(2 * channels + 1, dtype=mean.dtype, device=mean.device) for _ in range(world_size)]
+        dist.all_gather(gathered, torch.cat([mean, invstd, count]), process_group)
+        mean_all, invstd_all, count_all = torch.stack(gathered).split(channels, dim=1)
+        counts = count_all.view(-1)
+        if running_mean is not None:
+            counts = counts.to(running_mean.dtype)
+        mean, invstd = torch.batch_norm_gather_stats_with_counts(
+            input, mean_all, invstd_all, running_mean, running_var, momentum, eps, counts
+        )
+        ctx.save_for_backward(input, weight, mean, invstd, count_all.to(torch.int32))
+        ctx.process_group = process_group
+        return torch.batch_norm_elemt(input, weight, bias, mean, invstd, eps)
+
+
+class SyncBatchNorm(torch.nn.SyncBatchNorm):
+    """torch's SyncBatchNorm (CUDA) whose training forward is `_SyncBatchNormStats`; eval mode is
+    torch's (plain BatchNorm with the running statistics)."""
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        if self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+        group = self.process_group or dist.group.WORLD
+        return _SyncBatchNormStats.apply(
+            x, self.weight, self.bias, self.running_mean, self.running_var, self.eps, self.momentum,
+            group, dist.get_world_size(group),
+        )  # fmt: skip
+
+
 def sync_batchnorm(model, device_type):
     """The model with every BatchNorm normalising over the global batch."""
-    if device_type == "cuda":
-        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    global_norm = SyncBatchNorm if device_type == "cuda" else GlobalBatchNorm
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if type(child) is torch.nn.BatchNorm2d:
                 if child.momentum is None:
                     raise RethinkError("BatchNorm with a cumulative average (momentum None) is not supported here")
-                replacement = GlobalBatchNorm(
+                replacement = global_norm(
                     child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
                 ).to(next(iter(child.buffers())).device)
                 replacement.load_state_dict(child.state_dict())
                 setattr(parent, name, replacement)
-            elif isinstance(child, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm):
-                raise RethinkError(f"{type(child).__name__} has no CPU global-batch version; train on CUDA")
+            elif isinstance(child, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(child, global_norm):
+                raise RethinkError(f"{type(child).__name__} has no global-batch version here (BatchNorm2d has)")
     return model
 
 
 def wrap(model, world, dev):
-    """DistributedDataParallel around `model` (whose parameters rank 0 broadcasts once)."""
+    """DistributedDataParallel around `model`: rank 0's parameters and buffers are broadcast once,
+    at construction; the buffers (BatchNorm's running statistics, updated from the global batch's
+    statistics: the same on every rank) are not broadcast again before every forward."""
     ids = [dev.index] if dev.type == "cuda" else None
-    # buffers (BatchNorm's running statistics) are updated from global statistics: the same
-    # everywhere, so they are not broadcast before every forward (only once, at the start)
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    # Set after construction, as every torch from 2.11 on reads it at each forward: the keyword
+    # broadcast_buffers=False would also skip the broadcast at construction (2.11 and 2.13), and
+    # forward_sync_buffers (2.13) does not exist in 2.11.
+    ddp.broadcast_buffers = False
+    return ddp
 
 
 def ddp_step(model, opt, x, y, amp, fmt, scale):

@@ -158,12 +158,17 @@ class GeneratorDropout(torch.nn.Dropout):
     def forward(self, x):
         if not self.training or self.p == 0:
             return x
+        return x * self.keep(x) / (1 - self.p)
+
+    # A compiled step runs the draw eagerly, between its graphs: a CUDA graph replaying a draw from a
+    # generator it was not told of (torch.cuda.graph's register_generator_state) would repeat it.
+    @torch.compiler.disable
+    def keep(self, x):
         if self.part is not None:
             total, lo = self.part
             mask = torch.rand((total, *x.shape[1:]), generator=self.generator, device=x.device)
-            return x * (mask[lo : lo + len(x)] >= self.p) / (1 - self.p)
-        keep = torch.rand(x.shape, generator=self.generator, device=x.device) >= self.p
-        return x * keep / (1 - self.p)
+            return mask[lo : lo + len(x)] >= self.p
+        return torch.rand(x.shape, generator=self.generator, device=x.device) >= self.p
 
 
 def setup(cell, input_shape, num_classes, dev, amp_dtype=None, world=None):
@@ -512,6 +517,13 @@ def train(jobs, device=None, echo=True, compile_mode="off"):
     jobs = [jobs] if isinstance(jobs, Job) else list(jobs)
     if compile_mode not in COMPILE_MODES:
         raise RethinkError(f"compile mode {compile_mode!r} is invalid; allowed: {', '.join(COMPILE_MODES)}")
+    if compile_mode != "off" and len(jobs) > 1:
+        # pack-mates would share one compiled step: torch's guards on each optimizer pass its
+        # recompile limit at about 5 cells, and CUDA graphs would re-record at every switch
+        raise RethinkError(
+            f"compile mode {compile_mode!r} trains a pack of one cell, but this pack has {len(jobs)}; "
+            "set compute.pack: 1 or compute.compile: off"
+        )
     for job in jobs:
         cells.validate(job.cell, str(job.out_dir))
     devices = {resolve_device(device or job.cell["hparams"]["device"]) for job in jobs}

@@ -13,8 +13,10 @@ preprocessing (rethink.train.preprocess), exactly as before streaming existed.
   permuted, taken `window_shards` at a time, and the samples of each window permuted together.
   The order is a pure function of the seed, so a checkpoint (which stores the plan and the step)
   resumes mid-epoch at the very batch it stopped at, bit for bit;
-- reading: whole shards, each verified by its checksums (rethink.data.shards) when loaded, the
-  current window cached;
+- reading (`ShardReader`): a shard's first read in a job is whole and verified by its checksums
+  (rethink.data.shards) and leaves a digest of each sample; later reads take only the samples
+  a process uses, each checked against its digest. A second thread reads the JPEG bytes of the
+  next window while the current one is decoded;
 - augmentation as TF-slim's Inception preprocessing does it for training: a random crop whose
   area is 5-100% of the image and aspect ratio 3/4-4/3 (sample_distorted_bounding_box with
   min_object_covered 0.1, 100 attempts, else the whole image), resized (bilinear) to crop_size,
@@ -23,22 +25,29 @@ preprocessing (rethink.train.preprocess), exactly as before streaming existed.
   image, resized. Its colour distortion is left out (README, "Deviations and choices"). Each
   batch's draws come from a generator seeded by (epoch seed, batch number): the same on resume
   and whichever thread makes it;
-- decoding: Pillow on the CPU; `torchvision.io.decode_jpeg(device="cuda")` (nvJPEG) on a GPU;
-- prefetch: a background thread prepares the next PREFETCH_BATCHES batches;
+- decoding: Pillow on the CPU; `torchvision.io.decode_jpeg(device="cuda")` (nvJPEG) on a GPU,
+  on a stream of the prefetch thread's own that the training stream waits for (`SideStream`);
+- prefetch: a background thread prepares the next PREFETCH_BATCHES batches; whatever it raises
+  is raised in the training loop;
 - several processes (rethink.train.distributed): each draws the whole batch's crops and flips
   and decodes only its part of the batch.
 """
 
+import collections
+import concurrent.futures
+import hashlib
 import io
 import math
+import pathlib
 import queue
 import threading
 
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rethink.data.shards import ShardError, read_shard
+from rethink.data.shards import ShardError, read_shard, stored_checksum
 from rethink.errors import RethinkError
 from rethink.train import preprocess
 
@@ -51,6 +60,7 @@ CROP_ASPECT = (0.75, 1.33)
 CROP_MIN_COVERED = 0.1
 CROP_ATTEMPTS = 100
 EVAL_FRACTION = 0.875
+DIGEST_BYTES = 16  # of a sample's sha256, kept to check its later reads: 128 bits
 
 
 class InMemorySplit:
@@ -86,17 +96,21 @@ class InMemorySplit:
 # ----------------------------------------------------------------------------- streamed
 
 
-def epoch_order(counts, window, seed):
-    """The epoch's sample order (indices into the split): shards permuted, then the samples of
-    each window of `window` consecutive shards permuted together."""
+def epoch_windows(counts, window, seed):
+    """The epoch's sample order (indices into the split) as its windows: the shards permuted, then
+    the samples of each `window` consecutive shards permuted together."""
     rng = np.random.default_rng([seed, 1])
     starts = np.concatenate([[0], np.cumsum(counts)])
     shard_order = rng.permutation(len(counts))
-    parts = []
+    windows = []
     for g in range(0, len(shard_order), window):
         members = np.concatenate([np.arange(starts[s], starts[s + 1]) for s in shard_order[g : g + window]])
-        parts.append(members[rng.permutation(len(members))])
-    return np.concatenate(parts)
+        windows.append(members[rng.permutation(len(members))])
+    return windows
+
+
+def epoch_order(counts, window, seed):
+    return np.concatenate(epoch_windows(counts, window, seed))
 
 
 def crop_box(rng, height, width):
@@ -140,6 +154,66 @@ def view(image, box, size, flip):
     return (x[0] / 255.0 - 0.5) * 2.0
 
 
+class ShardReader:
+    """Verified JPEG bytes of a split's shards, any subset of a shard's samples at a time.
+
+    A shard's first read in a job is whole and checked against its recorded checksums
+    (rethink.data.shards); it leaves a digest of every sample. Later reads take only the samples
+    asked for from the file verified then (its recorded checksum unchanged), each checked against
+    its digest. So every byte decoded has been verified, and a process that uses a part of every
+    shard (one of several ranks) reads only that part after its first epoch. Digests take
+    DIGEST_BYTES a sample (20 MB for ImageNet's 1.28M training images)."""
+
+    def __init__(self, paths):
+        self.paths = [pathlib.Path(p) for p in paths]
+        self._verified = {}  # shard -> (data file, its content_sha256, dataset, offsets, digests)
+
+    def samples(self, s, local):
+        """{position in shard s: its JPEG bytes (uint8 array)} for the ascending positions `local`."""
+        if s not in self._verified:
+            return self._first_read(s, local)
+        file, content_sha256, dataset, offsets, digests = self._verified[s]
+        out = {}
+        try:
+            with h5py.File(file, "r", locking=False) as f:
+                if str(f.attrs.get("content_sha256", "")) != content_sha256:
+                    raise ShardError(f"{file}: rewritten since this job verified it; rerun the job")
+                jpeg = f[dataset]
+                for first, last in _runs(local):
+                    block = jpeg[offsets[first] : offsets[last + 1]]
+                    for i in range(first, last + 1):
+                        out[i] = block[offsets[i] - offsets[first] : offsets[i + 1] - offsets[first]]
+        except (OSError, KeyError, ValueError, RuntimeError) as err:
+            raise ShardError(f"{file}: unreadable since this job verified it ({err}); rebuild it") from None
+        for i, blob in out.items():
+            if not np.array_equal(_digest(blob), digests[i]):
+                raise ShardError(f"{file}: sample {i} changed since this job verified the file (corrupted); rebuild it")
+        return out
+
+    def _first_read(self, s, local):
+        path = self.paths[s]
+        arrays, _ = read_shard(path, ["jpeg", "offsets"])  # whole, verified (through a link, too)
+        jpeg, offsets = arrays["jpeg"], arrays["offsets"]
+        digests = np.stack([_digest(jpeg[offsets[i] : offsets[i + 1]]) for i in range(len(offsets) - 1)])
+        with h5py.File(path, "r", locking=False) as f:
+            link = f.get("jpeg", getlink=True)
+        file, dataset = path, "jpeg"
+        if isinstance(link, h5py.ExternalLink):  # a randomized shard's bytes are the clean shard's
+            file, dataset = path.parent / link.filename, link.path.lstrip("/")  # as rethink.data.shards finds them
+        self._verified[s] = (file, stored_checksum(file), dataset, offsets, digests)
+        return {int(i): jpeg[offsets[i] : offsets[i + 1]].copy() for i in local}  # the rest is let go
+
+
+def _digest(blob):
+    return np.frombuffer(hashlib.sha256(blob).digest()[:DIGEST_BYTES], dtype=np.uint8)
+
+
+def _runs(positions):
+    """Maximal runs of consecutive ascending positions, as (first, last) pairs."""
+    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+    return [(int(run[0]), int(run[-1])) for run in np.split(np.asarray(positions), breaks)]
+
+
 class StreamedSplit:
     """A split of JPEG shards, streamed: see the module docstring."""
 
@@ -152,29 +226,51 @@ class StreamedSplit:
         self.starts = np.concatenate([[0], np.cumsum(self.counts)])
         self.n, self.num_classes = len(self.labels), int(first_attrs["num_classes"])
         self.image_shape = (3, int(self.sizes[:, 0].min()), int(self.sizes[:, 1].min()))
-        self._cache, self._prefetch = {}, None
+        self.reader, self.sync, self._prefetch = ShardReader(self.paths), device_sync(device), None
 
-    # --- shards
+    # --- reading
 
-    def _shard(self, s):
-        """Shard s's JPEG bytes and offsets, verified; the current window's shards stay cached."""
-        if s not in self._cache:
-            arrays, _ = read_shard(self.paths[s], ["jpeg", "offsets"])
-            if len(self._cache) >= 2 * self.window:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[s] = arrays
-        return self._cache[s]
-
-    def _blobs(self, indices):
+    def _load(self, indices):
+        """{sample index: JPEG bytes} for the ascending sample `indices`, read shard by shard."""
         shards = np.searchsorted(self.starts, indices, side="right") - 1
-        blobs = []
-        for index, s in zip(indices, shards):
-            arrays, local = self._shard(int(s)), int(index - self.starts[s])
-            blobs.append(arrays["jpeg"][arrays["offsets"][local] : arrays["offsets"][local + 1]])
+        blobs = {}
+        for s in np.unique(shards):
+            first = self.starts[s]
+            for local, blob in self.reader.samples(int(s), indices[shards == s] - first).items():
+                blobs[int(first + local)] = blob
         return blobs
 
-    def _batch(self, indices, boxes, flips, size):
-        images = decode(self._blobs(indices), self.device)
+    def _stream(self, windows, parts, make):
+        """`make(part, blobs)` for each of `parts` (tuples whose first two entries are this process's
+        positions [lo, hi) in the order, ascending), with the JPEG bytes of those samples; the
+        order is the concatenated `windows` (arrays of sample indices). A second thread reads the
+        bytes a window ahead; the bytes of at most two windows (of a batch no larger than a
+        window) are held, only those of the samples this process uses."""
+        ends = np.cumsum([len(w) for w in windows])
+        order, used = np.concatenate(windows), np.zeros(ends[-1], dtype=bool)
+        for lo, hi, *_ in parts:
+            used[lo:hi] = True
+
+        def wanted(g):
+            lo = ends[g] - len(windows[g])
+            return np.sort(order[lo : ends[g]][used[lo : ends[g]]])
+
+        reader, loading = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shard-reader"), {}
+        try:
+            for part in parts:
+                lo, hi = part[:2]
+                first, last = (int(np.searchsorted(ends, p, side="right")) for p in (lo, hi - 1))
+                for g in [g for g in loading if g < first]:
+                    del loading[g]
+                for g in range(first, min(max(last, first + 1), len(windows) - 1) + 1):  # the next one ahead
+                    if g not in loading:
+                        loading[g] = reader.submit(self._load, wanted(g))
+                yield make(part, collections.ChainMap(*(loading[g].result() for g in range(first, last + 1))))
+        finally:  # stopped early (or failed): a read under way ends, a queued one is dropped
+            reader.shutdown(cancel_futures=True)
+
+    def _batch(self, indices, boxes, flips, size, blobs):
+        images = decode([blobs[int(i)] for i in indices], self.device)
         x = torch.stack([view(im, box, size, flip) for im, box, flip in zip(images, boxes, flips)])
         return x, self.labels[torch.from_numpy(np.asarray(indices))]
 
@@ -185,36 +281,42 @@ class StreamedSplit:
 
     def train_batches(self, plan, start, hp, world=None):
         seed, bs, size = int(plan["seed"].item()), hp["batch_size"], hp["crop_size"]
-        order = epoch_order(self.counts, self.window, seed)
+        windows = epoch_windows(self.counts, self.window, seed)
+        order = np.concatenate(windows)
+        parts = []  # (this process's [lo, hi) in the order, batch number, the whole batch's [lo, hi))
+        for b in range(start, math.ceil(self.n / bs)):
+            lo, hi = b * bs, min((b + 1) * bs, self.n)
+            first, last = (0, hi - lo) if world is None else world.part(hi - lo)
+            parts.append((lo + first, lo + last, b, lo, hi))
 
-        def produce():
-            for b in range(start, math.ceil(self.n / bs)):
-                indices = order[b * bs : (b + 1) * bs]
-                rng = np.random.default_rng([seed, 2, b])  # this batch's draws, whoever makes it
-                boxes, flips = [], []
-                for i in indices:
-                    h, w = (int(v) for v in self.sizes[i])
-                    boxes.append(crop_box(rng, h, w) if hp["random_crop"] else central_box(h, w))
-                    flips.append(bool(rng.random() < 0.5) if hp["augment"] else False)
-                if world is not None:  # the whole batch's draws were made: decode this rank's part
-                    lo, hi = world.part(len(indices))
-                    indices, boxes, flips = indices[lo:hi], boxes[lo:hi], flips[lo:hi]
-                yield self._batch(indices, boxes, flips, size)
+        def make(part, blobs):
+            mine_lo, mine_hi, b, lo, hi = part
+            rng = np.random.default_rng([seed, 2, b])  # this batch's draws, whoever makes it
+            boxes, flips = [], []
+            for i in order[lo:hi]:  # the whole batch's draws; this process decodes its part
+                h, w = (int(v) for v in self.sizes[i])
+                boxes.append(crop_box(rng, h, w) if hp["random_crop"] else central_box(h, w))
+                flips.append(bool(rng.random() < 0.5) if hp["augment"] else False)
+            mine = slice(mine_lo - lo, mine_hi - lo)
+            return self._batch(order[mine_lo:mine_hi], boxes[mine], flips[mine], size, blobs)
 
-        return self._prefetched(produce())
+        return self._prefetched(self._stream(windows, parts, make))
 
     def eval_batches(self, crop_size):
-        def produce():
-            for lo in range(0, self.n, EVAL_BATCH):
-                indices = np.arange(lo, min(lo + EVAL_BATCH, self.n))
-                boxes = [central_box(*(int(v) for v in self.sizes[i])) for i in indices]
-                yield self._batch(indices, boxes, [False] * len(indices), crop_size)
+        shards = range(0, len(self.counts), self.window)  # windows of consecutive shards, in order
+        windows = [np.arange(self.starts[g], self.starts[min(g + self.window, len(self.counts))]) for g in shards]
+        parts = [(lo, min(lo + EVAL_BATCH, self.n)) for lo in range(0, self.n, EVAL_BATCH)]
 
-        return self._prefetched(produce())
+        def make(part, blobs):
+            indices = np.arange(*part)
+            boxes = [central_box(*(int(v) for v in self.sizes[i])) for i in indices]
+            return self._batch(indices, boxes, [False] * len(indices), crop_size, blobs)
+
+        return self._prefetched(self._stream(windows, parts, make))
 
     def _prefetched(self, batches):
         self.close()
-        self._prefetch = Prefetch(batches, PREFETCH_BATCHES)
+        self._prefetch = Prefetch(batches, PREFETCH_BATCHES, self.sync)
         return iter(self._prefetch)
 
     def close(self):
@@ -223,25 +325,84 @@ class StreamedSplit:
             self._prefetch = None
 
 
+# ----------------------------------------------------------------------------- the background thread
+
+
+class SameStream:
+    """The CPU: a batch is ready when it is made."""
+
+    def produce(self, make):
+        """In the producing thread: (make(), what `ready` needs)."""
+        return make(), None
+
+    def ready(self, batch, token):
+        """In the consuming thread, before it uses the batch."""
+        return batch
+
+
+class SideStream(SameStream):
+    """CUDA: the prefetch thread makes each batch on a stream of its own; the consumer's (training)
+    stream waits for the batch's event before using it.
+
+    torchvision's nvJPEG decode allocates its outputs on the calling thread's current stream and
+    writes them from a stream of its own, which does not wait for the calling stream: memory the
+    caching allocator hands out may still be read by kernels queued there. On this side stream the
+    only such kernels are the previous batch's crops, so the thread waits for them before making
+    the next batch (the training stream is never waited on). `record_stream` tells the allocator
+    that the batch is used on the consumer's stream: its memory is not reused before that work
+    is done."""
+
+    def __init__(self, device):
+        self.stream = torch.cuda.Stream(device)
+
+    def produce(self, make):
+        self.stream.synchronize()
+        with torch.cuda.stream(self.stream):
+            return make(), self.stream.record_event()
+
+    def ready(self, batch, done):
+        consumer = torch.cuda.current_stream(self.stream.device)
+        consumer.wait_event(done)
+        for tensor in batch:
+            if tensor.is_cuda:
+                tensor.record_stream(consumer)
+        return batch
+
+
+def device_sync(device):
+    return SideStream(device) if device.type == "cuda" else SameStream()
+
+
+class _Failed:
+    def __init__(self, error):
+        self.error = error
+
+
 class Prefetch:
-    """Runs a batch generator in a background thread, `depth` batches ahead; its errors surface
-    in the consumer (a damaged shard stops training naming the file, as it does in memory)."""
+    """Runs a batch generator in a background thread, `depth` batches ahead, each batch made and
+    handed over through `sync` (a SameStream). Any exception the generator raises ends the thread
+    and is raised in the consumer: a RethinkError as it is (a damaged shard stops training naming
+    the file, as it does in memory), any other as the cause of a RuntimeError. The consumer never
+    waits on a thread that is gone."""
 
     _DONE = object()
+    POLL_S = 1.0  # how often a waiting consumer checks that the thread is alive
 
-    def __init__(self, batches, depth):
-        self._queue, self._stopped = queue.Queue(maxsize=depth), threading.Event()
+    def __init__(self, batches, depth, sync):
+        self._queue, self._stopped, self._sync = queue.Queue(maxsize=depth), threading.Event(), sync
         self._thread = threading.Thread(target=self._run, args=(batches,), daemon=True)
         self._thread.start()
 
     def _run(self, batches):
         try:
-            for item in batches:
-                if not self._put(item):
+            while not self._stopped.is_set():
+                made = self._sync.produce(lambda: next(batches, self._DONE))
+                if not self._put(made) or made[0] is self._DONE:
                     return
-            self._put(self._DONE)
-        except (RethinkError, ShardError, OSError, RuntimeError, ValueError) as err:
-            self._put(err)
+        except BaseException as err:  # every kind: one the consumer never saw would leave it waiting
+            self._put((_Failed(err), None))
+        finally:
+            batches.close()
 
     def _put(self, item):
         while not self._stopped.is_set():
@@ -254,12 +415,19 @@ class Prefetch:
 
     def __iter__(self):
         while True:
-            item = self._queue.get()
+            try:
+                item, token = self._queue.get(timeout=self.POLL_S)
+            except queue.Empty:
+                if self._thread.is_alive() or not self._queue.empty():
+                    continue
+                raise RuntimeError("the batch-reading thread ended without a batch or an error") from None
             if item is self._DONE:
                 return
-            if isinstance(item, Exception):
-                raise item
-            yield item
+            if isinstance(item, _Failed):
+                if isinstance(item.error, RethinkError):
+                    raise item.error
+                raise RuntimeError(f"the batch-reading thread failed: {item.error!r}") from item.error
+            yield self._sync.ready(item, token)
 
     def stop(self):
         self._stopped.set()
