@@ -29,10 +29,17 @@ def pick_device(device):
     return torch.device(device)
 
 
-def bytes_needed(n_train, n_test, dim, batch):
-    """Peak float64 bytes of a solve: K (n x n), the train and test features, one block of
-    kernel rows for prediction, and the n x classes right-hand side (counted as n x 1000)."""
-    return BYTES * (n_train * n_train + (n_train + n_test) * dim + batch * n_train + n_train * 1000)
+def features_bytes(n_train, n_test, dim):
+    """The train and test features (float64), held from featurisation to the end."""
+    return BYTES * (n_train + n_test) * dim
+
+
+def bytes_needed(n_train, n_test, dim, batch, featurise=0):
+    """Peak bytes of a row: the features, and besides them the larger of featurisation's
+    transient bytes (`featurise`, features.batching) and the solve's float64 K (n x n), one block
+    of kernel rows for prediction and the n x classes right-hand side (counted as n x 1000)."""
+    solve_part = BYTES * (n_train * n_train + batch * n_train + n_train * 1000)
+    return features_bytes(n_train, n_test, dim) + max(featurise, solve_part)
 
 
 def bytes_available(device):
@@ -44,13 +51,16 @@ def bytes_available(device):
     return int(psutil.virtual_memory().available)
 
 
-def check_memory(n_train, n_test, dim, batch, device):
-    """Refuse a system that does not fit, before allocating it, naming n and both byte counts."""
-    needed, available = bytes_needed(n_train, n_test, dim, batch), bytes_available(device)
+def check_memory(n_train, n_test, dim, batch, device, featurise=0, available=None):
+    """Refuse a row that does not fit, before allocating anything, naming n and both byte counts.
+    `available`: the bytes_available(device) the caller sized featurisation from, if it did."""
+    needed = bytes_needed(n_train, n_test, dim, batch, featurise)
+    available = bytes_available(device) if available is None else available
     if needed > available:
         raise RethinkError(
             f"the kernel system with n = {n_train} training points ({n_test} test, {dim} features) needs "
-            f"{needed:,} bytes ({needed / 2**30:.1f} GiB) of {device.type} memory in float64, but only "
+            f"{needed:,} bytes ({needed / 2**30:.1f} GiB) of {device.type} memory (the features, and "
+            f"featurisation steps of {featurise / 2**30:.1f} GiB, then K in float64), but only "
             f"{available:,} bytes ({available / 2**30:.1f} GiB) are available; use a subset "
             "(datasets.<name>.subset), a GPU or a node with more memory (kernel.rows.<row>.device, mem_mb)"
         )
