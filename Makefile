@@ -46,8 +46,9 @@ bench: install datasets
 	python bench/bench_train.py
 	python bench/bench_dryrun.py
 
-# The GPU proof: GPU tests, GPU benchmark, paper-settings mini-grid -> OUT (markdown + JSON).
-# Uses the python on PATH (a GPU machine's own CUDA torch), not .venv: see scripts/gpu-check.sh.
+# The GPU proof: GPU tests, GPU benchmark, paper-settings mini-grid, pack benchmark -> OUT (markdown
+# + JSON), within GPU_CHECK_BUDGET_S; without a GPU, all at smoke size on the CPU (README "GPU").
+# Uses the python on PATH (a GPU machine's own CUDA torch; PYTHON= another), not .venv.
 gpu-check:
 	@if [ -z "$(OUT)" ]; then echo "usage: make gpu-check OUT=dir"; exit 2; fi
 	PATH="$(subst $(BIN):,,$(PATH))" scripts/gpu-check.sh "$(OUT)"

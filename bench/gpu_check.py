@@ -1,5 +1,6 @@
 """The GPU proof's stages, in order, as scripts/gpu-check.sh runs them (README "GPU"): the GPU
-tests, the GPU benchmark, the pack benchmark and a paper-settings mini-grid.
+tests, the GPU benchmark, a paper-settings mini-grid and the pack benchmark (the least needed
+last: the budget may stop the proof before it).
 
     python bench/gpu_check.py OUT        (scripts/gpu-check.sh sets PYTHONPATH and the interpreter)
 
@@ -56,7 +57,8 @@ class Stage:
     name: str
     needs: tuple  # keys of MODULES, and DATASET
     command: tuple  # after the interpreter; {out} is OUT
-    smoke: tuple  # appended for the CPU smoke run (argparse: a later option wins)
+    proof: tuple  # then these with a CUDA GPU (the proof's sizes)
+    smoke: tuple  # or these without (the CPU smoke run's sizes)
     results: tuple  # the files in OUT it writes
 
 
@@ -67,29 +69,33 @@ STAGES = (
         ("-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "tests/test_imagenet.py", "-q", "-p", "no:cacheprovider",
          "--junitxml={out}/gpu-tests.xml"),
         (),
+        (),
         ("gpu-tests.xml",),
     ),
     Stage(
         "bench_gpu",
         ("numpy", "h5py", "pyyaml", "jsonschema", "pillow", "torchvision"),
-        ("bench/bench_gpu.py", "--out", "{out}", "--device", "cuda"),
+        ("bench/bench_gpu.py", "--out", "{out}"),
+        ("--device", "cuda", "--repeats", "3"),
         ("--device", "cpu", "--width", "0.125", "--batch-size", "8", "--epoch-batches", "2", "--n-test", "8",
          "--steps", "1", "--repeats", "1", "--pack", "2", "--naive-workers", "1", "--compile", "off"),
         ("bench_gpu.json", "bench_gpu.md"),
     ),
     Stage(
-        "bench_pack",
-        ("numpy", "h5py"),
-        ("bench/bench_pack.py", "--out", "{out}", "--device", "cuda", "--k", "8"),
-        ("--device", "cpu", "--k", "2", "--steps", "1", "--repeats", "1"),
-        ("bench_pack.json", "bench_pack.md"),
-    ),
-    Stage(
         "minigrid",
         ("numpy", "h5py", "pyyaml", "jsonschema", DATASET),
-        ("bench/gpu_minigrid.py", "--out", "{out}", "--device", "cuda"),
+        ("bench/gpu_minigrid.py", "--out", "{out}"),
+        ("--device", "cuda"),
         ("--device", "cpu", "--epochs", "1", "--subset", "96", "32", "--width", "0.125"),
         ("minigrid.json", "minigrid.md"),
+    ),
+    Stage(
+        "bench_pack",
+        ("numpy", "h5py"),
+        ("bench/bench_pack.py", "--out", "{out}"),
+        ("--device", "cuda", "--k", "8"),
+        ("--device", "cpu", "--k", "2", "--steps", "1", "--repeats", "1"),
+        ("bench_pack.json", "bench_pack.md"),
     ),
 )  # fmt: skip
 
@@ -261,6 +267,9 @@ def main(argv):
         )
         if shutil.which("nvidia-smi"):
             say("WARNING: nvidia-smi is here but this torch sees no GPU (a CPU build of torch?)")
+    for stage in STAGES:  # what an earlier run left in OUT must not pass for this run's
+        for name in (*stage.results, f"stage-{stage.name}.json", f"stage-{stage.name}.log"):
+            (out / name).unlink(missing_ok=True)
     write_json(out / "device.json", {"device": device, "mode": mode, "budget_s": budget, "python": sys.executable})
     missing = missing_pieces(STAGES)
     if missing:
@@ -277,7 +286,7 @@ def main(argv):
             record.update(status="skipped", reason=f"GPU_CHECK_BUDGET_S={budget:g} s is spent")
         else:
             command = [sys.executable, *(a.format(out=out) for a in stage.command)]
-            command += list(stage.smoke if not cuda else ())
+            command += list(stage.proof if cuda else stage.smoke)
             if DATASET in stage.needs:
                 command += ["--root", fashion_mnist_root()]
             say(f"stage {stage.name}: {' '.join(command[1:])} (at most {left:.0f} s)")

@@ -16,7 +16,7 @@ import torch
 
 from conftest import REPO, needs_fashion_mnist
 
-STAGES = ("tests", "bench_gpu", "bench_pack", "minigrid")
+STAGES = ("tests", "bench_gpu", "minigrid", "bench_pack")
 
 
 def driver():
@@ -87,6 +87,8 @@ def test_what_is_missing_is_one_message_and_skips_only_the_stages_that_need_it(t
         (shim / module).mkdir(parents=True)
         (shim / module / "__init__.py").write_text("raise ImportError('not installed (test shim)')\n")
     (tmp_path / "no-data").mkdir()
+    (tmp_path / "proof").mkdir()
+    (tmp_path / "proof" / "bench_pack.json").write_text("{}")  # an earlier run's: not this one's result
     proc = gpu_check(
         ["scripts/gpu-check.sh", tmp_path / "proof"],
         PYTHONPATH=str(shim),
@@ -112,7 +114,9 @@ def test_what_is_missing_is_one_message_and_skips_only_the_stages_that_need_it(t
     }
     for name, reason in reasons.items():
         assert f"gpu-check: stage {name} skipped in 0 s ({reason})" in proc.stdout
-        assert json.loads((tmp_path / "proof" / f"stage-{name}.json").read_text())["reason"] == reason
+        stage = json.loads((tmp_path / "proof" / f"stage-{name}.json").read_text())
+        assert stage["reason"] == reason and not any(stage["results"].values())
+    assert not (tmp_path / "proof" / "bench_pack.json").exists()
 
 
 def test_a_stage_that_outruns_the_budget_is_stopped_with_its_children(tmp_path):

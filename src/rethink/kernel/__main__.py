@@ -54,8 +54,8 @@ def solve_row(row, train_paths, test_paths):
     steps = features.batching(row["features"], row, shape, row["batch"], available - solve.features_bytes(n, m, dim))
     needed, available = solve.check_memory(n, m, dim, row["batch"], device, steps.bytes, available)
     _log(
-        f"{row['name']}: n = {n}, test {m}, {row['features']} features (D = {dim}) on {device}, "
-        f"featurised {steps.images} images x {steps.filters or 'all'} filters at a time; "
+        f"{row['name']}: n = {n}, test {m}, {row['features']} features (D = {dim}) on {device}"
+        f"{f', {steps.images} images x {steps.filters} filters at a time' if steps.filters else ''}; "
         f"needs {needed / 2**30:.2f} GiB of {available / 2**30:.1f} GiB available"
     )
 
