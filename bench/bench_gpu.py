@@ -229,6 +229,8 @@ def measure(arch, args, grid_compile, data, images, labels, dev, tmp):
     row["per_cell_augmented"] = step_rate(
         members([augmented], data, dev, tmp / f"{arch}-aug", grid_compile), args.steps, args.repeats, dev
     )
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     pack = members([dict(cell, seed=s) for s in range(args.pack)], data, dev, tmp / f"{arch}-pack", "off")
     row["pack"] = step_rate(pack, max(1, args.steps // args.pack), args.repeats, dev)
     row["pack_peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
