@@ -9,7 +9,7 @@ CORES ?= 2
 PYTEST_ARGS ?=
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: reproduce test install datasets bench gpu-check clean-results slurm-profile archive
+.PHONY: reproduce test install datasets bench gpu-check test-torch-oldest clean-results slurm-profile archive
 
 reproduce: install datasets
 	snakemake --cores $(CORES)
@@ -46,8 +46,9 @@ bench: install datasets
 	python bench/bench_train.py
 	python bench/bench_dryrun.py
 
-# The GPU proof: GPU tests, GPU benchmark, paper-settings mini-grid -> OUT (markdown + JSON).
-# Uses the python on PATH (a GPU machine's own CUDA torch), not .venv: see scripts/gpu-check.sh.
+# The GPU proof: GPU tests, GPU benchmark, paper-settings mini-grid, pack benchmark -> OUT (markdown
+# + JSON), within GPU_CHECK_BUDGET_S; without a GPU, all at smoke size on the CPU (README "GPU").
+# Uses the python on PATH (a GPU machine's own CUDA torch; PYTHON= another), not .venv.
 gpu-check:
 	@if [ -z "$(OUT)" ]; then echo "usage: make gpu-check OUT=dir"; exit 2; fi
 	PATH="$(subst $(BIN):,,$(PATH))" scripts/gpu-check.sh "$(OUT)"
@@ -62,6 +63,33 @@ slurm-profile:
 	  mkdir -p "$(SLURM_PROFILE)" && cp profiles/slurm/config.yaml "$(SLURM_PROFILE)/config.yaml" && \
 	  echo "installed $(SLURM_PROFILE)/config.yaml: edit the ADAPT lines, then snakemake --profile slurm"; \
 	fi
+
+# The oldest torch the README claims (GPU machines bring their own build): the tests of the trainer,
+# the kernel stage, the stream and DDP run under it too, in a venv of their own. PyPI's torch of
+# that version is the CUDA build (~3.5 GB of wheels with its CUDA libraries; it runs on the CPU):
+# downloaded once into $(WHEELS_OLDEST), installed from there. The project's other dependencies
+# come from pyproject.toml, torch and torchvision left out (pinned there to the newest).
+TORCH_OLDEST := 2.11
+TORCHVISION_OLDEST := 0.26
+VENV_OLDEST := .venv-torch$(subst .,,$(TORCH_OLDEST))
+WHEELS_OLDEST := .whl/torch$(TORCH_OLDEST)
+OLDEST_TESTS := tests/test_train.py tests/test_pack.py tests/test_preprocess.py tests/test_kernel.py \
+	tests/test_imagenet.py tests/test_ddp.py tests/test_models.py
+
+test-torch-oldest: $(VENV_OLDEST)/.installed datasets
+	$(VENV_OLDEST)/bin/python -m pytest -m 'not workflow and not slurm' $(OLDEST_TESTS) $(PYTEST_ARGS)
+
+$(VENV_OLDEST)/.installed: pyproject.toml Makefile
+	python3 -m pip download --quiet --dest $(WHEELS_OLDEST) 'torch==$(TORCH_OLDEST).*' 'torchvision==$(TORCHVISION_OLDEST).*'
+	rm -rf $(VENV_OLDEST) && python3 -m venv $(VENV_OLDEST)
+	$(VENV_OLDEST)/bin/python -m pip install --quiet --no-index --find-links $(WHEELS_OLDEST) \
+	  'torch==$(TORCH_OLDEST).*' 'torchvision==$(TORCHVISION_OLDEST).*'
+	python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+	  print(*(d for d in p["dependencies"] + p["optional-dependencies"]["test"] if not d.startswith("torch")), sep="\n")' \
+	  > $(VENV_OLDEST)/requirements.txt
+	$(VENV_OLDEST)/bin/python -m pip install --quiet -r $(VENV_OLDEST)/requirements.txt
+	$(VENV_OLDEST)/bin/python -m pip install --quiet --no-deps -e .
+	touch $@
 
 clean-results:
 	rm -rf results/data results/logs .snakemake

@@ -4,7 +4,7 @@
 
 For each n: random points (784 dimensions, like MNIST pixels) and one-hot labels; times
   - ours: `rethink.kernel.solve.solve` (K built in one float64 buffer, Cholesky in place,
-    cholesky_solve), what the kernel stage runs;
+    two triangular solves on the factor), what the kernel stage runs;
   - baseline: the first author's MNIST code's approach, K built as its own array and
     `scipy.linalg.solve` (LU with copies), in the same run on the same data.
 A least-squares fit of log(seconds) on log(n) over the largest sizes gives the exponent (3 for an
@@ -102,7 +102,7 @@ def main():
         f"{datetime.date.today()} on {cpu_name()}, {torch.get_num_threads()} "
         f"threads, torch {torch.__version__}, scipy {scipy.__version__}. Random 784-dimensional points, one-hot "
         f"labels (10 classes), gamma {GAMMA}; best of {args.repeats}. ours: `rethink.kernel.solve.solve` (K in one "
-        "float64 buffer, in-place Cholesky, cholesky_solve); baseline: K as its own array and "
+        "float64 buffer, in-place Cholesky, two in-place triangular solves); baseline: K as its own array and "
         "`scipy.linalg.solve(assume_a='sym')` (the first author's approach), same run, same data. Load average "
         f"at start / end {load[0]:.1f} / {os.getloadavg()[0]:.1f} (above the thread count: other jobs shared the CPU).",
         "",

@@ -48,6 +48,29 @@ def test_the_solve_factorises_in_its_buffer_and_solves_the_system(l2):
         torch.testing.assert_close(fitted, y - l2 * solution.alpha)
 
 
+def largest_allocation(fn):
+    """The largest single CPU allocation (bytes) torch makes while fn runs (the profiler's memory events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return max((e.cpu_memory_usage for e in prof.events()), default=0)
+
+
+def test_the_solve_makes_no_n_by_n_copy_and_matches_cholesky_solve():
+    n = 400
+    x, y = points(n)
+    buffer = torch.empty(n, n, dtype=torch.float64)
+    allocated = largest_allocation(lambda: solve.solve(x, y, 0.5, 0.0, buffer))
+    assert allocated < n * n * 8 / 4  # n x classes and n-vectors only; K lives in the given buffer
+    solution = solve.solve(x, y, 0.5, 0.0, buffer)
+    # the previous solver, on the same factor: one copy of it is what the in-place solve avoids
+    assert largest_allocation(lambda: torch.cholesky_solve(y, buffer.mT)) >= n * n * 8
+    # both are backward-stable solves on one factor: they differ by at most ~cond(K) eps |alpha|
+    bound = torch.linalg.cond(dense_kernel(x, 0.5)) * torch.finfo(torch.float64).eps * solution.alpha.abs().max()
+    torch.testing.assert_close(solution.alpha, torch.cholesky_solve(y, buffer.mT), rtol=0, atol=float(bound))
+
+
 def test_identical_points_with_different_labels_are_a_clear_error_without_a_ridge():
     x, y = points(3)  # the first two identical: K's second pivot is exactly 0
     x[1] = x[0]
@@ -77,10 +100,95 @@ SETTINGS = {
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 8, 8)])
 def test_each_featuriser_gives_its_declared_dimension_in_float64(name, shape):
     images = torch.randint(0, 256, (5, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    out = features.featurise(name, SETTINGS, images, batch=2, device=CPU)
+    steps = features.batching(name, SETTINGS, shape, cap=2, available=10**9)
+    out = features.featurise(name, SETTINGS, images, steps, device=CPU)
     assert out.dtype == torch.float64 and out.shape == (5, features.feature_dim(name, SETTINGS, shape))
     if name == "raw":
         assert float(out.max()) <= 1.0 and torch.equal(out[0], images[0].flatten().double() / 255)
+
+
+PAPER_CONV = {"random_conv": {"filters": 32_000, "size": 5, "pool": "avg", "pool_grid": 1, "seed": 0}}
+CIFAR = (3, 32, 32)
+
+
+@pytest.mark.parametrize("gib", [80, 141, 1000])
+def test_random_conv_batches_are_sized_from_the_memory_at_hand(gib):
+    """The paper's 32,000 filters on CIFAR-10: 1,024 images' maps (kernel.batch) are 96 GiB."""
+    available = gib * 2**30
+    steps = features.batching("random_conv", PAPER_CONV, CIFAR, cap=1024, available=available)
+    budget = available * features.FEATURISE_SHARE
+    assert steps.filters == 32_000 and steps.bytes <= budget
+    one_more = features.batching("random_conv", PAPER_CONV, CIFAR, cap=steps.images + 1, available=available)
+    assert steps.images == 1024 or one_more.images == steps.images  # as many images as fit, up to the cap
+    assert steps.bytes >= 32_000 * 28 * 28 * 4 * steps.images  # every image's maps are counted
+    assert (steps.images < 1024) == (gib < 200)
+
+
+def test_random_conv_takes_filters_in_chunks_when_one_image_does_not_fit():
+    one_image = features.batching("random_conv", PAPER_CONV, CIFAR, cap=1024, available=2**40).bytes // 1024
+    steps = features.batching("random_conv", PAPER_CONV, CIFAR, cap=1024, available=one_image)
+    assert steps.images == 1 and 32_000 * features.FEATURISE_SHARE - 50 < steps.filters < 32_000 / 2
+    assert steps.bytes <= one_image * features.FEATURISE_SHARE
+    # not even one filter's map fits: the smallest step, which the memory check refuses with its bytes
+    tiny = features.batching("random_conv", PAPER_CONV, CIFAR, cap=1024, available=1000)
+    assert (tiny.images, tiny.filters) == (1, 1)
+    with pytest.raises(RethinkError, match=r"featurisation steps of .* GiB.*only 1,000,000 bytes"):
+        solve.check_memory(10, 10, 32_000, 16, CPU, featurise=tiny.bytes, available=10**6)
+
+
+def test_the_memory_check_counts_featurisation_when_it_needs_more_than_the_solve():
+    solve_part = solve.bytes_needed(1000, 100, 32_000, 64) - solve.features_bytes(1000, 100, 32_000)
+    assert solve.bytes_needed(1000, 100, 32_000, 64, featurise=10 * solve_part) == (
+        solve.features_bytes(1000, 100, 32_000) + 10 * solve_part
+    )
+    assert solve.bytes_needed(1000, 100, 32_000, 64, featurise=solve_part // 2) == solve.bytes_needed(
+        1000, 100, 32_000, 64
+    )
+
+
+def peak_live_bytes(fn):
+    """The most CPU memory torch held at once while fn ran (allocations less frees, in time order)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
+    live = peak = 0
+    for _, change in events:
+        live += change
+        peak = max(peak, live)
+    return peak
+
+
+@pytest.mark.parametrize("pool", ["avg", "max"])
+@pytest.mark.parametrize("available", [10**9, 2 * 10**6, 3 * 10**5], ids=["whole", "some-images", "filter-chunks"])
+def test_a_featurisation_step_holds_no_more_than_its_counted_bytes(pool, available):
+    settings = {"random_conv": dict(SETTINGS["random_conv"], filters=64, size=5, pool=pool)}
+    images = torch.randint(0, 256, (20, *CIFAR), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    steps = features.batching("random_conv", settings, CIFAR, cap=8, available=available)
+    if available == 3 * 10**5:
+        assert steps.images == 1 and steps.filters < 64
+    peak = peak_live_bytes(lambda: features.featurise("random_conv", settings, images, steps, CPU))
+    # besides the step: the N x D float64 features, the filter bank (drawn, then normalised)
+    held = images.shape[0] * features.feature_dim("random_conv", settings, CIFAR) * 8 + 2 * 64 * 3 * 5 * 5 * 4
+    assert steps.bytes / 2 < peak - held <= steps.bytes  # measured on CPU: 0.96-0.99 of the count
+
+
+@pytest.mark.parametrize("pool", ["avg", "max"])
+def test_chunked_random_conv_features_equal_whole_ones(pool):
+    settings = {"random_conv": dict(SETTINGS["random_conv"], pool=pool)}  # 16 3x3x3 filters, 2 x 2 pooling
+    images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    whole = features.featurise("random_conv", settings, images, features.Batching(5, 16, 0), CPU)
+    # each filter's map is computed alone either way: filter chunks change nothing, bit for bit
+    for chunk in (1, 5, 8):
+        assert torch.equal(
+            features.featurise("random_conv", settings, images, features.Batching(5, chunk, 0), CPU), whole
+        )
+    # another image batch may make oneDNN pick another convolution algorithm: float32 rounding of each
+    # k = 27-term dot product of pixels in [0, 1] with a unit-norm filter, at most k * eps * sqrt(k)
+    for batch, chunk in ((2, 16), (1, 1), (2, 5)):
+        smaller = features.featurise("random_conv", settings, images, features.Batching(batch, chunk, 0), CPU)
+        torch.testing.assert_close(smaller, whole, rtol=0, atol=27**1.5 * torch.finfo(torch.float32).eps)
 
 
 def test_random_filters_come_from_their_seed():

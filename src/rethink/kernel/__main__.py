@@ -48,16 +48,20 @@ def solve_row(row, train_paths, test_paths):
     train_images, train_labels, attrs = _split(train_paths)
     test_images, test_labels, _ = _split(test_paths)
     n, m, classes = len(train_labels), len(test_labels), int(attrs["num_classes"])
-    dim = features.feature_dim(row["features"], row, tuple(train_images.shape[1:]))
-    needed, available = solve.check_memory(n, m, dim, row["batch"], device)
+    shape = tuple(train_images.shape[1:])
+    dim = features.feature_dim(row["features"], row, shape)
+    available = solve.bytes_available(device)
+    steps = features.batching(row["features"], row, shape, row["batch"], available - solve.features_bytes(n, m, dim))
+    needed, available = solve.check_memory(n, m, dim, row["batch"], device, steps.bytes, available)
     _log(
-        f"{row['name']}: n = {n}, test {m}, {row['features']} features (D = {dim}) on {device}; "
+        f"{row['name']}: n = {n}, test {m}, {row['features']} features (D = {dim}) on {device}"
+        f"{f', {steps.images} images x {steps.filters} filters at a time' if steps.filters else ''}; "
         f"needs {needed / 2**30:.2f} GiB of {available / 2**30:.1f} GiB available"
     )
 
     start = time.perf_counter()
-    x = features.featurise(row["features"], row, torch.from_numpy(train_images), row["batch"], device)
-    x_test = features.featurise(row["features"], row, torch.from_numpy(test_images), row["batch"], device)
+    x = features.featurise(row["features"], row, torch.from_numpy(train_images), steps, device)
+    x_test = features.featurise(row["features"], row, torch.from_numpy(test_images), steps, device)
     featurise_seconds = time.perf_counter() - start
     gamma = solve.median_gamma(x, row["median_samples"]) if row["gamma"] == "median" else float(row["gamma"])
     y_train = torch.from_numpy(train_labels).to(device)

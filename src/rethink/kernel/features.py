@@ -9,10 +9,19 @@
   (stride 1, no padding) with the [0, 1] pixels, ReLU, then pooled (`pool`: avg or max) over a
   `pool_grid` x `pool_grid` grid of regions. The paper gives only the filter count.
 
-The featurisers run `batch` images at a time in float32 on the solve's device and return float64
-features for the kernel (raw pixels are float64 throughout).
+The featurisers run in float32 on the solve's device and write float64 features for the kernel
+into one N x D array (raw pixels are float64 throughout). `scattering` runs `kernel.batch` images
+at a time (measured on CPU: ~0.1 MB per image and channel at J 2, L 8 on 28x28). `random_conv`'s
+maps are what need memory: at the paper's 32,000 filters one 32x32 CIFAR image's 5x5 maps take
+32,000 x 28 x 28 float32 = 100 MB, so `kernel.batch` = 1,024 images would take 96 GiB. So
+`batching` sizes its steps from the memory at hand: `kernel.batch` images where they fit, fewer
+where not (another batch can make oneDNN or cuDNN pick another convolution algorithm: the
+features then differ within float32 rounding), and one image with its filters a chunk at a time
+where not even one image fits (the same features bit for bit: each filter's map is computed
+alone either way). The row's log names the step it took.
 """
 
+import dataclasses
 import math
 
 import torch
@@ -23,8 +32,13 @@ from rethink.errors import RethinkError
 NAMES = ("raw", "scattering", "random_conv")
 
 
+# The share of the memory left after the features that one featurisation batch may take: the rest
+# is headroom for the convolution's workspace (cuDNN, oneDNN) and the allocator's slack.
+FEATURISE_SHARE = 0.5
+
+
 def _pixels(images, device):
-    return images.to(device=device, dtype=torch.float32) / 255.0
+    return images.to(device=device, dtype=torch.float32).div_(255.0)
 
 
 def _scattering(settings, shape, device):
@@ -49,27 +63,79 @@ def random_filters(settings, channels):
     return filters / filters.flatten(1).norm(dim=1)[:, None, None, None]
 
 
-def _random_conv(settings, shape, device):
+def _random_conv(settings, shape, device, chunk):
+    """x -> its features, the filters `chunk` at a time; ReLU in place on the maps."""
     channels, height, width = shape
     if settings["size"] > min(height, width):
         raise RethinkError(f"kernel.random_conv.size = {settings['size']} is larger than the {height}x{width} images")
     filters = random_filters(settings, channels).to(device)
     pool = F.adaptive_avg_pool2d if settings["pool"] == "avg" else F.adaptive_max_pool2d
     grid = settings["pool_grid"]
-    return lambda x: pool(F.relu(F.conv2d(x, filters)), grid).flatten(1)
+
+    def transform(x, out):
+        for first in range(0, len(filters), chunk):  # one expression: a chunk's maps die before the next's
+            out[:, first * grid**2 : (first + chunk) * grid**2] = pool(
+                F.conv2d(x, filters[first : first + chunk]).relu_(), grid
+            ).flatten(1)
+
+    return transform
 
 
-def featurise(name, settings, images, batch, device):
-    """images: N x C x H x W uint8 (a CPU tensor) -> N x D float64 features on `device`."""
+@dataclasses.dataclass(frozen=True)
+class Batching:
+    """How a featuriser steps through the images: `images` per batch, `filters` per chunk
+    (random_conv), and the transient bytes one such step holds besides the features."""
+
+    images: int
+    filters: int | None
+    bytes: int
+
+
+def _random_conv_bytes(settings, shape):
+    """random_conv's transient bytes per image: (fixed, per filter). Fixed: the image (uint8, then
+    float32); per filter: its float32 map (ReLU in place) and pooled values (max pooling also
+    keeps int64 indices)."""
+    channels, height, width = shape
+    size, cells = settings["size"], settings["pool_grid"] ** 2
+    per_filter = (height - size + 1) * (width - size + 1) * 4 + cells * (4 + (8 if settings["pool"] == "max" else 0))
+    return channels * height * width * (1 + 4), per_filter
+
+
+def batching(name, settings, shape, cap, available):
+    """The featuriser's steps within FEATURISE_SHARE of `available` bytes (the memory at hand less
+    the features), at most `cap` images per batch. random_conv: as many whole images as fit;
+    when not even one does, one image with as many filters as fit; at the least one image and
+    one filter, whose bytes the memory check then refuses if even they do not fit."""
+    if name != "random_conv":  # raw: no transient; scattering: `cap` images (small, see above)
+        return Batching(cap, None, 0)
+    conv = settings["random_conv"]
+    (fixed, per_filter), filters = _random_conv_bytes(conv, shape), conv["filters"]
+    budget = int(available * FEATURISE_SHARE)
+    images = min(cap, budget // (fixed + filters * per_filter))
+    if images >= 1:
+        return Batching(images, filters, images * (fixed + filters * per_filter))
+    chunk = min(filters, max(1, (budget - fixed) // per_filter))
+    return Batching(1, chunk, fixed + chunk * per_filter)
+
+
+def featurise(name, settings, images, steps, device):
+    """images: N x C x H x W uint8 (a CPU tensor) -> N x D float64 features on `device`, in the
+    Batching `steps`."""
+    shape = tuple(images.shape[1:])
     if name == "raw":  # straight to float64: the pixels are exactly k / 255
-        return images.to(device=device, dtype=torch.float64).flatten(1) / 255.0
-    make = {"scattering": _scattering, "random_conv": _random_conv}[name]
-    transform = make(settings[name], tuple(images.shape[1:]), device)
-    parts = []
+        return images.to(device=device, dtype=torch.float64).flatten(1).div_(255.0)
+    out = torch.empty(len(images), feature_dim(name, settings, shape), dtype=torch.float64, device=device)
+    if name == "scattering":
+        scatter = _scattering(settings[name], shape, device)
+
+        def transform(x, rows):
+            rows.copy_(scatter(x))
+    else:
+        transform = _random_conv(settings[name], shape, device, steps.filters)
     with torch.no_grad():
-        for start in range(0, len(images), batch):
-            parts.append(transform(_pixels(images[start : start + batch], device)).double())
-    return torch.cat(parts)
+        for start in range(0, len(images), steps.images):
+            transform(_pixels(images[start : start + steps.images], device), out[start : start + steps.images])
+    return out
 
 
 def feature_dim(name, settings, shape):

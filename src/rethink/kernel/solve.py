@@ -4,9 +4,11 @@ K = exp(-gamma ||x - x'||^2) is built in float64 in one n x n buffer from the Gr
 (||x||^2 + ||x'||^2 - 2 x.x'), the ridge added to its diagonal, and Cholesky-factorised in that
 same buffer: the buffer is handed to LAPACK/cuSOLVER as its column-major view (K is symmetric, so
 K.mT is K), which is what lets `cholesky_ex(out=...)` work in place instead of copying to
-column-major first (measured: a C-ordered `out` costs one extra n x n copy). So the n = 60,000
-MNIST system needs its 28.8 GB once, not twice. The memory a system needs is checked before
-anything n x n is allocated.
+column-major first (measured: a C-ordered `out` costs one extra n x n copy). The system is then
+solved by two triangular solves on that factor, in place on the n x classes right-hand side
+(`torch.cholesky_solve` clones the factor: measured on CPU, and the same on CUDA). So the
+n = 60,000 MNIST system needs its 28.8 GB once, not twice. The memory a system needs is checked
+before anything n x n is allocated.
 """
 
 import dataclasses
@@ -27,10 +29,17 @@ def pick_device(device):
     return torch.device(device)
 
 
-def bytes_needed(n_train, n_test, dim, batch):
-    """Peak float64 bytes of a solve: K (n x n), the train and test features, one block of
-    kernel rows for prediction, and the n x classes right-hand side (counted as n x 1000)."""
-    return BYTES * (n_train * n_train + (n_train + n_test) * dim + batch * n_train + n_train * 1000)
+def features_bytes(n_train, n_test, dim):
+    """The train and test features (float64), held from featurisation to the end."""
+    return BYTES * (n_train + n_test) * dim
+
+
+def bytes_needed(n_train, n_test, dim, batch, featurise=0):
+    """Peak bytes of a row: the features, and besides them the larger of featurisation's
+    transient bytes (`featurise`, features.batching) and the solve's float64 K (n x n), one block
+    of kernel rows for prediction and the n x classes right-hand side (counted as n x 1000)."""
+    solve_part = BYTES * (n_train * n_train + batch * n_train + n_train * 1000)
+    return features_bytes(n_train, n_test, dim) + max(featurise, solve_part)
 
 
 def bytes_available(device):
@@ -42,13 +51,16 @@ def bytes_available(device):
     return int(psutil.virtual_memory().available)
 
 
-def check_memory(n_train, n_test, dim, batch, device):
-    """Refuse a system that does not fit, before allocating it, naming n and both byte counts."""
-    needed, available = bytes_needed(n_train, n_test, dim, batch), bytes_available(device)
+def check_memory(n_train, n_test, dim, batch, device, featurise=0, available=None):
+    """Refuse a row that does not fit, before allocating anything, naming n and both byte counts.
+    `available`: the bytes_available(device) the caller sized featurisation from, if it did."""
+    needed = bytes_needed(n_train, n_test, dim, batch, featurise)
+    available = bytes_available(device) if available is None else available
     if needed > available:
         raise RethinkError(
             f"the kernel system with n = {n_train} training points ({n_test} test, {dim} features) needs "
-            f"{needed:,} bytes ({needed / 2**30:.1f} GiB) of {device.type} memory in float64, but only "
+            f"{needed:,} bytes ({needed / 2**30:.1f} GiB) of {device.type} memory (the features, and "
+            f"featurisation steps of {featurise / 2**30:.1f} GiB, then K in float64), but only "
             f"{available:,} bytes ({available / 2**30:.1f} GiB) are available; use a subset "
             "(datasets.<name>.subset), a GPU or a node with more memory (kernel.rows.<row>.device, mem_mb)"
         )
@@ -103,7 +115,11 @@ def solve(x, y_onehot, gamma, l2, buffer):
             f"(Cholesky failed at column {int(info)}): two training points are identical or nearly so at this "
             "bandwidth; use l2 > 0 or a larger gamma"
         )
-    alpha = torch.cholesky_solve(y_onehot, column_major)
+    # L L^T alpha = Y: L z = Y, then L^T alpha = z, both written over one copy of Y. L is the
+    # factor's column-major view and L^T its row-major one: solve_triangular borrows either as it is.
+    alpha = y_onehot.clone()
+    torch.linalg.solve_triangular(column_major, alpha, upper=False, out=alpha)
+    torch.linalg.solve_triangular(column_major.mT, alpha, upper=True, out=alpha)
     # trace(alpha^T K alpha) = trace(alpha^T (Y - l2 alpha)), since (K + l2 I) alpha = Y: no K needed
     quad = float((alpha * y_onehot).sum() - l2 * (alpha * alpha).sum())
     return Solution(alpha, gamma, l2, max(quad, 0.0) ** 0.5, float(alpha.norm()))
