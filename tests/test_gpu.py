@@ -237,3 +237,29 @@ def test_cuda_sync_batchnorm_has_no_host_sync_and_is_batch_norm(tmp_path):
         assert torch.allclose(ours.running_var, reference.running_var, atol=1e-4)
     finally:
         dist.destroy_process_group()
+
+
+def test_the_kernel_solve_on_cuda_holds_one_n_by_n_buffer_and_matches_the_cpu():
+    """Section 5's solve on CUDA: K built and factorised in its one n x n buffer (nothing else of
+    that size: cuSOLVER's workspace and the n x classes right-hand side are small), and the same
+    solution as on the CPU up to float64 rounding amplified by K's condition number."""
+    from rethink.kernel import solve
+
+    n, gamma = 3000, 0.02
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 784, generator=generator, dtype=torch.float64)
+    y = torch.nn.functional.one_hot(torch.randint(0, 10, (n,), generator=generator), 10).double()
+    on_cpu = solve.solve(x, y, gamma, 0.0, torch.empty(n, n, dtype=torch.float64))
+    dev = torch.device("cuda")
+    xg, yg, buffer = x.to(dev), y.to(dev), torch.empty(n, n, dtype=torch.float64, device=dev)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    on_cuda = solve.solve(xg, yg, gamma, 0.0, buffer)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - before
+    assert extra < n * n * 8 / 4, f"the solve allocated {extra:,} bytes beside its {n * n * 8:,}-byte buffer"
+    scale = float(on_cpu.alpha.abs().max())
+    assert float((on_cuda.alpha.cpu() - on_cpu.alpha).abs().max()) <= 1e-6 * scale
+    fitted = solve.predict(xg, xg, on_cuda, batch=512)
+    assert float((fitted - yg).abs().max()) < 1e-6  # exact interpolation on CUDA too
