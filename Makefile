@@ -74,7 +74,8 @@ TORCHVISION_OLDEST := 0.26
 VENV_OLDEST := .venv-torch$(subst .,,$(TORCH_OLDEST))
 WHEELS_OLDEST := .whl/torch$(TORCH_OLDEST)
 OLDEST_TESTS := tests/test_train.py tests/test_pack.py tests/test_preprocess.py tests/test_kernel.py \
-	tests/test_imagenet.py tests/test_ddp.py tests/test_models.py
+	tests/test_imagenet.py tests/test_ddp.py tests/test_models.py tests/test_distributed.py tests/test_stream.py \
+	tests/test_compile.py tests/test_signals.py
 
 test-torch-oldest: $(VENV_OLDEST)/.installed datasets
 	$(VENV_OLDEST)/bin/python -m pytest -m 'not workflow and not slurm' $(OLDEST_TESTS) $(PYTEST_ARGS)
