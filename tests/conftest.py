@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import h5py
 import pytest
@@ -207,3 +208,45 @@ def finished(tmp_path_factory):
     config = wf.write_config(CONFIG)
     proc = wf.run("--configfile", config, "-c2")
     return wf, config, proc
+
+
+# ----------------------------------------------------------------------------- waiting for a state
+# A test waits for a state (a log line, a file, a job's state), never for a time: it goes on the
+# moment the state is there, and the deadline only bounds a hang. It is generous, so that a
+# loaded machine several times slower than the one behind docs/BENCHMARKS.md still passes.
+PATIENCE_S = 600
+
+
+def wait_until(condition, what, proc=None, timeout=PATIENCE_S, interval=0.01):
+    """condition()'s first truthy value, asked every `interval` s. Fails naming `what` when the
+    process `proc` (a Popen) ends first or `timeout` s pass (then `proc` is killed), with the
+    output `proc` left where it was captured."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        ended = proc is not None and proc.poll() is not None
+        if ended or time.monotonic() > deadline:
+            why = f"the process ended (exit {proc.returncode})" if ended else f"not within {timeout} s"
+            raise AssertionError(f"waiting for {what}: {why}{_output_of(proc)}")
+        time.sleep(interval)
+    return value
+
+
+def _output_of(proc):
+    if proc is None:
+        return ""
+    if proc.poll() is None:
+        proc.kill()
+    try:  # a child of the killed process may hold the pipes open: do not wait for it
+        out, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        return ""
+    return "".join(f"\n{text}" for text in (out, err) if text)
+
+
+def log_match(path, pattern):
+    """The last match of `pattern` in the text file `path`; None while there is none (or no file)."""
+    try:
+        matches = list(re.finditer(pattern, path.read_text()))
+    except FileNotFoundError:
+        return None
+    return matches[-1] if matches else None
