@@ -4,6 +4,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -217,16 +218,17 @@ def finished(tmp_path_factory):
 PATIENCE_S = 600
 
 
-def wait_until(condition, what, proc=None, timeout=PATIENCE_S, interval=0.01):
+def wait_until(condition, what, proc=None, timeout=PATIENCE_S, interval=0.01, details=None):
     """condition()'s first truthy value, asked every `interval` s. Fails naming `what` when the
     process `proc` (a Popen) ends first or `timeout` s pass (then `proc` is killed), with the
-    output `proc` left where it was captured."""
+    output `proc` left where it was captured and `details()` (e.g. a log's text)."""
     deadline = time.monotonic() + timeout
     while not (value := condition()):
         ended = proc is not None and proc.poll() is not None
         if ended or time.monotonic() > deadline:
             why = f"the process ended (exit {proc.returncode})" if ended else f"not within {timeout} s"
-            raise AssertionError(f"waiting for {what}: {why}{_output_of(proc)}")
+            more = f"\n{details()}" if details else ""
+            raise AssertionError(f"waiting for {what}: {why}{_output_of(proc)}{more}")
         time.sleep(interval)
     return value
 
@@ -250,3 +252,34 @@ def log_match(path, pattern):
     except FileNotFoundError:
         return None
     return matches[-1] if matches else None
+
+
+def _status(pid):
+    """Process `pid`'s /proc status fields; None once it has ended."""
+    try:
+        text = pathlib.Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def freeze(pids, proc=None):
+    """Stop the processes `pids` (SIGSTOP) and return once each has stopped (or ended). A signal
+    sent to them from then on stays pending (sigterm_pending) until they are continued (SIGCONT);
+    one that comes before a process has stopped may be taken first and never show as pending."""
+
+    def stopped(pid):
+        status = _status(pid)
+        return status is None or status["State"].startswith("T")
+
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    wait_until(lambda: all(map(stopped, pids)), f"processes {pids} to stop", proc, interval=0.001)
+
+
+def sigterm_pending(pid):
+    """Whether a SIGTERM waits on process `pid` (its /proc status masks); None once it has ended."""
+    status = _status(pid)
+    if status is None:
+        return None
+    return any(int(status[mask], 16) >> (signal.SIGTERM - 1) & 1 for mask in ("SigPnd", "ShdPnd"))

@@ -20,7 +20,18 @@ import pytest
 import torch
 import yaml
 
-from conftest import PATIENCE_S, REPO, Workflow, is_training_rule, log_match, pack_rules, tiny_config, wait_until
+from conftest import (
+    PATIENCE_S,
+    REPO,
+    Workflow,
+    freeze,
+    is_training_rule,
+    log_match,
+    pack_rules,
+    sigterm_pending,
+    tiny_config,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 SCRIPT = REPO / "scripts" / "local-slurm.sh"
@@ -287,35 +298,26 @@ def trainer_pid(job):
     return None
 
 
-def sigterm_pending(pid):
-    """Whether a SIGTERM waits on the process (its /proc status masks); None once it has ended."""
-    try:
-        status = pathlib.Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    masks = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("SigPnd:", "ShdPnd:"))]
-    return any(mask >> (signal.SIGTERM - 1) & 1 for mask in masks)
-
-
 def freeze_first_attempt(wf, proc, log, cancel):
     """Freeze the first training job's trainer after its first epoch; cancel the job (`scancel`)
     or let it run into its time limit; wake the trainer when Slurm's SIGTERM is pending on it.
     -> (run id, the epoch the trainer was frozen after)."""
-    run = wait_until(lambda: log_match(log, r"SLURM run ID: (\S+)"), "Snakemake's run ID", proc)[1]
-    job = wait_until(lambda: training_job(run), "the training job in the queue", proc, interval=0.1)
-    pid = wait_until(lambda: trainer_pid(job), f"the trainer of Slurm job {job}", proc, interval=0.05)
     train_log = wf.root / CELL / "train.log"
+    waiting = dict(proc=proc, details=log.read_text)  # a failure shows Snakemake's log
+    run = wait_until(lambda: log_match(log, r"SLURM run ID: (\S+)"), "Snakemake's run ID", **waiting)[1]
+    job = wait_until(lambda: training_job(run), "the training job in the queue", interval=0.1, **waiting)
+    pid = wait_until(lambda: trainer_pid(job), f"the trainer of Slurm job {job}", interval=0.05, **waiting)
     # lines of training progress (not "resume from ... at epoch N"); epoch 0 is the untrained network
     wait_until(lambda: log_match(train_log, r"\d:\d\d epoch +[1-9]\d* step"), "epoch 1 in the cell's train.log",
-               proc, interval=0.002)  # fmt: skip
-    os.kill(pid, signal.SIGSTOP)
-    frozen_at = int(log_match(train_log, r"\d:\d\d epoch +(\d+) step")[1])
+               interval=0.002, **waiting)  # fmt: skip
     try:
+        freeze([pid], proc)
+        frozen_at = int(log_match(train_log, r"\d:\d\d epoch +(\d+) step")[1])
         if cancel:
             subprocess.run(["scancel", job], check=True)
         # polled closely: the hang-up follows the SIGTERM within a second
-        wait_until(lambda: sigterm_pending(pid) is not False, f"Slurm's SIGTERM to the trainer of job {job}", proc,
-                   interval=0.002)  # fmt: skip
+        wait_until(lambda: sigterm_pending(pid) is not False, f"Slurm's SIGTERM to the trainer of job {job}",
+                   interval=0.002, **waiting)  # fmt: skip
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
