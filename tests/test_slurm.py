@@ -273,9 +273,9 @@ def assert_resumed_identically(wf, reference, seeds=(0,)):
 # would depend on the machine's pace; the tests take pace out of it: once that attempt has
 # trained an epoch, the test freezes its trainer (SIGSTOP), so it cannot finish however fast the
 # machine, and wakes it (SIGCONT) the moment Slurm's SIGTERM is pending on it: it saves a
-# checkpoint and exits, as a running trainer does. (Slurm would not wake it: once the job's
-# Snakemake exits on that SIGTERM, the stopped trainer's process group is orphaned and the kernel
-# hangs it up, SIGHUP, within a second.) The retry trains the rest.
+# checkpoint and exits, as a running trainer does. (Left stopped, it would be hung up, SIGHUP,
+# within a second: the job's Snakemake exits on that SIGTERM and orphans its process group.) The
+# retry trains the rest.
 
 
 def training_job(run):
