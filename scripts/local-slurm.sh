@@ -5,6 +5,7 @@
 #   scripts/local-slurm.sh start    install Slurm/munge/MariaDB from Debian packages if missing,
 #                                   configure, start the daemons, wait for an idle node
 #   scripts/local-slurm.sh stop     stop the daemons this script started (by their PID files)
+#                                   and remove the config files it wrote
 #   scripts/local-slurm.sh status   sinfo and the daemons' PIDs
 #
 # Needs root and apt-get (Debian/Ubuntu) and no systemd. Safe to run twice: a running daemon
@@ -85,7 +86,7 @@ JobAcctGatherType=jobacct_gather/linux
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:$GPUS State=UNKNOWN
 PartitionName=$PARTITION Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
-  echo "NodeName=localhost Name=gpu File=$STATE/dev/nvidia[0-$((GPUS - 1))]" > $CONF/gres.conf
+  printf '%s\nNodeName=localhost Name=gpu File=%s\n' "$MARKER" "$STATE/dev/nvidia[0-$((GPUS - 1))]" > $CONF/gres.conf
   cat > $CONF/slurmdbd.conf <<EOF
 $MARKER
 AuthType=auth/munge
@@ -144,6 +145,12 @@ stop() {
     kill "$(pid_of /run/munge/munged.pid)" 2>/dev/null || true
     rm -f "$STATE/started-munge"
   fi
+  # The config goes with the daemons (start writes it again): with a slurm.conf whose controller
+  # is gone, every Slurm command waits out MessageTimeout, and so does every Snakemake start (the
+  # Slurm executor plugin runs `scontrol show config` when it loads, 9 s); with none, they fail at once.
+  for file in $CONF/slurm.conf $CONF/slurmdbd.conf $CONF/gres.conf; do
+    if [ -f "$file" ] && grep -qF "$MARKER" "$file"; then rm -f "$file"; fi
+  done
   log "stopped"
 }
 

@@ -4,8 +4,10 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import h5py
 import pytest
@@ -207,3 +209,77 @@ def finished(tmp_path_factory):
     config = wf.write_config(CONFIG)
     proc = wf.run("--configfile", config, "-c2")
     return wf, config, proc
+
+
+# ----------------------------------------------------------------------------- waiting for a state
+# A test waits for a state (a log line, a file, a job's state), never for a time: it goes on the
+# moment the state is there, and the deadline only bounds a hang. It is generous, so that a
+# loaded machine several times slower than the one behind docs/BENCHMARKS.md still passes.
+PATIENCE_S = 600
+
+
+def wait_until(condition, what, proc=None, timeout=PATIENCE_S, interval=0.01, details=None):
+    """condition()'s first truthy value, asked every `interval` s. Fails naming `what` when the
+    process `proc` (a Popen) ends first or `timeout` s pass (then `proc` is killed), with the
+    output `proc` left where it was captured and `details()` (e.g. a log's text)."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        ended = proc is not None and proc.poll() is not None
+        if ended or time.monotonic() > deadline:
+            why = f"the process ended (exit {proc.returncode})" if ended else f"not within {timeout} s"
+            more = f"\n{details()}" if details else ""
+            raise AssertionError(f"waiting for {what}: {why}{_output_of(proc)}{more}")
+        time.sleep(interval)
+    return value
+
+
+def _output_of(proc):
+    if proc is None:
+        return ""
+    if proc.poll() is None:
+        proc.kill()
+    try:  # a child of the killed process may hold the pipes open: do not wait for it
+        out, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        return ""
+    return "".join(f"\n{text}" for text in (out, err) if text)
+
+
+def log_match(path, pattern):
+    """The last match of `pattern` in the text file `path`; None while there is none (or no file)."""
+    try:
+        matches = list(re.finditer(pattern, path.read_text()))
+    except FileNotFoundError:
+        return None
+    return matches[-1] if matches else None
+
+
+def _status(pid):
+    """Process `pid`'s /proc status fields; None once it has ended."""
+    try:
+        text = pathlib.Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def freeze(pids, proc=None):
+    """Stop the processes `pids` (SIGSTOP) and return once each has stopped (or ended). A signal
+    sent to them from then on stays pending (sigterm_pending) until they are continued (SIGCONT);
+    one that comes before a process has stopped may be taken first and never show as pending."""
+
+    def stopped(pid):
+        status = _status(pid)
+        return status is None or status["State"].startswith("T")
+
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    wait_until(lambda: all(map(stopped, pids)), f"processes {pids} to stop", proc, interval=0.001)
+
+
+def sigterm_pending(pid):
+    """Whether a SIGTERM waits on process `pid` (its /proc status masks); None once it has ended."""
+    status = _status(pid)
+    if status is None:
+        return None
+    return any(int(status[mask], 16) >> (signal.SIGTERM - 1) & 1 for mask in ("SigPnd", "ShdPnd"))

@@ -2,14 +2,15 @@
 same draws, the same updates up to the order of float additions; SIGTERM reaches every process,
 rank 0 saves, and a relaunch resumes. The workflow asks Slurm for one GPU per process."""
 
+import contextlib
 import json
 import math
 import os
+import pathlib
 import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -19,14 +20,28 @@ from rethink.errors import RethinkError
 from rethink.train import checkpoint, distributed
 from rethink.train.loop import Job, train
 
-from conftest import SCHEMA, tiny_config
+from conftest import PATIENCE_S, SCHEMA, freeze, log_match, sigterm_pending, tiny_config, wait_until
 from test_train import make_cell, read_history, untimed, write_split
 
-# Measured: the largest loss difference over 3 epochs is ~5e-7 (float32 reductions in another
-# order: each rank's part of the batch, then the all-reduce). Accuracies agree exactly.
-LOSS_ATOL = 1e-5
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # and OMP_NUM_THREADS=1 in torchrun's processes
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+# What two processes guarantee against one (distributed.py): the same draws, the same parts of
+# every batch, the same updates up to the order of float additions. Over a few steps that order
+# shows only as rounding: a float32 sum of n terms in another order is off by at most
+# (n - 1) * 2**-24 of the sum of their magnitudes (Higham, Accuracy and Stability of Numerical
+# Algorithms, 2nd ed., 4.2). The longest sums reordered here are BatchNorm's over the global batch,
+# 16 samples x 8 x 8 positions: 1023 * 2**-24 = 6.1e-5. Measured over the first two epochs (four
+# steps; 3 seeds; 1 and 2 processes with AVX-512, AVX2 and SSE kernels, which is what differs
+# between machines): at most 3.3e-7. Bugs in the batch parts, the dropout masks, BatchNorm's
+# statistics or the gradient's scale each moved a loss by 8.5e-3 or more.
+LOSS_RTOL = 1e-4
+COMPARED_EPOCHS = 2
+# Later the order is not rounding any more: max-pooling and ReLU route the gradient by comparisons,
+# a rounding-level difference flips one, and the runs part as far as a bug would take them. Over
+# 3 epochs of 19 steps, one process differed from itself run with AVX2 instead of AVX-512 kernels
+# by 4e-3 in the first epoch (seed 2); the 1.1e-4 between 1 and 2 processes that issue 18 saw on a
+# slower machine came back here with AVX2 kernels. So a resumed two-process run is compared with
+# an uninterrupted two-process run, bit for bit, not with one process.
 
 
 def torchrun(pack, nproc=2):
@@ -41,52 +56,103 @@ def torchrun(pack, nproc=2):
     )
 
 
-def test_two_processes_train_the_one_process_cell_and_resume_after_sigterm(tmp_path):
-    # 299 samples in batches of 16: the last global batch (11) splits unevenly, 6 + 5
-    data = (
-        [write_split(tmp_path / "train.h5", 299, (1, 10, 10), "train", 1)],
-        [write_split(tmp_path / "test.h5", 40, (1, 10, 10), "test", 2)],
-    )
-    # BatchNorm (global-batch statistics), dropout, random crops and flips/rotations: every draw
-    cell = make_cell(
-        "inception", width=0.05, batch_size=16, max_epochs=3, crop_size=8, crop_pad=2, lr=0.01,
-        dropout=0.5, random_crop=True, augment=True,
-    )  # fmt: skip
-    out, ckpt = tmp_path / "ddp", tmp_path / "ddp.pt"
-    pack = [dict(cell=cell, train=data[0], test=data[1], out_dir=str(out), checkpoint=str(ckpt))]
+def pack_of(case, out):
+    cell, data = case
+    return [dict(cell=cell, train=data[0], test=data[1], out_dir=str(out), checkpoint=str(out) + ".pt")]
 
-    proc, log = torchrun(pack), out / "train.log"
-    deadline = time.monotonic() + 120
-    while not (log.exists() and re.search(r"epoch\s+1 step\s+\d+ lr", log.read_text())):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)  # to torchrun, which passes it on to both processes
-    _, err = proc.communicate(timeout=120)
+
+def finish(proc):
+    _, err = proc.communicate(timeout=PATIENCE_S)
+    assert proc.returncode == 0, err
+
+
+def workers(proc, n=2):
+    """The `n` processes torchrun (`proc`) started (`python -u -m rethink.train ...`; it also forks
+    copies of itself); None until all `n` are there."""
+    found = []
+    for task in pathlib.Path(f"/proc/{proc.pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a task or child that has ended since the listing
+            for pid in (task / "children").read_text().split():
+                args = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if args[1:4] == [b"-u", b"-m", b"rethink.train"]:
+                    found.append(int(pid))
+    return found if len(found) == n else None
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """27 samples in batches of 16 (8 + 8 per process, then 11: 6 + 5) and an Inception cell with
+    BatchNorm (global-batch statistics), dropout, random crops and flips/rotations: every draw."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    data = (
+        [write_split(tmp / "train.h5", 27, (1, 10, 10), "train", 1)],
+        [write_split(tmp / "test.h5", 40, (1, 10, 10), "test", 2)],
+    )
+    cell = make_cell(
+        "inception", width=0.05, batch_size=16, max_epochs=6, crop_size=8, crop_pad=2, lr=0.01, dropout=0.5,
+        random_crop=True, augment=True,
+    )  # fmt: skip
+    return cell, data
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(case, tmp_path_factory):
+    """The case trained by two processes, without interruption: its output folder."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "ddp"
+    finish(torchrun(pack_of(case, out)))
+    return out
+
+
+def test_two_processes_take_the_one_process_steps(case, uninterrupted, tmp_path):
+    cell, data = case
+    one = train(Job(cell, *data, tmp_path / "one", tmp_path / "one.pt"), echo=False)[0]
+    ddp = json.loads((uninterrupted / "summary.json").read_text())
+    rows, expected = read_history(uninterrupted / "history.csv"), read_history(tmp_path / "one" / "history.csv")
+    assert [(r["step"], r["epoch"], r["lr"]) for r in rows] == [(r["step"], r["epoch"], r["lr"]) for r in expected]
+    assert untimed(rows[0]) == untimed(expected[0])  # the untrained network, evaluated by rank 0 alone
+    n = {"train": 27, "test": 40}
+    for row, want in zip(rows[1 : COMPARED_EPOCHS + 1], expected[1 : COMPARED_EPOCHS + 1]):
+        for key, value in untimed(want).items():
+            if key.endswith("loss"):
+                assert math.isclose(float(row[key]), float(value), rel_tol=LOSS_RTOL), (key, row, want)
+            elif key.endswith(("acc", "top5")):  # a count: a near-tie (within rounding) may flip one sample
+                assert abs(float(row[key]) - float(value)) * n[key.split("_")[0]] <= 1 + 1e-9, (key, row, want)
+    static = ("n_params", "num_classes", "n_train", "n_test", "input_shape", "inputs_sha256", "steps", "epochs")
+    assert {k: ddp[k] for k in static} == {k: one[k] for k in static}
+
+
+def test_two_processes_stop_on_sigterm_and_resume_bit_identically(case, uninterrupted, tmp_path):
+    """torchrun passes SIGTERM on to both processes, which stop at the same step; rank 0 saves,
+    and the relaunch ends where the uninterrupted run ends, bit for bit: the same processes in the
+    same order of additions (the online loss sums float32 terms in float64, without rounding,
+    whichever rank holds them at the save)."""
+    out, proc = tmp_path / "ddp", torchrun(pack_of(case, tmp_path / "ddp"))
+    log, ckpt = out / "train.log", f"{out}.pt"
+    ranks = wait_until(lambda: workers(proc), "torchrun's two processes", proc)
+    # the signal handlers are in place once a step is taken; from then on the ranks are frozen
+    # until the SIGTERM waits on both, so the run cannot end first, whatever the machine's pace
+    wait_until(lambda: log_match(log, r"epoch\s+1 step\s+\d+ lr"), "epoch 1 in train.log", proc, interval=0.002)
+    try:
+        freeze(ranks, proc)
+        proc.send_signal(signal.SIGTERM)  # to torchrun, which passes it on to both processes
+        wait_until(lambda: all(sigterm_pending(pid) is not False for pid in ranks), "the SIGTERM on both ranks", proc)
+    finally:
+        for pid in ranks:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    _, err = proc.communicate(timeout=PATIENCE_S)
     assert proc.returncode != 0, err
     assert err.count("stopped by SIGTERM") == 2, err  # both ranks stopped, at the same step
     state = torch.load(ckpt, weights_only=True)
     assert not checkpoint.is_finished(state) and state["epoch"] >= 1, "the run ended before the signal"
     assert "SIGTERM: checkpoint saved" in log.read_text() and not (out / "summary.json").exists()
 
-    proc = torchrun(pack)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    finish(torchrun(pack_of(case, out)))
     assert re.search(r"resume from .* at epoch \d+ step \d+", log.read_text())
     assert log.read_text().count(" start cell=") == 1  # rank 0 alone logs
-
-    one = train(Job(cell, *data, tmp_path / "one", tmp_path / "one.pt"), echo=False)[0]
-    ddp = json.loads((out / "summary.json").read_text())
-    rows, expected = read_history(out / "history.csv"), read_history(tmp_path / "one" / "history.csv")
-    assert [(r["step"], r["epoch"], r["lr"]) for r in rows] == [(r["step"], r["epoch"], r["lr"]) for r in expected]
-    for row, want in zip(rows, expected):
-        for key, value in want.items():
-            if key.endswith("loss") and value:
-                assert math.isclose(float(row[key]), float(value), rel_tol=0, abs_tol=LOSS_ATOL), (key, row, want)
-            elif key != "elapsed_s":
-                assert row[key] == value, (key, row, want)
-    assert math.isclose(ddp["param_norm"], one["param_norm"], rel_tol=1e-5)
-    same = {k for k in untimed(one) if "loss" not in k and k != "param_norm"}
-    assert {k: ddp[k] for k in same} == {k: one[k] for k in same}
+    assert untimed(read_history(out / "history.csv")) == untimed(read_history(uninterrupted / "history.csv"))
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (out, uninterrupted)]
+    assert untimed(summaries[0]) == untimed(summaries[1])
 
 
 def test_parts_cover_a_batch_and_the_batch_must_split_evenly():
@@ -143,21 +209,22 @@ def test_multi_gpu_config_errors(change, message):
     rconfig.validate(gpu_config(), SCHEMA)
 
 
-WATCHER = """
+# The watcher's deadline and the launcher's life only bound a failure: both end at once otherwise.
+WATCHER = f"""
 import sys, time
 from rethink.train.checkpoint import Signals
 signals = Signals(launcher=True)
 print("watching", flush=True)
-deadline = time.monotonic() + 30
+deadline = time.monotonic() + {PATIENCE_S}
 while not signals.orphaned() and time.monotonic() < deadline:
     time.sleep(0.01)
 print("orphaned" if signals.orphaned() else "not orphaned", flush=True)
 """
-LAUNCHER = """
+LAUNCHER = f"""
 import os, subprocess, sys, time
 print(os.getpid(), flush=True)
 subprocess.Popen([sys.executable, "-c", sys.argv[1]])
-time.sleep(120)
+time.sleep({PATIENCE_S})
 """
 SNAKEMAKE = "import subprocess, sys; subprocess.run([sys.executable, '-c', sys.argv[1], sys.argv[2]])"
 

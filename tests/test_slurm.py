@@ -20,7 +20,18 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, Workflow, is_training_rule, pack_rules, tiny_config
+from conftest import (
+    PATIENCE_S,
+    REPO,
+    Workflow,
+    freeze,
+    is_training_rule,
+    log_match,
+    pack_rules,
+    sigterm_pending,
+    tiny_config,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 SCRIPT = REPO / "scripts" / "local-slurm.sh"
@@ -57,7 +68,10 @@ def cluster():
     assert proc.returncode == 0, proc.stderr
     yield
     if not was_up:
-        subprocess.run([str(SCRIPT), "stop"], capture_output=True, timeout=120)
+        subprocess.run([str(SCRIPT), "stop"], capture_output=True, timeout=PATIENCE_S)
+        # as the machine was: no config left whose controller is gone (each later Snakemake start
+        # would wait out Slurm's MessageTimeout in the executor plugin's `scontrol show config`)
+        assert not pathlib.Path("/etc/slurm/slurm.conf").exists()
 
 
 def install_profile(home, configfile, **extra):
@@ -84,24 +98,24 @@ def run_id(output):
     return re.search(r"SLURM run ID: (\S+)", output)[1]
 
 
-def accounting(run, expected=None, timeout=60):
-    """Slurm's own records of a run's jobs: id, state, requested TRES, time limit, rule (from
-    the comment)."""
-    deadline = time.monotonic() + timeout
-    while True:
+def accounting(run):
+    """Slurm's own records of a run's jobs once all have ended: id, state, requested TRES, time
+    limit, rule (from the comment, which reaches accounting when the job ends)."""
+
+    def settled():
         out = subprocess.run(
             ["sacct", "-X", "-P", "-n", "--name", run, "--starttime", "now-6hours",
              "--format=JobID,State,ReqTRES,Timelimit,Comment%400"], capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
         fields = ("id", "state", "tres", "timelimit", "comment")
         jobs = [dict(zip(fields, line.split("|", 4))) for line in out.splitlines() if line]
-        for job in jobs:  # the comment reaches accounting when the job ends
+        for job in jobs:
             match = re.match(r"rule_(\w+?)(_wildcards_|$)", job["comment"])
             job["rule"] = match[1] if match else None
-        settled = all(j["state"] not in ("PENDING", "RUNNING", "REQUEUED") for j in jobs)
-        if (expected is None or len(jobs) >= expected) and settled or time.monotonic() > deadline:
-            return jobs
-        time.sleep(1)
+        ended = all(j["state"] not in ("PENDING", "RUNNING", "REQUEUED") and j["rule"] for j in jobs)
+        return jobs if jobs and ended else None
+
+    return wait_until(settled, f"Slurm's accounting of run {run} to settle", interval=0.5)
 
 
 def untimed(frame):
@@ -181,9 +195,10 @@ def test_rerun_after_editing_one_cell_submits_exactly_one_training_job(profile_r
 # ----------------------------------------------------------------------------- 2: killed jobs resume
 
 
-def long_cell_config(runtime_minutes=10, n_train=12000, max_epochs=33, seeds=(0,), pack=1):
-    """A cell (per seed) that trains for a while (a wide MLP on random-labelled 1x28x28 images);
-    the plugin's status checks slow down the longer a job runs, so shorter tests use fewer samples."""
+def resume_config(runtime_minutes=10, seeds=(0,), pack=1):
+    """A cell (per seed) that trains a few seconds (a wide MLP on 1,000 random-labelled 1x28x28
+    images, 8 epochs). The interruption tests freeze its first attempt (freeze_first_attempt),
+    so its length does not decide whether a signal comes in time."""
     config = gpu_config(
         {
             "long": {
@@ -192,13 +207,12 @@ def long_cell_config(runtime_minutes=10, n_train=12000, max_epochs=33, seeds=(0,
                 "grid": [{"architectures": ["big"], "noises": ["random_labels"]}],
             }
         },
-        max_epochs=max_epochs,
+        max_epochs=8,
         crop_size=28,
-        checkpoint_minutes=0.02,
         fit_threshold=1.0,
     )
     config["compute"]["pack"] = pack
-    config["datasets"]["synth"]["synthetic"].update(n_train=n_train, n_test=200, shape=[1, 28, 28])
+    config["datasets"]["synth"]["synthetic"].update(n_train=1000, n_test=200, shape=[1, 28, 28])
     config["architectures"]["big"] = {
         "model": "mlp_3x512",
         "width": 1.0,
@@ -208,7 +222,6 @@ def long_cell_config(runtime_minutes=10, n_train=12000, max_epochs=33, seeds=(0,
     return config
 
 
-SHORT = {"n_train": 4000, "max_epochs": 60}  # fits in ~26 epochs, ~25 s
 CELLS = {seed: f"results/cells/synth/big/none/random_labels/s{seed}" for seed in (0, 1)}
 CELL = CELLS[0]
 TRAINED = f"{CELL}/summary.json"  # the target: only training goes through Slurm, nothing after it
@@ -220,13 +233,13 @@ def cell_results(wf, seed=0):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_short(cluster, tmp_path_factory):
+def uninterrupted(cluster, tmp_path_factory):
     """The cells (seeds 0 and 1) trained locally without interruption, {seed: (history, summary)}:
     what a resumed run must equal."""
     wf = Workflow(tmp_path_factory.mktemp("reference") / "wf")
     wf.run(
         "--configfile",
-        wf.write_config(long_cell_config(seeds=(0, 1), **SHORT)),
+        wf.write_config(resume_config(seeds=(0, 1))),
         "-c2",
         *(f"{cell}/summary.json" for cell in CELLS.values()),
     )
@@ -255,44 +268,14 @@ def assert_resumed_identically(wf, reference, seeds=(0,)):
     assert len(states) == len(seeds) and all(state["finished"] for state in states)  # what stays
 
 
-def test_a_cancelled_pack_job_is_retried_and_resumes_every_cell_from_its_checkpoint(
-    cluster, uninterrupted_short, tmp_path
-):
-    wf, home = Workflow(tmp_path / "wf"), tmp_path / "home"
-    configfile = wf.write_config(long_cell_config(seeds=(0, 1), pack=2, **SHORT))  # one job, two cells
-    install_profile(home, configfile)
-    wf.run("--configfile", configfile, "-c2", "data_shards")  # the data is not what is tested here
-    proc, _ = start_profile(wf, home, tmp_path)
-    try:
-        deadline = time.monotonic() + 300
-        while not list((wf.root / "results/checkpoints").rglob("*.pt")):  # training, checkpointed once
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "snakemake.log").read_text()
-            time.sleep(0.5)
-        run = run_id((tmp_path / "snakemake.log").read_text())
-        job = training_job(run)
-        assert job is not None
-        subprocess.run(["scancel", job], check=True)
-        assert proc.wait(timeout=600) == 0, (tmp_path / "snakemake.log").read_text()
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=60)
-    states = [j["state"] for j in accounting(run) if is_training_rule(j["rule"])]
-    assert states[0].startswith("CANCELLED") and states[-1] == "COMPLETED" and len(states) == 2, states
-    assert_resumed_identically(wf, uninterrupted_short, seeds=(0, 1))
-
-
-# Slurm signals a job over its limit when slurmctld next checks (every 30 s), so a 1-minute job
-# gets its SIGTERM 60-95 s after it starts; how far a cell trains by then depends on how fast and
-# how loaded the machine is. The test takes speed out of the outcome: once the first attempt has
-# trained half the cell's epochs, the test freezes its trainer (SIGSTOP), so that attempt cannot
-# finish however fast the machine, and wakes it (SIGCONT) the moment Slurm's SIGTERM reaches it at
-# the limit: it saves a checkpoint and exits, as a running trainer does. (Slurm would not wake it:
-# once the job's Snakemake exits on that SIGTERM, the stopped trainer's process group is orphaned
-# and the kernel hangs it up, SIGHUP, before it can save.) The retry then has only the other half
-# to train, in 2 minutes (a third attempt in 3): that holds on a machine several times slower than
-# this one. On one so slow that the limit comes before the halfway point, the limit interrupts the
-# first attempt without the test's help.
+# Slurm ends a job by SIGTERM (scancel at once; a time limit when slurmctld next checks, every
+# 30 s: a 1-minute job 60-90 s after it starts). Whether the first attempt is still training then
+# would depend on the machine's pace; the tests take pace out of it: once that attempt has
+# trained an epoch, the test freezes its trainer (SIGSTOP), so it cannot finish however fast the
+# machine, and wakes it (SIGCONT) the moment Slurm's SIGTERM is pending on it: it saves a
+# checkpoint and exits, as a running trainer does. (Left stopped, it would be hung up, SIGHUP,
+# within a second: the job's Snakemake exits on that SIGTERM and orphans its process group.) The
+# retry trains the rest.
 
 
 def training_job(run):
@@ -315,75 +298,79 @@ def trainer_pid(job):
     return None
 
 
-def sigterm_pending(pid):
-    """Whether a SIGTERM waits on the process (its /proc status masks); None once it has ended."""
+def freeze_first_attempt(wf, proc, log, cancel):
+    """Freeze the first training job's trainer after its first epoch; cancel the job (`scancel`)
+    or let it run into its time limit; wake the trainer when Slurm's SIGTERM is pending on it.
+    -> (run id, the epoch the trainer was frozen after)."""
+    train_log = wf.root / CELL / "train.log"
+    waiting = dict(proc=proc, details=log.read_text)  # a failure shows Snakemake's log
+    run = wait_until(lambda: log_match(log, r"SLURM run ID: (\S+)"), "Snakemake's run ID", **waiting)[1]
+    job = wait_until(lambda: training_job(run), "the training job in the queue", interval=0.1, **waiting)
+    pid = wait_until(lambda: trainer_pid(job), f"the trainer of Slurm job {job}", interval=0.05, **waiting)
+    # lines of training progress (not "resume from ... at epoch N"); epoch 0 is the untrained network
+    wait_until(lambda: log_match(train_log, r"\d:\d\d epoch +[1-9]\d* step"), "epoch 1 in the cell's train.log",
+               interval=0.002, **waiting)  # fmt: skip
     try:
-        status = pathlib.Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    masks = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("SigPnd:", "ShdPnd:"))]
-    return any(mask >> (signal.SIGTERM - 1) & 1 for mask in masks)
-
-
-def freeze_first_attempt_until_its_limit(wf, proc, log, epochs):
-    """Once the first training job has trained `epochs` epochs, stop its trainer (SIGSTOP) and
-    continue it when Slurm's SIGTERM is pending. Returns the epoch it was frozen after, None when
-    the job reached its limit first."""
-    train_log, first_job, deadline = wf.root / CELL / "train.log", None, time.monotonic() + 300
-    while True:
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-        if first_job is None and "SLURM run ID" in log.read_text():
-            first_job = training_job(run_id(log.read_text()))  # a retry comes only after it ended
-        text = train_log.read_text() if train_log.exists() else ""
-        if "resume from" in text:
-            return None
-        trained = re.findall(r"\d:\d\d epoch +(\d+) step", text)
-        if first_job is not None and trained and int(trained[-1]) >= epochs:
-            break
-        time.sleep(0.2)
-    state = subprocess.run(["squeue", "-h", "-j", first_job, "-o", "%T"], capture_output=True, text=True).stdout
-    pid = trainer_pid(first_job) if state.strip() == "RUNNING" else None
-    if pid is None:
-        return None
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        while sigterm_pending(pid) is False:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.002)  # the hang-up follows the SIGTERM within a second
+        freeze([pid], proc)
+        frozen_at = int(log_match(train_log, r"\d:\d\d epoch +(\d+) step")[1])
+        if cancel:
+            subprocess.run(["scancel", job], check=True)
+        # polled closely: the hang-up follows the SIGTERM within a second
+        wait_until(lambda: sigterm_pending(pid) is not False, f"Slurm's SIGTERM to the trainer of job {job}",
+                   interval=0.002, **waiting)  # fmt: skip
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
-    return int(trained[-1])
+    return run, frozen_at
 
 
-def test_a_job_that_hits_its_time_limit_is_retried_with_more_time_and_resumes(cluster, uninterrupted_short, tmp_path):
+def stop(proc):
+    """Snakemake in the background, stopped if a test failed before it ended (it cancels its jobs)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=PATIENCE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_a_cancelled_pack_job_is_retried_and_resumes_every_cell_from_its_checkpoint(cluster, uninterrupted, tmp_path):
     wf, home = Workflow(tmp_path / "wf"), tmp_path / "home"
-    configfile = wf.write_config(long_cell_config(runtime_minutes=1, **SHORT))
+    configfile = wf.write_config(resume_config(seeds=(0, 1), pack=2))  # one job, two cells
     install_profile(home, configfile)
     wf.run("--configfile", configfile, "-c2", "data_shards")  # the data is not what is tested here
     proc, log = start_profile(wf, home, tmp_path)
     try:
-        frozen_at = freeze_first_attempt_until_its_limit(wf, proc, log, uninterrupted_short[0][1]["epochs"] // 2)
-        assert proc.wait(timeout=600) == 0, log.read_text()
+        run, _ = freeze_first_attempt(wf, proc, log, cancel=True)
+        assert proc.wait(timeout=PATIENCE_S) == 0, log.read_text()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # Snakemake cancels its jobs
-            proc.wait(timeout=60)
-    run = run_id(log.read_text())
+        stop(proc)
+    states = [j["state"] for j in accounting(run) if is_training_rule(j["rule"])]
+    assert states[0].startswith("CANCELLED") and states[-1] == "COMPLETED" and len(states) == 2, states
+    assert_resumed_identically(wf, uninterrupted, seeds=(0, 1))
+
+
+def test_a_job_that_hits_its_time_limit_is_retried_with_more_time_and_resumes(cluster, uninterrupted, tmp_path):
+    wf, home = Workflow(tmp_path / "wf"), tmp_path / "home"
+    configfile = wf.write_config(resume_config(runtime_minutes=1))
+    install_profile(home, configfile)
+    wf.run("--configfile", configfile, "-c2", "data_shards")  # the data is not what is tested here
+    proc, log = start_profile(wf, home, tmp_path)
+    try:
+        run, frozen_at = freeze_first_attempt(wf, proc, log, cancel=False)
+        assert proc.wait(timeout=PATIENCE_S) == 0, log.read_text()
+    finally:
+        stop(proc)
     training = [j for j in accounting(run) if is_training_rule(j["rule"])]
     states, limits = [j["state"] for j in training], [j["timelimit"] for j in training]
     assert states[0] == "TIMEOUT" and states[-1] == "COMPLETED", states
     assert limits[:2] == ["00:01:00", "00:02:00"], limits  # each retry asks for more time
-    assert_resumed_identically(wf, uninterrupted_short)
+    assert_resumed_identically(wf, uninterrupted)
     train_log = (wf.root / CELL / "train.log").read_text()
     saved = re.findall(r"SIGTERM: checkpoint saved at epoch (\d+) step (\d+)", train_log)
     resumed = re.findall(r"resume from .* at epoch (\d+) step (\d+)", train_log)
     assert saved and resumed and resumed[0] == saved[0], train_log  # from where the time limit stopped it
-    assert int(resumed[0][0]) >= (frozen_at or 1), (frozen_at, resumed)
-    print(
-        f"\nSLURM-BENCH time limit: first attempt frozen after epoch {frozen_at} (None: not frozen) of "
-        f"{uninterrupted_short[0][1]['epochs']}; attempts {', '.join(states)}"
-    )
+    assert int(resumed[0][0]) >= frozen_at, (frozen_at, resumed)
 
 
 # ----------------------------------------------------------------------------- 3: a failing cell

@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -20,6 +19,8 @@ from rethink.train import cell as cells
 from rethink.train import checkpoint
 from rethink.train.__main__ import main
 from rethink.train.loop import HISTORY_COLUMNS, Job, resolve_device, train
+
+from conftest import PATIENCE_S, log_match, wait_until
 
 HPARAMS = {
     "lr": 0.01, "lr_decay": 0.95, "momentum": 0.9, "batch_size": 32, "max_epochs": 30,
@@ -189,17 +190,12 @@ def test_sigterm_then_resume_is_bit_identical(tmp_path, capsys):
 
     proc = cli(args("resumed"))
     log = tmp_path / "resumed" / "train.log"
-    deadline = time.monotonic() + 60
-    while not (log.exists() and re.search(r"epoch\s+1 step\s+\d+ lr", log.read_text())):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.01)
+    wait_until(lambda: log_match(log, r"epoch\s+1 step\s+\d+ lr"), "epoch 1 in train.log", proc)
     proc.send_signal(signal.SIGUSR1)  # save and go on
-    while "SIGUSR1: checkpoint saved" not in log.read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.01)
-    assert proc.poll() is None and ckpt.exists()
+    wait_until(lambda: log_match(log, "SIGUSR1: checkpoint saved"), "the SIGUSR1 save in train.log", proc)
+    assert ckpt.exists()
     proc.send_signal(signal.SIGTERM)  # save and stop
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=PATIENCE_S)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert ckpt.exists() and not (tmp_path / "resumed" / "summary.json").exists()
     assert "SIGTERM: checkpoint saved" in log.read_text() and "stopped by SIGTERM" in err
@@ -214,13 +210,13 @@ def test_sigterm_then_resume_is_bit_identical(tmp_path, capsys):
     assert ckpt.exists()
 
     proc = cli(args("resumed"))
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=PATIENCE_S)
     assert proc.returncode == 0, err
     assert checkpoint.is_finished(torch.load(ckpt, weights_only=True))
     assert re.search(r"resume from .* at epoch \d+ step \d+", log.read_text())
 
     proc = cli(args("straight", checkpoint=tmp_path / "ckpt" / "straight.pt"))
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=PATIENCE_S)
     assert proc.returncode == 0, err
     resumed, straight = (read_history(tmp_path / d / "history.csv") for d in ("resumed", "straight"))
     assert len(straight) == 17 and untimed(resumed) == untimed(straight)

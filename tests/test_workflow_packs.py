@@ -7,12 +7,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
 
-from conftest import CELLS, CONFIG, Workflow, pack_rules, tiny_config
+from conftest import CELLS, CONFIG, PATIENCE_S, Workflow, log_match, pack_rules, tiny_config, wait_until
 
 pytestmark = pytest.mark.workflow
 AGGREGATE = "results/metrics/summary.csv"
@@ -93,10 +92,7 @@ def start(wf, configfile):
         text=True,
     )
     log = wf.root / SLOW_CELL / "train.log"
-    deadline = time.monotonic() + 120
-    while not (log.exists() and re.search(r"epoch\s+2 step", log.read_text())):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
+    wait_until(lambda: log_match(log, r"epoch\s+2 step"), "epoch 2 in train.log", proc)
     return proc, log
 
 
@@ -106,10 +102,7 @@ def test_sigkill_of_snakemake_saves_the_cell_and_the_rerun_resumes_it(tmp_path):
     proc, log = start(wf, configfile)
     proc.kill()  # snakemake dies at once; its trainer is orphaned
     proc.communicate()
-    deadline = time.monotonic() + 60
-    while "parent process gone: checkpoint saved" not in log.read_text():
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
+    wait_until(lambda: log_match(log, "parent process gone: checkpoint saved"), "the orphaned trainer's save")
     wf.run("--configfile", configfile, "--unlock")
     wf.run(f"{SLOW_CELL}/summary.json", "--configfile", configfile, "-c1")
     assert re.search(r"resume from .* at epoch [1-9]\d* step", log.read_text())
@@ -123,7 +116,7 @@ def test_sigint_to_snakemake_keeps_the_finished_result_for_the_rerun(tmp_path):
     configfile = wf.write_config(config)
     proc, log = start(wf, configfile)
     proc.send_signal(signal.SIGINT)  # snakemake alone: it waits for the job, then drops its outputs
-    out, _ = proc.communicate(timeout=300)
+    out, _ = proc.communicate(timeout=PATIENCE_S)
     assert "stop: max_epochs" in log.read_text(), out
     wf.run(f"{SLOW_CELL}/summary.json", "--configfile", configfile, "-c1")
     text = log.read_text()

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import CELLS, CONFIG, REPORTS, Workflow, flip_byte_in_chunk
+from test_train import untimed
 
 pytestmark = pytest.mark.workflow
 
@@ -164,20 +165,26 @@ def test_a_corrupted_clean_shard_is_named_and_a_plain_rerun_after_deleting_it_re
     """The issue's sequence: a byte flipped in a clean shard stops the cells that read it, naming
     the file and the command; once it is deleted, a plain rerun rebuilds it and what depends on it
     (every cell declares the clean shards its randomized shards link to). Finished checkpoints are
-    removed first: a finished cell re-emits its results without reading any shard."""
+    removed first: a finished cell re-emits its results without reading any shard. How far the
+    failing run gets before Snakemake stops depends on the machine's pace; what is asserted
+    holds wherever it stopped."""
     wf, config = copy
     shutil.rmtree(wf.root / "results/checkpoints")
     shard = "results/data/synth/clean/train-00000.h5"
+    summaries = {c: wf.root / "results/cells" / c / "summary.json" for c in CELLS}
+    before = {c: path.read_bytes() for c, path in summaries.items()}
+    shard_bytes = (wf.root / shard).read_bytes()
     flip_byte_in_chunk(wf.root / shard, "images")
     proc = wf.run("--configfile", config, "-c2", check=False)
     assert proc.returncode != 0
     logs = "".join(p.read_text() for p in (wf.root / "results/logs/train").glob("*.log"))
     assert f"{shard}: checksum mismatch" in logs and f"`snakemake --force {shard}`" in logs, logs
+    # no cell trained on the damaged shard: a cell's results are gone (the failed ones) or untouched
+    kept = {c for c, path in summaries.items() if path.exists()}
+    assert len(kept) < len(CELLS) and all(summaries[c].read_bytes() == before[c] for c in kept), kept
     (wf.root / shard).unlink()
-    # first the random-label cells alone: they read the clean shard only through their own's links
-    random_labels = [f"results/cells/{c}/summary.json" for c in sorted(CELLS) if "random_labels" in c]
-    counts, cells = wf.planned_jobs(*random_labels, "--configfile", config)  # --configfile takes several
-    assert counts == {"data_clean": 1, "data_randomize": 1, "train": 2}, counts
-    wf.run(*random_labels, "--configfile", config, "-c2")
-    for target in random_labels:
-        assert json.loads((wf.root / target).read_text())["stop_reason"] == "max_epochs"
+    wf.run("--configfile", config, "-c2")
+    assert (wf.root / shard).read_bytes() == shard_bytes  # rebuilt as it was
+    assert wf.planned_jobs("--configfile", config) == ({}, set())  # everything is newer than the shard
+    for cell, path in summaries.items():  # the same numbers as before the damage
+        assert untimed(json.loads(path.read_text())) == untimed(json.loads(before[cell])), cell
