@@ -17,6 +17,7 @@ from torch._dynamo.utils import counters
 from rethink.train import checkpoint, distributed, loop, stream
 from rethink.train.loop import Job, train
 
+from conftest import PATIENCE_S, freeze, log_match, sigterm_pending, wait_until
 from test_train import make_cell, read_history, write_split
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -63,10 +64,10 @@ def test_a_cuda_cell_fits_random_labels(tmp_path, data):
 
 
 def test_sigterm_and_resume_on_cuda_match_an_uninterrupted_run(tmp_path, data):
+    import os
     import signal
     import subprocess
     import sys
-    import time
 
     cell = cuda_cell("alexnet", width=0.25, max_epochs=6)
 
@@ -80,15 +81,16 @@ def test_sigterm_and_resume_on_cuda_match_an_uninterrupted_run(tmp_path, data):
         text=True,
     )
     log = tmp_path / "resumed" / "train.log"
-    while not (log.exists() and "epoch    2 step" in log.read_text()):
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.01)
+    wait_until(lambda: log_match(log, r"epoch +2 step"), "epoch 2 in train.log", proc)
+    # frozen before the signal, so a fast GPU cannot finish the last epochs first
+    freeze([proc.pid], proc)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    wait_until(lambda: sigterm_pending(proc.pid) is not False, "the SIGTERM to be pending", proc)
+    os.kill(proc.pid, signal.SIGCONT)
+    assert proc.wait(timeout=PATIENCE_S) == 128 + signal.SIGTERM
     assert not checkpoint.is_finished(torch.load(tmp_path / "resumed.pt", weights_only=True))
-    assert (
-        subprocess.run([sys.executable, "-m", "rethink.train", "--pack", json.dumps(entry("resumed"))]).returncode == 0
-    )
+    resumed = [sys.executable, "-m", "rethink.train", "--pack", json.dumps(entry("resumed"))]
+    assert subprocess.run(resumed, timeout=PATIENCE_S).returncode == 0
     _, (straight,) = run(tmp_path, data, [cell], "straight")
     close(read_history(tmp_path / "resumed" / "history.csv"), straight)
 
