@@ -30,17 +30,16 @@ def pytest_collection_modifyitems(config, items):
 
 
 def is_training_rule(name):
-    """The workflow trains each pack of cells with a rule of its own: train_<dataset>_<arch>_pNNN."""
-    return re.fullmatch(r"train_\w+_p\d{3}", name) is not None
+    """The workflow trains cells with the rule `train` (compute.pack 1), or a pack of cells with a
+    rule of its own, train_<dataset>_<arch>_pNNN."""
+    return name == "train" or re.fullmatch(r"train_\w+_p\d{3}", name) is not None
 
 
 def pack_rules(configfile):
     """{cell id: the rule that trains it} for a config file, as the workflow names them."""
-    from rethink import config, grid
+    from rethink import plan
 
-    loaded = config.load(configfile, SCHEMA)
-    cells, _ = grid.expand(loaded)
-    return {cell_id: pack.rule for pack in grid.packs(loaded, cells) for cell_id in pack.ids}
+    return {cell_id: pack.rule for pack in plan.load(configfile, SCHEMA).packs for cell_id in pack.ids}
 
 
 def synthetic_spec(n_train=64, n_test=32, shape=(3, 32, 32), seed=0, classes=10, subset=None):
