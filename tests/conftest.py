@@ -144,7 +144,7 @@ class Workflow:
         return proc
 
     def planned_jobs(self, *args):
-        """The dry run's job list: {rule: count}, the pack rules counted together as "train",
+        """The dry run's job list: {rule: count}, pack rules (compute.pack > 1) counted as "train",
         plus the cells whose training job would run."""
         out = self.run("-n", *args).stdout
         counts, cells = {}, set()
@@ -189,8 +189,8 @@ EXPERIMENTS = {
     },
 }
 CONFIG = tiny_config(EXPERIMENTS)
-# what follows the aggregation in this config: its figure, its table, the claims check
-REPORTS = {"figure_fig2b": 1, "table_table4": 1, "analysis_claims": 1}
+# what follows the aggregation in this config: its figure (fig2b), its table (table4), the claims check
+REPORTS = {"figure": 1, "table": 1, "analysis_claims": 1}
 CELLS = {
     "synth/mlp/none/true_labels/s0",
     "synth/alexnet/none/true_labels/s0",
