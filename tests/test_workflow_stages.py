@@ -21,7 +21,8 @@ import atexit, json, os, sys
 
 def _record():
     src = os.environ["TRACE_SRC"]
-    files = sorted({m.__file__ for m in list(sys.modules.values()) if (getattr(m, "__file__", None) or "").startswith(src)})
+    files = {getattr(m, "__file__", None) or "" for m in list(sys.modules.values())}
+    files = sorted(f for f in files if f.startswith(src))
     with open(os.path.join(os.environ["TRACE_DIR"], f"{os.getpid()}.json"), "w") as fh:
         json.dump({"argv0": sys.argv[0], "files": files}, fh)
 

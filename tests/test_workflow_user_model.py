@@ -23,7 +23,8 @@ HIDDEN = 24
 def build(input_shape, num_classes, width=1.0, dropout=0.0):
     c, h, w = input_shape
     hidden = max(1, round(HIDDEN * width))
-    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+    layers = [nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)]
+    return nn.Sequential(*layers)
 '''
 EXPERIMENTS = {"e": {"dataset": "synth", "grid": [{"architectures": ["mine", "mlp"], "noises": ["random_labels"]}]}}
 MINE, MLP = "synth/mine/none/random_labels/s0", "synth/mlp/none/random_labels/s0"
