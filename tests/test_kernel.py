@@ -148,7 +148,7 @@ KERNEL = {
     },
 }
 THEOREM1 = {"enabled": True, "sizes": [50, 200], "dim": 4, "dataset": "synth", "dataset_sizes": [64], "seed": 0}
-KERNEL_JOBS = {"kernel_row": 3, "kernel_aggregate": 1, "kernel_theorem1": 1, "table_table3": 1}
+KERNEL_JOBS = {"kernel_row": 3, "kernel_aggregate": 1, "kernel_theorem1": 1, "table": 1}
 
 
 @pytest.fixture(scope="module")

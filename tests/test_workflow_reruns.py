@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
+from rethink.train.cell import RESULT_KEYS
+
 from conftest import CELLS, CONFIG, REPORTS, Workflow, flip_byte_in_chunk
 
 pytestmark = pytest.mark.workflow
@@ -58,6 +60,8 @@ def test_a_complete_run_trains_every_cell_once_and_aggregates(finished):
     assert parquet["final_train_acc"].tolist() == summary["final_train_acc"].tolist()
     cell = json.loads((wf.root / "results/cells/synth/mlp/wd/random_labels/s0/cell.json").read_text())
     assert cell["hparams"]["weight_decay"] == 0.0005 and cell["cell"] == "synth/mlp/wd/random_labels/s0"
+    written = json.loads((wf.root / "results/cells/synth/mlp/wd/random_labels/s0/summary.json").read_text())
+    assert list(written) == [*cell, *RESULT_KEYS]  # the fields summary.json declares, in its order
     log = (wf.root / "results/cells/synth/alexnet/none/true_labels/s0/train.log").read_text()
     assert "start cell=synth/alexnet/none/true_labels/s0" in log and "stop: max_epochs" in log
     # after success only finished checkpoints stay, one per cell: a rerun would re-emit, not retrain

@@ -50,23 +50,25 @@ def locate(module, roots=None):
 
 
 def _read(path):
-    """(import statements, text without comments and blank lines) of a module file, read once
-    per file version: the entries share most of their modules."""
-    stat = path.stat()
-    return _read_version(path, stat.st_mtime_ns, stat.st_size)
+    """(import statements, text without comments and blank lines) of a module file, parsed once
+    per content: the entries share most of their modules."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, ValueError) as err:
+        raise RethinkError(f"{path}: cannot be read as Python ({err})") from None
+    return _parse(str(path), text)
 
 
 @functools.cache
-def _read_version(path, mtime_ns, size):
+def _parse(path, text):
     try:
-        text = path.read_text(encoding="utf-8")
-        tree = ast.parse(text, filename=str(path))
+        tree = ast.parse(text, filename=path)
         lines = text.splitlines()
         for tok in tokenize.generate_tokens(io.StringIO(text).readline):
             if tok.type == tokenize.COMMENT:
                 row, col = tok.start
                 lines[row - 1] = lines[row - 1][:col]
-    except (OSError, SyntaxError, ValueError, tokenize.TokenError) as err:
+    except (SyntaxError, ValueError, tokenize.TokenError) as err:
         raise RethinkError(f"{path}: cannot be read as Python ({err})") from None
     imports = [node for node in _statements(tree.body) if isinstance(node, (ast.Import, ast.ImportFrom))]
     return imports, "\n".join(line.rstrip() for line in lines if line.strip())

@@ -1,5 +1,7 @@
 # The plan (src/rethink/plan.py) decides what runs; this file builds it once per parse and asks
 # it, one line per question. Parsed again inside every cluster job: nothing here imports torch.
+import inspect
+
 from snakemake.exceptions import WorkflowError
 
 import rethink.config
@@ -34,6 +36,14 @@ wildcard_constraints:
     noise=randomize.CELL_WILDCARD_PATTERN,
 
 
+def signed(func):
+    """An input function whose signature is read once: Snakemake reads it on every call, some 30
+    times per training job, a sixth of what planning a large grid costs (bench/bench_dryrun.py).
+    """
+    func.__signature__ = inspect.signature(func)
+    return func
+
+
 # ----------------------------------------------------------------------------- training jobs
 # The train rule's wildcards name a cell (compute.pack 1); a pack rule's closures name its pack.
 
@@ -42,61 +52,60 @@ def get_pack(wildcards):
     return PLAN.pack_of(paths.CELL_ID.format(**wildcards))
 
 
-def get_train_inputs(split):
-    return lambda wildcards: PLAN.train_inputs(get_pack(wildcards), split)
+@signed
+def get_train_inputs(wildcards):
+    pack = get_pack(wildcards)
+    return {split: PLAN.train_inputs(pack, split) for split in ("train", "test")}
 
 
+@signed
 def get_pack_json(wildcards):
     return PLAN.pack_json(get_pack(wildcards))
 
 
-def get_train_code(wildcards):
-    return PLAN.train_code(get_pack(wildcards))
-
-
-def get_launcher(wildcards):
-    return PLAN.launcher(get_pack(wildcards))
-
-
+@signed
 def get_runtime(wildcards, attempt):
     return PLAN.runtime(get_pack(wildcards), attempt)
 
 
-def get_mem_mb(wildcards):
-    return PLAN.mem_mb(get_pack(wildcards))
-
-
-def get_cpus(wildcards):
-    return PLAN.cpus(get_pack(wildcards))
-
-
-def get_gpus(wildcards):
-    return PLAN.gpus(get_pack(wildcards))
+def per_job(setting):
+    """A train-rule setting: a constant when every job has the same (the paper's GPUs and memory),
+    else a function of the job's cell."""
+    values = {setting(pack) for pack in PLAN.packs}
+    if len(values) == 1:
+        return values.pop()
+    return signed(lambda wildcards: setting(get_pack(wildcards)))
 
 
 # ----------------------------------------------------------------------------- data jobs
 
 
+@signed
 def get_shard_spec(wildcards):
     return PLAN.shard_spec(wildcards.dataset)
 
 
+@signed
 def get_randomize_spec(wildcards):
     return PLAN.randomize_spec(wildcards.dataset, wildcards.noise)
 
 
+@signed
 def get_split_index(wildcards):
     return PLAN.index_input(wildcards.dataset, wildcards.split)
 
 
+@signed
 def get_clean_train_shards(wildcards):
     return PLAN.clean_shards(wildcards.dataset, "train")
 
 
+@signed
 def get_clean_shard(wildcards):
     return paths.CLEAN_SHARD.format(**wildcards)
 
 
+@signed
 def get_channel_stats(wildcards):
     return PLAN.stats_input(wildcards.dataset, wildcards.noise)
 
@@ -104,6 +113,7 @@ def get_channel_stats(wildcards):
 # ----------------------------------------------------------------------------- reports and kernel
 
 
+@signed
 def get_report_inputs(wildcards):
     return PLAN.report_inputs(wildcards.name)
 
@@ -112,18 +122,21 @@ def get_row_shards(split):
     return lambda wildcards: PLAN.row_shards(wildcards.row, split)
 
 
+@signed
 def get_row_json(wildcards):
     return PLAN.row_json(wildcards.row)
 
 
 def get_row_setting(key):
-    return lambda wildcards: PLAN.kernel_rows[wildcards.row][key]
+    return signed(lambda wildcards: PLAN.kernel_rows[wildcards.row][key])
 
 
+@signed
 def get_row_gpus(wildcards):
     return 1 if PLAN.kernel_rows[wildcards.row]["device"] == "cuda" else 0
 
 
+@signed
 def get_row_runtime(wildcards, attempt):
     return int(PLAN.kernel_rows[wildcards.row]["runtime_minutes"] * attempt)
 

@@ -19,8 +19,7 @@ if not PLAN.packed:
 
     rule train:
         input:
-            train=get_train_inputs("train"),
-            test=get_train_inputs("test"),
+            unpack(get_train_inputs),
         output:
             paths.CELL_JSON,
             paths.CELL_HISTORY,
@@ -32,13 +31,13 @@ if not PLAN.packed:
         threads: PLAN.threads()
         resources:
             runtime=get_runtime,
-            mem_mb=get_mem_mb,
-            cpus_per_task=get_cpus,
-            gpu=get_gpus,
+            mem_mb=per_job(PLAN.mem_mb),
+            cpus_per_task=per_job(PLAN.cpus),
+            gpu=per_job(PLAN.gpus),
         params:
-            launcher=get_launcher,
+            launcher=per_job(PLAN.launcher),
             pack=get_pack_json,
-            code=get_train_code,
+            code=per_job(PLAN.train_code),
             compile=PLAN.compile_mode(),
         shell:
             TRAIN
