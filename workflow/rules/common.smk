@@ -69,8 +69,8 @@ def get_runtime(wildcards, attempt):
 
 
 def per_job(setting):
-    """A train-rule setting: a constant when every job has the same (the paper's GPUs and memory),
-    else a function of the job's cell."""
+    """A setting of the training jobs, as a constant when every job has the same (the paper's GPUs
+    and memory), else as a function of the job's cell."""
     values = {setting(pack) for pack in PLAN.packs}
     if len(values) == 1:
         return values.pop()
