@@ -38,7 +38,8 @@ wildcard_constraints:
 
 def signed(func):
     """An input function whose signature is read once: Snakemake reads it again on every call,
-    some 30 times per training job (a sixth of a 5,000-cell dry run's time, profiled)."""
+    some 30 times per training job (a sixth of a 5,000-cell dry run's time, profiled).
+    """
     func.__signature__ = inspect.signature(func)
     return func
 
