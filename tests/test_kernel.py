@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from rethink import config as rconfig
+from rethink import plan
 from rethink.errors import ConfigError, RethinkError
 from rethink.kernel import features, solve, theorem1
 
@@ -128,10 +129,10 @@ def test_bad_kernel_config_is_an_error_naming_the_key(tmp_path, change, message)
         "kernel": {"rows": {"r": {"dataset": "synth", "features": "raw"}}},
         "theorem1": {"enabled": True},
     }
-    rconfig.validate(json.loads(json.dumps(config)), SCHEMA)  # the unchanged config is valid
+    plan.Plan(rconfig.validate(json.loads(json.dumps(config)), SCHEMA))  # the unchanged config is valid
     change(config)
     with pytest.raises(ConfigError, match=message):
-        rconfig.validate(config, SCHEMA)
+        plan.Plan(rconfig.validate(config, SCHEMA))
 
 
 # ----------------------------------------------------------------------------- the workflow
