@@ -206,7 +206,7 @@ def test_a_finished_kernel_stage_is_up_to_date_and_reruns_when_its_code_changes(
     assert source.planned_jobs("--configfile", config) == ({}, set())
     wf = Workflow(tmp_path / "wf", source=source)
     solver = wf.root / "src/rethink/kernel/solve.py"
-    solver.write_text(solver.read_text() + "\n# an edit\n")
+    solver.write_text(solver.read_text() + "\nEDITED = True  # an edit (a comment alone reruns nothing)\n")
     counts, cells = wf.planned_jobs("--configfile", wf.root / "config" / config.name)
     assert counts == {**KERNEL_JOBS, "analysis_claims": 1, "all": 1} and cells == set()
     shutil.rmtree(wf.root)
