@@ -178,7 +178,8 @@ def section(rows, scale, load, repeats):
         "",
         f"Target (the 5,000-cell grid within 1.5x of the minimal Snakefile): {verdict}, {cpu / base_cpu:.2f}x "
         "in CPU time. A training job is one job of the rule `train` (no cost per rule); the workflow's "
-        "own Python, the plan and its input functions, was about 6% of a 5,000-cell dry run profiled by hand (cProfile, 2026-12-02). "
+        "own Python, the plan and its input functions, was about 6% of a 5,000-cell dry run profiled by hand "
+        "(cProfile, 2026-12-02). "
         "The rest is Snakemake's own work per job, which grows with what a job has: a training job has "
         "three outputs, two or three input shards from other jobs, a log, seven resources and a long command, a "
         "minimal job one output.",
