@@ -129,7 +129,7 @@ class Plan:
         self.kernel_rows = {name: row for name, row in kernel["rows"].items() if row["enabled"]}
         self.theorem1 = config["theorem1"]
         self.figures = [f for f in FIGURES if f in self.experiments or f == MODEL_FIGURE]
-        self.tables = [t for t in TABLES if (t in self.experiments, bool(self.kernel_rows))[t == KERNEL_TABLE]]
+        self.tables = [t for t in TABLES if (bool(self.kernel_rows) if t == KERNEL_TABLE else t in self.experiments)]
 
     # ------------------------------------------------------------------------- cells and training
 
