@@ -1,5 +1,5 @@
 # Zhang et al. (ICLR 2017), "Understanding deep learning requires rethinking generalization".
-# Thin on purpose: configuration and wiring live in workflow/rules/, logic in src/rethink/.
+# Thin on purpose: what runs is decided by src/rethink/plan.py; workflow/rules/ asks it.
 from snakemake.utils import min_version
 
 min_version("9.27")
@@ -23,6 +23,6 @@ include: "workflow/rules/kernel.smk"
 rule all:
     default_target: True
     input:
-        cell_outputs(CELLS),
+        PLAN.cell_summaries(),
         rules.analysis_aggregate.output,
-        report_outputs(),
+        PLAN.report_outputs(),

@@ -44,8 +44,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from rethink import config as rconfig  # noqa: E402
-from rethink import grid  # noqa: E402
+from rethink import plan  # noqa: E402
 from rethink.data import sources  # noqa: E402
 from rethink.data.shards import write_shard  # noqa: E402
 from rethink.fileio import write_text_atomic  # noqa: E402
@@ -176,9 +175,9 @@ def flops_per_image(cell, dev, bs=8):
 
 def grid_cells(configfile):
     """A config's compute.compile and (model, hparams, n_train, n_test) of each of its cells (the
-    only use of rethink.config and rethink.grid here: config.load, grid.expand)."""
-    config = rconfig.load(configfile, REPO / "workflow/schemas/config.schema.yaml")
-    cells, _ = grid.expand(config)
+    only use of rethink.plan here)."""
+    grid = plan.load(configfile)
+    config, cells = grid.config, grid.cells
     return config["compute"]["compile"], [
         (
             spec["arch"],

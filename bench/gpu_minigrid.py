@@ -15,14 +15,13 @@ import tempfile
 import time
 
 from rethink import config as rconfig
-from rethink import grid, paths
+from rethink import paths, plan
 from rethink.data import prepare, sources
 from rethink.errors import cli_main
 from rethink.fileio import write_text_atomic
 from rethink.train import loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 DATASET = "fashion_mnist"
 CELLS = [
     "fashion_mnist/inception/none/true_labels/s0",
@@ -40,16 +39,16 @@ SUMMARY_KEYS = (
 def paper_cells(configfile, root, subset):
     """The config (its dataset's root and subset replaced where given) and the mini-grid's cells
     as {id: (dataset, noise, seed, cell spec)}, the spec as the workflow would train it. The one
-    place this script reads the config and its grid: config.read_yaml, config.validate,
-    grid.expand (a Cell's dataset, noise, seed)."""
+    place this script reads the config and its plan: config.read_yaml, config.validate,
+    plan.Plan's cells (a Cell's dataset, noise, seed)."""
     raw = rconfig.read_yaml(configfile)
     dataset = raw["datasets"][DATASET]
     if root:
         dataset["root"] = root
     if subset:
         dataset["subset"] = {"train": subset[0], "test": subset[1]}
-    config = rconfig.validate(raw, SCHEMA)
-    cells, _ = grid.expand(config)
+    config = rconfig.validate(raw)
+    cells = plan.Plan(config, [configfile]).cells
     return config, {i: (cells[i][0].dataset, cells[i][0].noise, cells[i][0].seed, cells[i][1]) for i in CELLS}
 
 

@@ -44,6 +44,7 @@ def cell(
         "stop_reason": "fit_threshold" if fitted else "max_epochs", "num_classes": classes, "n_test": 1000,
         "hp_random_crop": crop, "hp_augment": aug, "hp_weight_decay": wd, "hp_dropout": dropout,
         "final_train_avg_acc": online, "final_train_avg_loss": None, "train_avg_acc_global": online,
+        "final_train_top5": None, "final_test_top5": None, "best_test_top5": None,
     }  # fmt: skip
 
 
@@ -82,17 +83,15 @@ def ids(rows):
 # ----------------------------------------------------------------------------- aggregation
 
 
-def test_aggregate_reads_histories_with_and_without_the_online_record(tmp_path):
-    """history.csv has a row per epoch; results written before the online columns existed read
-    as not recorded (NaN), never as an error or as zeros."""
+def test_aggregate_reads_each_cells_history_and_summary(tmp_path):
+    """history.csv has a row per epoch, online numbers from epoch 1 on; a result the trainer
+    writes as null (an online number of a cell that stopped before its first epoch) is NaN."""
     new, old = tmp_path / "new", tmp_path / "old"
     rows = {new: cell("mlp", online=0.99), old: cell("mlp", seed=1)}
     for out, row in rows.items():
         out.mkdir()
         summary = {k: v for k, v in row.items() if not k.startswith("hp_")}
         summary["hparams"] = {"lr": 0.01, "weight_decay": 0.0}
-        if out == old:
-            summary = {k: v for k, v in summary.items() if k not in aggregate.ONLINE_SUMMARY}
         (out / "summary.json").write_text(json.dumps(summary))
     (new / "history.csv").write_text(
         "step,epoch,lr,train_loss,train_acc,test_loss,test_acc,train_avg_loss,train_avg_acc,elapsed_s\n"
@@ -101,21 +100,18 @@ def test_aggregate_reads_histories_with_and_without_the_online_record(tmp_path):
         "32,2,0.01,1.0,0.7,1.2,0.6,1.1,0.62,0.9\n"
     )
     (old / "history.csv").write_text(
-        "step,epoch,lr,train_loss,train_acc,test_loss,test_acc,elapsed_s\n0,0,0.01,2.3,0.1,2.3,0.1,0.1\n"
-        "32,2,0.01,1.0,0.7,1.2,0.6,0.9\n"
+        "step,epoch,lr,train_loss,train_acc,test_loss,test_acc,train_avg_loss,train_avg_acc,elapsed_s\n"
+        "0,0,0.01,2.3,0.1,2.3,0.1,,,0.1\n"
     )
     summary, curves = aggregate.aggregate([new / "summary.json", old / "summary.json"])
     by_cell = summary.set_index("seed")
     assert by_cell.loc[0, "final_train_avg_acc"] == 0.99 and np.isnan(by_cell.loc[1, "final_train_avg_acc"])
     assert by_cell.loc[0, "hp_lr"] == 0.01 and summary["final_train_avg_loss"].dtype == float  # null -> NaN
     seed0, seed1 = curves[curves["seed"] == 0], curves[curves["seed"] == 1]
-    assert seed0["epoch"].tolist() == [0, 1, 2] and seed1["epoch"].tolist() == [0, 2]
+    assert seed0["epoch"].tolist() == [0, 1, 2] and seed1["epoch"].tolist() == [0]
     assert seed0["train_avg_loss"].tolist()[1:] == [1.9, 1.1] and np.isnan(seed0["train_avg_loss"].iloc[0])
     assert np.isnan(seed0["train_acc"].iloc[1])  # epoch 1 was not evaluated
-    assert seed1["train_avg_acc"].isna().all() and seed1["train_acc"].tolist() == [0.1, 0.7]
-    summary, curves = aggregate.aggregate([old / "summary.json"])  # only older results: the columns exist
-    assert summary[list(aggregate.ONLINE_SUMMARY)].isna().all().all()
-    assert curves[list(aggregate.ONLINE_CURVES)].isna().all().all()
+    assert seed1["train_avg_acc"].isna().all() and seed1["train_acc"].tolist() == [0.1]
 
 
 # ----------------------------------------------------------------------------- tables
@@ -241,7 +237,7 @@ def test_table4_names_the_regularizer_and_keeps_failed_to_converge(tmp_path):
         cell("inception", "random_labels", reg="crop", crop=True, train=0.97, online=0.9),
         cell("inception", "random_labels", reg="crop", crop=True, train=0.99, online=0.95, seed=1),
         cell("alexnet", "random_labels", reg="wd", wd=5e-4, train=0.5),
-    ]  # older results: no online record
+    ]  # the last without an online number
     out = tmp_path / "table4"
     tables.main(
         ["table4", "--metrics", str(write_metrics(tmp_path / "m", rows, {"table4": ids(rows)})), "--out", str(out)]
@@ -344,12 +340,10 @@ def test_fig1a_plots_the_online_training_loss_not_the_eval_mode_spikes(tmp_path)
         "Average training loss (online: training mode, mean over each epoch's minibatches)"
     )
     assert "band: min-max over seeds; n = 2 seeds: true labels; n = 1 seed: random labels" in side["caption"]
-    # results written before the online record: the eval-mode loss, saying so, and the spike cut off
-    old = curves.assign(train_avg_loss=NAN, train_avg_acc=NAN)
-    side = plot(tmp_path / "old", "fig1a", rows, old)
-    assert "eval mode (these results predate the online record)" in side["caption"]
-    assert "2 point(s) above 3.45 are cut off" in side["caption"]
-    assert [r["thousand_steps"] for r in side["series"] if r["condition"] == "random labels"] == [0.0, 1.0, 2.0]
+    # a spike of the online loss itself is cut off at 1.5x the untrained loss, and the caption says so
+    spiky = history(rows[2], online_loss=(2.2, 5.0, 1.0, 0.10), eval_loss=(2.3, 40.0, 0.01))
+    side = plot(tmp_path / "spike", "fig1a", rows, pd.concat([curves[curves["cell"] != rows[2]["cell"]], spiky]))
+    assert "1 point(s) above 3.45 are cut off" in side["caption"]
 
 
 def test_figures_draw_the_seed_spread_and_say_what_it_is(tmp_path):

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from rethink import config as rconfig
+from rethink import plan
 from rethink.errors import RethinkError
 from rethink.train import checkpoint, distributed
 from rethink.train.loop import Job, train
@@ -176,8 +177,9 @@ def gpu_config(gpus=2, pack=1, device="cuda"):
 def test_dry_run_asks_for_one_gpu_per_process_and_launches_torchrun(workflow):
     configfile = workflow.write_config(gpu_config())
     out = workflow.run("-n", "--configfile", configfile, "--profile", "profiles/slurm").stdout
-    jobs = {m.group(1): m.group(0) for m in re.finditer(r"rule (train_\w+):.*?(?=\nrule |\Z)", out, re.S)}
-    alexnet, mlp = jobs["train_synth_alexnet_p000"], jobs["train_synth_mlp_p000"]
+    blocks = [m.group(0) for m in re.finditer(r"rule train:.*?(?=\nrule |\Z)", out, re.S)]
+    jobs = {re.search(r"results/cells/synth/(\w+)/", block).group(1): block for block in blocks}
+    alexnet, mlp = jobs["alexnet"], jobs["mlp"]
     assert "gpu=2" in alexnet and "cpus_per_task=2" in alexnet
     assert "exec torchrun --standalone --nnodes=1 --nproc_per_node=2 -m rethink.train" in alexnet
     assert "gpu=0" in mlp and "exec python -m rethink.train" in mlp and "torchrun" not in mlp
@@ -205,8 +207,8 @@ def test_each_pack_job_runs_its_own_launcher(workflow):
 )
 def test_multi_gpu_config_errors(change, message):
     with pytest.raises(RethinkError, match=message):
-        rconfig.validate(gpu_config(**change), SCHEMA)
-    rconfig.validate(gpu_config(), SCHEMA)
+        plan.Plan(rconfig.validate(gpu_config(**change), SCHEMA))
+    plan.Plan(rconfig.validate(gpu_config(), SCHEMA))
 
 
 # The watcher's deadline and the launcher's life only bound a failure: both end at once otherwise.

@@ -271,13 +271,13 @@ def history_without_time(path):
 
 
 def test_paper_config_skips_imagenet_with_one_message_when_there_is_none(capsys, monkeypatch, tmp_path):
-    from rethink import config, grid
+    from rethink import plan
 
     monkeypatch.chdir(tmp_path)  # no data/imagenet here
-    loaded = config.load(REPO / "config/paper.yaml", SCHEMA)
+    paper = plan.load(REPO / "config/paper.yaml", SCHEMA)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "skipping experiments fig2a, table2: no imagenet at data/imagenet" in err
-    cells, experiments = grid.expand(loaded)
+    cells, experiments = paper.cells, paper.experiments
     assert "fig2a" not in experiments and not any(c.startswith("imagenet/") for c in cells)
 
 
@@ -293,9 +293,9 @@ def test_slurm_dry_run_of_the_paper_config_lists_the_imagenet_cells_with_gpu_and
     for block in out.split("\nrule ")[1:]:
         name, body = block.split(":", 1)
         jobs.setdefault(name, []).append(body)
-    training = {name: bodies[0] for name, bodies in jobs.items() if name.startswith("train_imagenet_inception_v3_p")}
+    training = [body for body in jobs["train"] if "results/cells/imagenet/inception_v3/" in body]
     assert len(training) == 9  # fig2a's 3 + table2's 7 cells, one shared
-    for body in training.values():
+    for body in training:
         assert "gpu=1" in body and "runtime=2880" in body and "mem_mb=64000" in body
     assert len(jobs["data_index"]) == 2  # one listing per split, at run time
     # the clean shards: one job per range of shards_per_job shards, none of them data_clean's

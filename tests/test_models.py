@@ -11,7 +11,7 @@ from rethink.errors import RethinkError
 from rethink.models import ARCHITECTURES, build_model, count_parameters
 from rethink.models.small import Downsample, Inception, MaxPoolSame
 
-PAPER_COUNTS = {  # PAPER.md "Architectures", 28x28x3 input, 10 classes
+PAPER_COUNTS = {  # docs/PAPER.md "Models", 28x28x3 input, 10 classes
     "inception": 1_649_402,
     "inception_nobn": 1_649_402,
     "alexnet": 1_387_786,

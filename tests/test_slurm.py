@@ -20,6 +20,8 @@ import pytest
 import torch
 import yaml
 
+from rethink import paths
+
 from conftest import (
     PATIENCE_S,
     REPO,
@@ -281,7 +283,7 @@ def assert_resumed_identically(wf, reference, seeds=(0,)):
 def training_job(run):
     """The Slurm id of the run's training job in the queue, None when there is none."""
     queue = subprocess.run(["squeue", "-h", "--name", run, "-o", "%i|%k"], capture_output=True, text=True).stdout
-    training = [line.split("|")[0] for line in queue.split() if re.search(r"rule_train_\w+_p\d{3}", line)]
+    training = [line.split("|")[0] for line in queue.split() if re.search(r"rule_train(_wildcards_|_\w+_p\d{3})", line)]
     assert len(training) <= 1, queue
     return training[0] if training else None
 
@@ -392,7 +394,8 @@ def test_a_failing_cell_fails_alone_with_its_log_naming_the_cause(cluster, tmp_p
     assert len(failed) == 2 and {j["rule"] for j in failed} == readers, jobs
     done = [j for j in jobs if is_training_rule(j["rule"]) and j["state"] == "COMPLETED"]
     assert len(done) == 2  # the independent cells finished (keep-going)
-    log = (wf.root / f"results/logs/train/{rules['synth/mlp/wd/random_labels/s0']}.log").read_text()
+    failing = dict(dataset="synth", arch="mlp", regularizer="wd", noise="random_labels", seed=0)
+    log = (wf.root / paths.TRAIN_LOG.format(**failing)).read_text()
     assert f"{shard.relative_to(wf.root)}: not a readable HDF5 shard" in log and log.count("\n") == 1, log
     assert (wf.root / "results/cells/synth/alexnet/none/true_labels/s0/summary.json").exists()
     assert not (wf.root / "results/cells/synth/mlp/wd/random_labels/s0/summary.json").exists()

@@ -6,8 +6,7 @@ import json
 import pytest
 import yaml
 
-from rethink import config as rconfig
-from rethink import paths
+from rethink import paths, plan
 
 from conftest import tiny_config
 
@@ -21,8 +20,8 @@ def test_every_rule_name_is_reserved_from_experiment_names(workflow):
     config = tiny_config({"e": EXPERIMENT, "fig1a": EXPERIMENT, "table1": EXPERIMENT})
     listed = workflow.run("--configfile", workflow.write_config(config), "--list-rules").stdout.split()
     rules = set(listed) - set(config["experiments"])
-    assert {"all", "data_clean", "figure_fig1a", "table_table1", "analysis_aggregate"} <= rules
-    assert [r for r in rules if r not in rconfig.WORKFLOW_RULES and not r.startswith(rconfig.RULE_PREFIXES)] == []
+    assert {"all", "data_clean", "train", "figure", "table", "analysis_aggregate"} <= rules
+    assert [r for r in rules if r not in plan.WORKFLOW_RULES and not r.startswith(plan.RULE_PREFIXES)] == []
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
+from rethink.train.cell import RESULT_KEYS
+
 from conftest import CELLS, CONFIG, REPORTS, Workflow, flip_byte_in_chunk
 from test_train import untimed
 
@@ -59,12 +61,14 @@ def test_a_complete_run_trains_every_cell_once_and_aggregates(finished):
     assert parquet["final_train_acc"].tolist() == summary["final_train_acc"].tolist()
     cell = json.loads((wf.root / "results/cells/synth/mlp/wd/random_labels/s0/cell.json").read_text())
     assert cell["hparams"]["weight_decay"] == 0.0005 and cell["cell"] == "synth/mlp/wd/random_labels/s0"
+    written = json.loads((wf.root / "results/cells/synth/mlp/wd/random_labels/s0/summary.json").read_text())
+    assert list(written) == [*cell, *RESULT_KEYS]  # the fields summary.json declares, in its order
     log = (wf.root / "results/cells/synth/alexnet/none/true_labels/s0/train.log").read_text()
     assert "start cell=synth/alexnet/none/true_labels/s0" in log and "stop: max_epochs" in log
     # after success only finished checkpoints stay, one per cell: a rerun would re-emit, not retrain
     finished = [torch.load(p, weights_only=True) for p in (wf.root / "results/checkpoints").rglob("*.pt")]
     assert len(finished) == 4 and all(state["finished"] for state in finished)
-    assert len(re.findall(r"rule train_synth_\w+_p\d{3}:", proc.stderr)) == 4  # compute.pack 1: a job per cell
+    assert len(re.findall(r"rule train:\n", proc.stderr)) == 4  # compute.pack 1: a job per cell, one rule
     for output in ("figures/fig2b.png", "figures/fig3.png", "tables/table4.md", "claims.md"):
         assert (wf.root / "results" / output).stat().st_size > 100, output
     table4 = pd.read_csv(wf.root / "results/tables/table4.csv")
@@ -107,15 +111,15 @@ def test_corrupting_the_test_labels_reruns_only_the_label_noise_cells(copy):
 def test_editing_aggregation_code_reruns_no_training(copy):
     wf, config = copy
     path = wf.root / "src/rethink/analysis/aggregate.py"
-    path.write_text(path.read_text() + "\n# a change to the aggregation code\n")
+    path.write_text(path.read_text() + "\nEDITED = True  # a change to the aggregation code\n")
     assert wf.planned_jobs("--configfile", config)[0] == {"analysis_aggregate": 1, **REPORTS, "all": 1}
 
 
-def test_editing_plotting_code_reruns_only_the_reports(copy):
+def test_editing_plotting_code_reruns_only_the_figures(copy):
     wf, config = copy
     path = wf.root / "src/rethink/analysis/figures.py"
-    path.write_text(path.read_text() + "\n# a change to the plotting code\n")
-    assert wf.planned_jobs("--configfile", config)[0] == {**REPORTS, "figure_fig3": 1, "all": 1}
+    path.write_text(path.read_text() + "\nEDITED = True  # a change to the plotting code\n")
+    assert wf.planned_jobs("--configfile", config)[0] == {"figure": 2, "all": 1}  # fig2b and fig3
 
 
 def test_editing_training_code_reruns_training_but_touching_it_does_not(copy):
@@ -123,7 +127,7 @@ def test_editing_training_code_reruns_training_but_touching_it_does_not(copy):
     path = wf.root / "src/rethink/train/loop.py"
     os.utime(path)  # same content, new mtime (as after a fresh checkout)
     assert wf.planned_jobs("--configfile", config) == ({}, set())
-    path.write_text(path.read_text() + "\n# a change to the training code\n")
+    path.write_text(path.read_text() + "\nEDITED = True  # a change to the training code\n")
     counts, cells = wf.planned_jobs("--configfile", config)
     assert counts == {"train": 4, "analysis_aggregate": 1, **REPORTS, "all": 1} and cells == CELLS
 
@@ -152,7 +156,7 @@ def test_parsing_the_workflow_never_imports_torch(copy, tmp_path):
     env = dict(wf.env, PYTHONPATH=os.pathsep.join([str(fake.parent), wf.env["PYTHONPATH"]]))
     shutil.rmtree(wf.root / "results/cells")
     proc = wf.run("--configfile", config, "-n", env=env)
-    assert "train_synth_mlp_p000" in proc.stdout
+    assert "rule train:" in proc.stdout and "synth/mlp/none/random_labels/s0" in proc.stdout
 
 
 def test_lint_reports_nothing(copy):
@@ -177,7 +181,7 @@ def test_a_corrupted_clean_shard_is_named_and_a_plain_rerun_after_deleting_it_re
     flip_byte_in_chunk(wf.root / shard, "images")
     proc = wf.run("--configfile", config, "-c2", check=False)
     assert proc.returncode != 0
-    logs = "".join(p.read_text() for p in (wf.root / "results/logs/train").glob("*.log"))
+    logs = "".join(p.read_text() for p in (wf.root / "results/logs/train").rglob("*.log"))
     assert f"{shard}: checksum mismatch" in logs and f"`snakemake --force {shard}`" in logs, logs
     # no cell trained on the damaged shard: a cell's results are gone (the failed ones) or untouched
     kept = {c for c, path in summaries.items() if path.exists()}

@@ -1,27 +1,24 @@
-"""Config validation: JSON schema with defaults, then the checks a schema cannot express.
+"""The config schema (workflow/schemas/config.schema.yaml): reading a config file, checking it
+against the schema with its defaults filled in, and the schema's definitions that other code
+checks against (a cell's JSON, device and compile-mode names).
 
-Every error names the config key (dotted path), the bad value and what is allowed, and is
-raised before any job runs: everything the trainer and the data rules would reject is rejected
-here, before any output is touched.
+What a schema cannot express (a grid entry naming an unknown architecture, two experiments that
+give one cell two meanings, ...) is checked where the plan is built: `rethink.plan`. Every error
+names the config key (dotted path), the bad value and what is allowed.
 """
 
+import functools
 import math
 import pathlib
 import re
-import sys
 
 import jsonschema
 import yaml
 
-from rethink import grid
-from rethink.data import sources
 from rethink.errors import ConfigError, RethinkError
 
-# The workflow's own rule names: `all`, and a stage prefix for every other rule (a workflow test
-# checks each rule against these). An experiment is a target rule too (`snakemake fig1c`), so it
-# may not take one of these names.
-WORKFLOW_RULES = ("all",)
-RULE_PREFIXES = ("data_", "train_", "analysis_", "figure_", "table_", "kernel_")
+# The workflow's schema, found from the package (an editable install or a checkout: src/rethink).
+SCHEMA = pathlib.Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 # A number as YAML 1.2 writes it. PyYAML (and so Snakemake's config reader) follows YAML 1.1,
 # which reads `1e-3` (no dot, or an unsigned exponent) as a string.
 _NUMBER = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
@@ -35,10 +32,13 @@ def _is_number(checker, instance):  # .inf and .nan are YAML floats, never a val
     return isinstance(instance, (int, float)) and not isinstance(instance, bool) and math.isfinite(instance)
 
 
-def _with_defaults(validator_class):
-    """A validator that fills in schema defaults while it validates (the jsonschema FAQ recipe),
-    with the integer and number types of the trainer (no 32.0 for an integer, finite numbers)."""
-    validate_properties = validator_class.VALIDATORS["properties"]
+def _validator_class(fill_defaults):
+    """Draft 2020-12 with the trainer's integer and number types (no 32.0 for an integer, finite
+    numbers); with `fill_defaults`, schema defaults are filled in while it validates (the
+    jsonschema FAQ recipe)."""
+    base = jsonschema.Draft202012Validator
+    types = base.TYPE_CHECKER.redefine_many({"integer": _is_integer, "number": _is_number})
+    validate_properties = base.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
         if isinstance(instance, dict):
@@ -47,8 +47,7 @@ def _with_defaults(validator_class):
                     instance[name] = _copy(subschema["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
-    types = validator_class.TYPE_CHECKER.redefine_many({"integer": _is_integer, "number": _is_number})
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults}, type_checker=types)
+    return jsonschema.validators.extend(base, {"properties": set_defaults} if fill_defaults else {}, type_checker=types)
 
 
 def _copy(value):
@@ -62,9 +61,36 @@ def key_path(path):
     return text or "(top level)"
 
 
-def load_schema(path):
+@functools.cache
+def _schema_text(path):
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when there: 10x faster
     with open(path) as fh:
-        return yaml.safe_load(fh)
+        return yaml.load(fh, Loader=loader)
+
+
+def load_schema(path=SCHEMA):
+    """The schema as a fresh dict (callers may change theirs)."""
+    return _copy_tree(_schema_text(str(path)))
+
+
+def _copy_tree(value):
+    if isinstance(value, dict):
+        return {k: _copy_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_tree(v) for v in value]
+    return value
+
+
+def _enum(*keys):
+    node = _schema_text(str(SCHEMA))
+    for key in keys:
+        node = node[key]
+    return tuple(node["enum"])
+
+
+DEVICES = _enum("$defs", "device")
+COMPILE_MODES = _enum("properties", "compute", "properties", "compile")  # torch.compile's modes (and off)
+MODELS = _enum("$defs", "model", "anyOf", 0)  # the registry's names (rethink.models; a test keeps them in step)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -97,19 +123,50 @@ def read_yaml(path):
         raise ConfigError(f"{path}: not a readable YAML config ({err})") from None
 
 
-def validate(config, schema_path):
-    """Validate `config` in place (filling defaults); returns it. Raises ConfigError."""
-    schema = load_schema(schema_path)
-    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+def validate(config, schema_path=SCHEMA):
+    """Check `config` against the schema in place, filling defaults; returns it. Raises ConfigError."""
+    validator = _validator_class(fill_defaults=True)(load_schema(schema_path))
     _numbers_from_strings(config, validator.iter_errors(config))
-    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    error = _best(validator.iter_errors(config))
     if error is not None:
         raise ConfigError(f"config key {key_path(error.absolute_path)}: {_message(error)}")
-    # the schema's `model` enum: the model registry's names without importing torch (a test
-    # keeps the two in step)
-    models = schema["properties"]["architectures"]["additionalProperties"]["properties"]["model"]["enum"]
-    _check_semantics(config, models)
     return config
+
+
+def load(path, schema_path=SCHEMA):
+    """Read a config file and check it against the schema (rethink.plan.load also checks the rest)."""
+    return validate(read_yaml(path) or {}, pathlib.Path(schema_path))
+
+
+@functools.cache
+def _cell_validator():
+    """The schema's `cell` definition, with every hyper-parameter of `hparams` required."""
+    schema = load_schema()
+    hparams = schema["$defs"]["hparams"]
+    hparams["required"] = list(hparams["properties"])
+    return _validator_class(fill_defaults=False)({"$defs": schema["$defs"], "$ref": "#/$defs/cell"})
+
+
+def check_cell(cell, source="cell"):
+    """Raise RethinkError naming the key and what is allowed unless `cell` is a complete cell
+    (the schema's `cell`: cell, arch, width, seed and every hyper-parameter); returns it."""
+    if not isinstance(cell, dict):
+        raise RethinkError(f"{source}: must be a JSON object, got {type(cell).__name__}")
+    error = _best(_cell_validator().iter_errors(cell))
+    if error is not None:
+        raise RethinkError(f"{source}: key {key_path(error.absolute_path)}: {_message(error)}")
+    return cell
+
+
+def _best(errors):
+    """jsonschema's most relevant error; for a value that matches no alternative of a described
+    `anyOf` (a model), that whole `anyOf`, which says what may go there."""
+    error = jsonschema.exceptions.best_match(errors)
+    while error is not None and error.parent is not None and error.parent.validator == "anyOf":
+        if "description" in error.parent.schema:
+            return error.parent
+        error = error.parent
+    return error
 
 
 def _wanted_types(error):
@@ -140,105 +197,8 @@ def _message(error):
             return f"{value} is not a finite number"
         if value.is_integer() and "integer" in _wanted_types(error):
             return f"{value} is not an integer (write {int(value)})"
+    if error.validator == "anyOf" and "description" in error.schema:  # e.g. a model: say what may go there
+        names = [name for sub in error.validator_value for name in sub.get("enum", ())]
+        allowed = f" ({', '.join(names)})" if names else ""
+        return f"{value!r} is not {' '.join(error.schema['description'].split())}{allowed}"
     return error.message
-
-
-def _skip_missing_streamed(config):
-    """ImageNet cannot be downloaded: experiments on a streamed dataset whose root is not there are
-    switched off with one message (the paper config enables Fig. 2a and Table 2 for users who
-    have ImageNet, and still runs everything else for those who do not)."""
-    for name, spec in config["datasets"].items():
-        users = [e for e, exp in config["experiments"].items() if exp["dataset"] == name and exp["enabled"]]
-        if not users or not sources.streamed(spec):
-            continue
-        try:
-            sources.check_available(spec)
-        except RethinkError:
-            for exp_name in users:
-                config["experiments"][exp_name]["enabled"] = False
-            print(
-                f"rethink: skipping experiments {', '.join(users)}: no {spec['source']} at "
-                f"{sources.root_of(spec)} (train/ and val/); set datasets.{name}.root to run them",
-                file=sys.stderr,
-            )
-
-
-def _check_semantics(config, models):
-    datasets = config["datasets"]
-    for name, spec in datasets.items():
-        spec["name"] = name
-        if spec["source"] != "synthetic":
-            spec.pop("synthetic", None)  # only the synthetic source reads it; keep specs minimal
-        if not sources.streamed(spec):
-            spec.pop("stream", None)  # only streamed sources read it
-    for name, arch in config["architectures"].items():
-        arch.setdefault("model", name)
-        if arch["model"] not in models:  # an explicit `model` the schema has already checked
-            raise ConfigError(
-                f"config key architectures.{name}: {name!r} is not a model name, so set "
-                f"architectures.{name}.model to one of {', '.join(models)}"
-            )
-    experiments = config["experiments"]
-    _skip_missing_streamed(config)
-    if not any(exp["enabled"] for exp in experiments.values()):
-        raise ConfigError(
-            f"config key experiments: every experiment is disabled ({', '.join(experiments)}), so there is "
-            "nothing to train or report; set enabled: true on at least one"
-        )
-    for exp_name, exp in experiments.items():
-        if exp_name in WORKFLOW_RULES or exp_name.startswith(RULE_PREFIXES):
-            raise ConfigError(
-                f"config key experiments.{exp_name}: {exp_name!r} is the name of a workflow rule (an "
-                f"experiment becomes a target rule); rule names are {', '.join(WORKFLOW_RULES)} and "
-                f"{', '.join(p + '*' for p in RULE_PREFIXES)}, so rename the experiment"
-            )
-        if exp["dataset"] not in datasets:
-            raise ConfigError(
-                f"config key experiments.{exp_name}.dataset: {exp['dataset']!r} is not a "
-                f"configured dataset (configured: {', '.join(sorted(datasets))})"
-            )
-    # unknown architecture/regularizer names, conflicting cells, crops that do not fit
-    _check_gpus(config, grid.expand(config)[0])
-    _check_kernel(config)
-
-
-def _check_gpus(config, cells):
-    """A cell on several GPUs is a job of its own, and its global batch splits evenly over them."""
-    pack = config["compute"]["pack"]
-    for cell, spec in cells.values():
-        gpus = config["architectures"][cell.arch]["gpus"]
-        if gpus > 1 and pack > 1:
-            raise ConfigError(
-                f"config key architectures.{cell.arch}.gpus: {gpus} processes train each of its cells, so a "
-                f"job holds one cell, but compute.pack is {pack}; set compute.pack: 1 or gpus: 1"
-            )
-        batch = spec["hparams"]["batch_size"]
-        if batch % gpus:
-            raise ConfigError(
-                f"config key architectures.{cell.arch}.gpus: {gpus} does not divide cell {cell.id}'s "
-                f"batch_size {batch} (the global batch, split evenly over the GPUs); make batch_size a "
-                f"multiple of {gpus} or change gpus"
-            )
-
-
-def _check_kernel(config):
-    """Kernel rows and Theorem 1 name configured datasets."""
-    datasets = config["datasets"]
-    wanted = [(f"kernel.rows.{name}.dataset", row["dataset"]) for name, row in config["kernel"]["rows"].items()]
-    theorem = config["theorem1"]
-    if theorem["dataset_sizes"] and theorem["dataset"] is None:
-        raise ConfigError(
-            f"config key theorem1.dataset_sizes: {theorem['dataset_sizes']} needs theorem1.dataset (a key of datasets)"
-        )
-    if theorem["dataset"] is not None:
-        wanted.append(("theorem1.dataset", theorem["dataset"]))
-    for key, name in wanted:
-        if name not in datasets:
-            raise ConfigError(
-                f"config key {key}: {name!r} is not a configured dataset (configured: {', '.join(sorted(datasets))})"
-            )
-
-
-def load(path, schema_path):
-    """Read and validate a config file (for CLIs and tests; Snakemake reads its own)."""
-    return validate(read_yaml(path) or {}, pathlib.Path(schema_path))

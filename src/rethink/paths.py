@@ -1,7 +1,9 @@
-"""The path scheme under results/, in one place (rules, CLIs and tests all ask here)."""
+"""Every file name under results/: the rules, the CLIs that write or read these files, and the
+tests take their paths from here (a pattern's `{wildcards}` are the rules' wildcards)."""
 
 import hashlib
 import math
+import pathlib
 
 from rethink.data import sources
 
@@ -22,19 +24,43 @@ DATA_LOG = RESULTS + "/logs/data/{dataset}/{stage}/{split}-{shard}.log"
 # or changed trainer starts afresh instead of meeting a checkpoint it must refuse.
 CELL_ID = "{dataset}/{arch}/{regularizer}/{noise}/s{seed}"  # a cell's name, and its place in every tree below
 CELL_DIR = RESULTS + "/cells/" + CELL_ID
-CELL_JSON = CELL_DIR + "/cell.json"
-CELL_HISTORY = CELL_DIR + "/history.csv"
-CELL_SUMMARY = CELL_DIR + "/summary.json"
-# The trainer's own log (train.log: epochs, checkpoints, resumes) lives in the cell directory and
-# is appended across retries; Snakemake truncates a rule's declared log on every attempt, so the
-# declared log is the pack job's stderr for that attempt (where a failure's one-line cause goes).
-TRAIN_JOB_LOG = RESULTS + "/logs/train/{pack}.log"
+# What a cell directory holds: the trainer writes them, the aggregation reads them. train.log
+# (epochs, checkpoints, resumes) is appended across retries and is not a declared output.
+CELL_FILES = {"cell": "cell.json", "history": "history.csv", "summary": "summary.json", "log": "train.log"}
+CELL_JSON, CELL_HISTORY, CELL_SUMMARY = (f"{CELL_DIR}/{CELL_FILES[k]}" for k in ("cell", "history", "summary"))
+# A training job's stderr for that attempt (Snakemake truncates a declared log on every attempt),
+# where a failure's one-line cause goes: per cell (rule train), or per pack (compute.pack > 1).
+TRAIN_LOG = RESULTS + "/logs/train/" + CELL_ID + ".log"
+TRAIN_PACK_LOG = RESULTS + "/logs/train/{pack}.log"
 CHECKPOINT = RESULTS + "/checkpoints/" + CELL_ID + "/{key}.pt"
-METRICS = {
-    f"{table}_{ext}": f"{RESULTS}/metrics/{table}.{ext}"
-    for table in ("summary", "curves")
-    for ext in ("csv", "parquet")
+# The aggregated metrics; the analysis CLIs get the folder (--metrics) and find each file by key.
+METRICS_DIR = RESULTS + "/metrics"
+METRIC_FILES = {
+    **{f"{table}_{ext}": f"{table}.{ext}" for table in ("summary", "curves") for ext in ("csv", "parquet")},
+    "experiments": "experiments.json",  # experiment -> its cells, and the config they came from
+    "kernel": "kernel.csv",  # Table 3's rows (the kernel step)
 }
+METRICS = {key: f"{METRICS_DIR}/{METRIC_FILES[key]}" for key in METRIC_FILES if key.startswith(("summary", "curves"))}
+EXPERIMENTS_JSON = f"{METRICS_DIR}/{METRIC_FILES['experiments']}"
+KERNEL_METRICS = f"{METRICS_DIR}/{METRIC_FILES['kernel']}"
+FIGURE = RESULTS + "/figures/{name}.{ext}"
+TABLE = RESULTS + "/tables/{name}.{ext}"
+REPORT_LOG = RESULTS + "/logs/analysis/{name}.log"
+CLAIMS = RESULTS + "/claims.{ext}"
+# Section 5 / Appendix C: one result file per Table 3 row, their table, Theorem 1's checks
+KERNEL_ROW = RESULTS + "/kernel/{row}.json"
+KERNEL_LOG = RESULTS + "/logs/kernel/{row}.log"
+THEOREM1 = RESULTS + "/theorem1.{ext}"
+
+
+def cell_file(out_dir, kind):
+    """A file of a cell directory by kind (a key of CELL_FILES)."""
+    return pathlib.Path(out_dir) / CELL_FILES[kind]
+
+
+def metrics_file(metrics_dir, key):
+    """A file of the metrics folder by key (a key of METRIC_FILES)."""
+    return pathlib.Path(metrics_dir) / METRIC_FILES[key]
 
 
 def shard_id(index):
@@ -69,17 +95,6 @@ def split_index(spec, split):
 
 def channel_stats(spec):
     return CHANNEL_STATS.format(dataset=spec["name"])
-
-
-EXPERIMENTS_JSON = RESULTS + "/metrics/experiments.json"
-FIGURE = RESULTS + "/figures/{name}.{ext}"
-TABLE = RESULTS + "/tables/{name}.{ext}"
-CLAIMS = RESULTS + "/claims.{ext}"
-# Section 5 / Appendix C: one result file per Table 3 row, their table, Theorem 1's checks
-KERNEL_ROW = RESULTS + "/kernel/{row}.json"
-KERNEL_LOG = RESULTS + "/logs/kernel/{row}.log"
-KERNEL_METRICS = RESULTS + "/metrics/kernel.csv"
-THEOREM1 = RESULTS + "/theorem1.{ext}"
 
 
 def checkpoint(cell, cell_json, code_digest):

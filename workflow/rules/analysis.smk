@@ -4,7 +4,7 @@
 
 rule analysis_aggregate:
     input:
-        cell_outputs(CELLS),
+        PLAN.cell_summaries(),
     output:
         **paths.METRICS,
     log:
@@ -12,7 +12,7 @@ rule analysis_aggregate:
     conda:
         ENV
     params:
-        code=CODE["analysis"],
+        code=PLAN.code["aggregate"],
     shell:
         "python -m rethink.analysis.aggregate --summaries {input} --out-dir $(dirname {output.summary_csv})"
         " > {log} 2>&1"
@@ -25,99 +25,75 @@ rule analysis_experiments:
         "results/logs/analysis/experiments.log",
     localrule: True
     params:
-        membership=membership_json(),
+        membership=PLAN.membership_json(workflow.config_settings.configfiles),
     run:
         from rethink.fileio import write_text_atomic  # never a half-written file
 
         write_text_atomic(output[0], f"{params.membership}\n")
 
 
-for figure in FIGURES:
-
-    rule:
-        name:
-            f"figure_{figure}"
-        input:
-            **metrics_inputs(figure),
-        output:
-            pdf=paths.FIGURE.format(name=figure, ext="pdf"),
-            png=report(
-                paths.FIGURE.format(name=figure, ext="png"),
-                caption=f"../report/{figure}.rst",
-                category="Figures",
-            ),
-            json=paths.FIGURE.format(name=figure, ext="json"),
-        log:
-            f"results/logs/analysis/{figure}.log",
-        conda:
-            ENV
-        params:
-            figure=figure,
-            metrics=metrics_argument(figure),
-            band=config["figures"]["band"],
-            code=CODE["report"],
-        shell:
-            "python -m rethink.analysis.figures {params.figure} {params.metrics} --band {params.band}"
-            " --out $(dirname {output.pdf})/{params.figure} > {log} 2>&1"
-
-
-for table in TABLES:
-
-    rule:
-        name:
-            f"table_{table}"
-        input:
-            **metrics_inputs(table),
-        output:
-            csv=report(
-                paths.TABLE.format(name=table, ext="csv"),
-                caption=f"../report/{table}.rst",
-                category="Tables",
-            ),
-            md=paths.TABLE.format(name=table, ext="md"),
-            tex=paths.TABLE.format(name=table, ext="tex"),
-            json=paths.TABLE.format(name=table, ext="json"),
-        log:
-            f"results/logs/analysis/{table}.log",
-        conda:
-            ENV
-        params:
-            table=table,
-            code=CODE["report"],
-        shell:
-            "python -m rethink.analysis.tables {params.table} --metrics $(dirname {input.summary})"
-            " --out $(dirname {output.csv})/{params.table} > {log} 2>&1"
-
-
-# Table 3 (kernel interpolation, section 5) from the kernel step's metrics (workflow/rules/kernel.smk).
-rule table_table3:
+# Every figure of the config (results/figures/<name>.*): Figure 3 draws the model, the others
+# read the metrics of their experiment's cells. The caption is workflow/report/figure.rst's
+# section for the figure's name.
+rule figure:
     input:
-        kernel=paths.KERNEL_METRICS,
-        experiments=paths.EXPERIMENTS_JSON,
+        unpack(get_report_inputs),
     output:
-        csv=report(
-            paths.TABLE.format(name="table3", ext="csv"),
-            caption="../report/table3.rst",
-            category="Tables",
+        pdf=paths.FIGURE.replace("{ext}", "pdf"),
+        png=report(
+            paths.FIGURE.replace("{ext}", "png"),
+            caption="../report/figure.rst",
+            category="Figures",
         ),
-        md=paths.TABLE.format(name="table3", ext="md"),
-        tex=paths.TABLE.format(name="table3", ext="tex"),
-        json=paths.TABLE.format(name="table3", ext="json"),
+        json=paths.FIGURE.replace("{ext}", "json"),
     log:
-        "results/logs/analysis/table3.log",
+        paths.REPORT_LOG,
+    wildcard_constraints:
+        name="|".join(PLAN.figures),
     conda:
         ENV
     params:
-        code=CODE["report"],
+        metrics=lambda wildcards, input: (
+            f"--metrics {paths.METRICS_DIR}" if input else ""
+        ),
+        band=config["figures"]["band"],
+        code=PLAN.code["figure"],
     shell:
-        "python -m rethink.analysis.tables table3 --metrics $(dirname {input.kernel})"
-        " --out $(dirname {output.csv})/table3 > {log} 2>&1"
+        "python -m rethink.analysis.figures {wildcards.name} {params.metrics} --band {params.band}"
+        " --out $(dirname {output.pdf})/{wildcards.name} > {log} 2>&1"
+
+
+# Every table of the config (results/tables/<name>.*): Table 3 from the kernel rows' metrics
+# (workflow/rules/kernel.smk), the others from their experiment's cells.
+rule table:
+    input:
+        unpack(get_report_inputs),
+    output:
+        csv=report(
+            paths.TABLE.replace("{ext}", "csv"),
+            caption="../report/table.rst",
+            category="Tables",
+        ),
+        md=paths.TABLE.replace("{ext}", "md"),
+        tex=paths.TABLE.replace("{ext}", "tex"),
+        json=paths.TABLE.replace("{ext}", "json"),
+    log:
+        paths.REPORT_LOG,
+    wildcard_constraints:
+        name="|".join(PLAN.tables) or "(?!)",
+    conda:
+        ENV
+    params:
+        code=PLAN.code["table"],
+    shell:
+        "python -m rethink.analysis.tables {wildcards.name} --metrics $(dirname {input.experiments})"
+        " --out $(dirname {output.csv})/{wildcards.name} > {log} 2>&1"
 
 
 rule analysis_claims:
     input:
-        **metrics_inputs("claims"),
-        kernel=[paths.KERNEL_METRICS] if KERNEL_ROWS else [],
+        **PLAN.report_inputs("claims"),
+        kernel=[paths.KERNEL_METRICS] if PLAN.kernel_rows else [],
     output:
         md=report(
             paths.CLAIMS.format(ext="md"),
@@ -130,9 +106,9 @@ rule analysis_claims:
     conda:
         ENV
     params:
-        thresholds=claims_json(),
-        kernel=claims_kernel_argument(),
-        code=CODE["report"],
+        thresholds=fileio.canonical_json(config["claims"]),
+        kernel=f"--kernel {paths.KERNEL_METRICS}" if PLAN.kernel_rows else "",
+        code=PLAN.code["claims"],
     shell:
         "python -m rethink.analysis.claims --metrics $(dirname {input.summary}) --thresholds {params.thresholds:q}"
         " {params.kernel} --out $(dirname {output.md})/claims > {log} 2>&1"
@@ -140,11 +116,11 @@ rule analysis_claims:
 
 # `snakemake fig1c` trains just the cells Figure 1c needs. Figures and tables read the metrics
 # aggregated over all cells, so they are made by a full run (or by asking for their file).
-for experiment, cell_ids in EXPERIMENTS.items():
+for experiment, cell_ids in PLAN.experiments.items():
 
     rule:
         name:
             experiment
         input:
-            cell_outputs(cell_ids),
+            PLAN.cell_summaries(cell_ids),
         localrule: True

@@ -1,13 +1,13 @@
-# Config validation, grid expansion and input functions. Parsed again inside every cluster
-# job: nothing here may import torch or read data.
-import collections
-import pathlib
+# The plan (src/rethink/plan.py) decides what runs; this file builds it once per parse and asks
+# it, one line per question. Parsed again inside every cluster job: nothing here imports torch.
+import inspect
 
 from snakemake.exceptions import WorkflowError
 
 import rethink.config
-from rethink import codehash, fileio, grid, paths
-from rethink.data import randomize, sources
+import rethink.plan
+from rethink import fileio, paths
+from rethink.data import randomize
 from rethink.errors import RethinkError
 
 try:
@@ -17,12 +17,10 @@ try:
     rethink.config.validate(
         config, workflow.source_path("../schemas/config.schema.yaml")
     )
-    CELLS, EXPERIMENTS = grid.expand(config)
+    PLAN = rethink.plan.Plan(config, workflow.configfiles)
 except RethinkError as err:
     raise WorkflowError(str(err)) from None
 
-SHARDS = config["shards"]
-TEST_LABELS = config["randomization"]["test_labels"]
 # For --software-deployment-method conda: the pinned environment of the whole project.
 ENV = "../../environment.yml"
 NAME = r"[a-z][a-z0-9_]*"
@@ -35,371 +33,116 @@ wildcard_constraints:
     split="train|test",
     shard=r"\d{5}",
     seed=r"\d+",
-    noise=randomize.WILDCARD_PATTERN,
+    noise=randomize.CELL_WILDCARD_PATTERN,
 
 
-DATA_UNITS = grid.data_units(config, CELLS)
-CODE = {stage: codehash.digest(stage) for stage in codehash.STAGES}
+def signed(func):
+    """An input function whose signature is read once: Snakemake reads it again on every call,
+    some 30 times per training job (a sixth of a 5,000-cell dry run's time, profiled).
+    """
+    func.__signature__ = inspect.signature(func)
+    return func
 
 
-def dataset_spec(name):
-    return config["datasets"][name]
+# ----------------------------------------------------------------------------- training jobs
+# The train rule's wildcards name a cell (compute.pack 1); a pack rule's closures name its pack.
 
 
-def data_targets():
-    """Every shard the cells read, clean and randomized."""
-    targets = set()
-    for name, noise, seed in DATA_UNITS:
-        for split in sources.SPLITS:
-            targets.update(
-                paths.split_shards(
-                    dataset_spec(name), SHARDS, noise, seed, split, TEST_LABELS
-                )
-            )
-    return sorted(targets)
+def get_pack(wildcards):
+    return PLAN.pack_of(paths.CELL_ID.format(**wildcards))
 
 
-def cell_outputs(ids):
-    """The cells' summary.json files (each written last by its training job)."""
-    return [paths.cell_summary(CELLS[i][0]) for i in ids]
+@signed
+def get_train_inputs(wildcards):
+    pack = get_pack(wildcards)
+    return {split: PLAN.train_inputs(pack, split) for split in ("train", "test")}
 
 
-# ----------------------------------------------------------------------------- reports
-
-# A figure or table is made when the config has the experiment of that name; Figure 3 (the
-# model diagram) needs no experiment.
-FIGURES = [
-    name
-    for name in ("fig1a", "fig1b", "fig1c", "fig2a", "fig2b")
-    if name in EXPERIMENTS
-] + ["fig3"]
-TABLES = [name for name in ("table1", "table2", "table4") if name in EXPERIMENTS]
+@signed
+def get_pack_json(wildcards):
+    return PLAN.pack_json(get_pack(wildcards))
 
 
-def report_outputs():
-    """Every figure, table and the claims check the config asks for."""
-    files = [paths.FIGURE.format(name=f, ext="png") for f in FIGURES]
-    files += [paths.TABLE.format(name=t, ext="csv") for t in TABLES]
-    return files + kernel_outputs() + [paths.CLAIMS.format(ext="md")]
+@signed
+def get_runtime(wildcards, attempt):
+    return PLAN.runtime(get_pack(wildcards), attempt)
 
 
-def metrics_inputs(name):
-    """What a report reads: the metrics tables and the experiment membership (none for fig3)."""
-    if name == "fig3":
-        return {}
-    return {
-        "summary": paths.METRICS["summary_parquet"],
-        "curves": paths.METRICS["curves_parquet"],
-        "experiments": paths.EXPERIMENTS_JSON,
-    }
+def per_job(setting):
+    """A setting of the training jobs, as a constant when every job has the same (the paper's GPUs
+    and memory), else as a function of the job's cell."""
+    values = {setting(pack) for pack in PLAN.packs}
+    if len(values) == 1:
+        return values.pop()
+    return signed(lambda wildcards: setting(get_pack(wildcards)))
 
 
-def metrics_argument(name):
-    return (
-        ""
-        if name == "fig3"
-        else f"--metrics {pathlib.Path(paths.EXPERIMENTS_JSON).parent}"
-    )
+# ----------------------------------------------------------------------------- data jobs
 
 
-def relative_to_workdir(path):
-    """A path as recorded in provenance: relative when inside the working directory, so a
-    moved or freshly cloned checkout with its results is still up to date."""
-    path, here = pathlib.Path(path).resolve(), pathlib.Path.cwd().resolve()
-    return str(path.relative_to(here)) if path.is_relative_to(here) else str(path)
+@signed
+def get_shard_spec(wildcards):
+    return PLAN.shard_spec(wildcards.dataset)
 
 
-def membership_json():
-    configs = [relative_to_workdir(p) for p in workflow.config_settings.configfiles]
-    configs = configs or ["config/config.yaml"]
-    return fileio.canonical_json(
-        {"config": ", ".join(configs), "experiments": EXPERIMENTS}
-    )
+@signed
+def get_randomize_spec(wildcards):
+    return PLAN.randomize_spec(wildcards.dataset, wildcards.noise)
 
 
-def claims_json():
-    return fileio.canonical_json(config["claims"])
+@signed
+def get_split_index(wildcards):
+    return PLAN.index_input(wildcards.dataset, wildcards.split)
 
 
-def missing_datasets():
-    """Datasets whose clean shards are not built yet and whose raw files cannot be found."""
-    for name in sorted({name for name, _, _ in DATA_UNITS} | kernel_datasets()):
-        spec = dataset_spec(name)
-        built = all(
-            pathlib.Path(p).exists()
-            for s in sources.SPLITS
-            for p in paths.clean_shards(spec, SHARDS, s)
-        )
-        if not built:
-            sources.check_available(spec)
+@signed
+def get_clean_train_shards(wildcards):
+    return PLAN.clean_shards(wildcards.dataset, "train")
 
 
-# ----------------------------------------------------------------------------- data inputs
-
-
-def stored_spec(name):
-    """The dataset config as the data files record it: without stream.shards_per_job, which
-    only groups shard writing into jobs (changing it rebuilds no file)."""
-    spec = dict(dataset_spec(name))
-    if "stream" in spec:
-        spec["stream"] = {
-            k: v for k, v in spec["stream"].items() if k != "shards_per_job"
-        }
-    return spec
-
-
-def shard_spec(wildcards):
-    return fileio.canonical_json(
-        {"dataset": stored_spec(wildcards.dataset), "shards": SHARDS}
-    )
-
-
-def randomize_spec(wildcards):
-    # only the options that shape this noise: editing another one rebuilds none of its shards
-    options = randomize.noise_options(
-        randomize.parse_noise(wildcards.noise), config["randomization"]
-    )
-    spec = {
-        "dataset": stored_spec(wildcards.dataset),
-        "shards": SHARDS,
-        "randomization": options,
-    }
-    return fileio.canonical_json(spec)
-
-
-def split_index(wildcards):
-    """A streamed dataset's clean shard reads its split's index; the others read raw files."""
-    spec = dataset_spec(wildcards.dataset)
-    return [paths.split_index(spec, wildcards.split)] if sources.streamed(spec) else []
-
-
-# A streamed dataset's clean shards are written by one job per range of
-# stream.shards_per_job consecutive shards (rule data_<dataset>_<split>_r<NNN>); data_clean
-# (one job per shard) makes the other datasets' only.
-STREAMED = sorted(n for n, s in config["datasets"].items() if sources.streamed(s))
-# a dataset name that is not a streamed one (a negative lookahead on the whole name)
-NOT_STREAMED = f"(?!(?:{'|'.join(STREAMED)})(?![a-z0-9_])){NAME}" if STREAMED else NAME
-ShardRange = collections.namedtuple(
-    "ShardRange", ["rule", "dataset", "split", "first", "last"]
-)
-
-
-def shard_ranges():
-    ranges = []
-    for name in STREAMED:
-        spec = dataset_spec(name)
-        per_job = spec["stream"]["shards_per_job"]
-        for split in sources.SPLITS:
-            count = paths.n_shards(spec, SHARDS, split)
-            for r, first in enumerate(range(0, count, per_job)):
-                last = min(count, first + per_job) - 1
-                job = f"data_{name}_{split}_r{r:03d}"
-                ranges.append(ShardRange(job, name, split, first, last))
-    return ranges
-
-
-def range_outputs(r):
-    return [
-        paths.CLEAN_SHARD.format(
-            dataset=r.dataset, split=r.split, shard=paths.shard_id(i)
-        )
-        for i in range(r.first, r.last + 1)
-    ]
-
-
-def range_argument(span):
-    """`--shards FIRST-LAST`, as a parameter Snakemake does not record (a function of the
-    outputs): changing shards_per_job regroups the shards and reruns no job."""
-
-    def shards(wildcards, output):
-        return f"{span.first}-{span.last}"
-
-    return shards
-
-
-def clean_train_shards(wildcards):
-    return paths.clean_shards(dataset_spec(wildcards.dataset), SHARDS, "train")
-
-
-def clean_shard(wildcards):
+@signed
+def get_clean_shard(wildcards):
     return paths.CLEAN_SHARD.format(**wildcards)
 
 
-def gaussian_stats(wildcards):
-    return (
-        [paths.channel_stats(dataset_spec(wildcards.dataset))]
-        if wildcards.noise == "gaussian"
-        else []
-    )
+@signed
+def get_channel_stats(wildcards):
+    return PLAN.stats_input(wildcards.dataset, wildcards.noise)
 
 
-# ----------------------------------------------------------------------------- training inputs
-
-PACKS = grid.packs(config, CELLS)
+# ----------------------------------------------------------------------------- reports and kernel
 
 
-def pack_members(pack):
-    return [CELLS[cell_id] for cell_id in pack.ids]
+@signed
+def get_report_inputs(wildcards):
+    return PLAN.report_inputs(wildcards.name)
 
 
-def cell_split_shards(cell, split):
-    return paths.split_shards(
-        dataset_spec(cell.dataset), SHARDS, cell.noise, cell.seed, split, TEST_LABELS
-    )
+def get_row_shards(split):
+    return lambda wildcards: PLAN.row_shards(wildcards.row, split)
 
 
-def pack_shards(pack, split):
-    """Every shard the pack's cells read for `split`, and the clean shards a randomized shard
-    links to (its true labels, and images for label noise): a deleted clean shard is rebuilt.
-    """
-    shards = set()
-    for cell, _ in pack_members(pack):
-        shards.update(cell_split_shards(cell, split))
-        shards.update(paths.clean_shards(dataset_spec(cell.dataset), SHARDS, split))
-    return sorted(shards)
+@signed
+def get_row_json(wildcards):
+    return PLAN.row_json(wildcards.row)
 
 
-def pack_outputs(pack):
-    return [f for cell, _ in pack_members(pack) for f in paths.cell_files(cell)]
+def get_row_setting(key):
+    return signed(lambda wildcards: PLAN.kernel_rows[wildcards.row][key])
 
 
-def pack_json(pack):
-    """What the trainer reads: each cell's JSON, its shards, output directory and checkpoint
-    (keyed by the cell's JSON and the training code, so an edited cell starts afresh).
-    """
-    members = []
-    for cell, spec in pack_members(pack):
-        members.append(
-            {
-                "cell": spec,
-                "train": cell_split_shards(cell, "train"),
-                "test": cell_split_shards(cell, "test"),
-                "out_dir": paths.cell_dir(cell),
-                "checkpoint": paths.checkpoint(
-                    cell, fileio.canonical_json(spec), CODE["train"]
-                ),
-            }
-        )
-    return fileio.canonical_json(members)
+@signed
+def get_row_gpus(wildcards):
+    return 1 if PLAN.kernel_rows[wildcards.row]["device"] == "cuda" else 0
 
 
-def pack_arch(pack):
-    """The architecture's config entry: one per pack (packs never mix architectures)."""
-    return config["architectures"][pack_members(pack)[0][0].arch]
-
-
-def pack_ranks(pack):
-    """Processes that train the pack's cell together (the architecture's `gpus`; 1 = one process)."""
-    return pack_arch(pack)["gpus"]
-
-
-def pack_launcher(pack):
-    """How the job starts the trainer: one process, or torchrun with one process per GPU."""
-    ranks = pack_ranks(pack)
-    if ranks == 1:
-        return "exec python"
-    return f"exec torchrun --standalone --nnodes=1 --nproc_per_node={ranks}"
-
-
-def pack_cpus(pack):
-    return config["compute"]["threads"] * pack_ranks(pack)
-
-
-def pack_gpus(pack):
-    """GPUs the job asks for: one per process of a multi-GPU cell (none when its device is cpu,
-    where the processes are CPU ranks); else compute.gpus, or 1 for a cuda cell."""
-    ranks, device = pack_ranks(pack), pack_members(pack)[0][1]["hparams"]["device"]
-    if ranks > 1:
-        return 0 if device == "cpu" else ranks
-    requested = config["compute"]["gpus"]
-    if requested is not None:
-        return requested
-    return 1 if pack_members(pack)[0][1]["hparams"]["device"] == "cuda" else 0
-
-
-def pack_runtime(pack):
-    """Minutes: the architecture's estimate per cell, times the cells, times the attempt number
-    (a retry gets more time)."""
-    per_cell = pack_arch(pack)["runtime_minutes"]
-
-    def runtime(wildcards, attempt):
-        return int(per_cell * len(pack.ids) * attempt)
-
-    return runtime
-
-
-def pack_mem_mb(pack):
-    return pack_arch(pack)["mem_mb"]
-
-
-# ----------------------------------------------------------------------------- kernel inputs
-# Section 5 (Table 3) and Appendix C (Theorem 1): rows read their dataset's clean shards.
-
-KERNEL = config["kernel"]
-KERNEL_ROWS = {name: row for name, row in KERNEL["rows"].items() if row["enabled"]}
-THEOREM1 = config["theorem1"]
-
-
-def kernel_outputs():
-    """Table 3 when a kernel row is enabled, Theorem 1's results when it is enabled."""
-    files = [paths.TABLE.format(name="table3", ext="csv")] if KERNEL_ROWS else []
-    return files + ([paths.THEOREM1.format(ext="csv")] if THEOREM1["enabled"] else [])
-
-
-def theorem1_dataset():
-    return (
-        THEOREM1["dataset"]
-        if THEOREM1["enabled"] and THEOREM1["dataset_sizes"]
-        else None
-    )
-
-
-def kernel_datasets():
-    names = {row["dataset"] for row in KERNEL_ROWS.values()}
-    return names | ({theorem1_dataset()} if theorem1_dataset() else set())
-
-
-def kernel_row_shards(split):
-    def row_shards(wildcards):
-        dataset = KERNEL_ROWS[wildcards.row]["dataset"]
-        return paths.clean_shards(dataset_spec(dataset), SHARDS, split)
-
-    return row_shards
-
-
-def kernel_row_json(wildcards):
-    """What the solver reads: the row, its name, and the settings of its featuriser."""
-    row = dict(KERNEL_ROWS[wildcards.row], name=wildcards.row)
-    row.update(batch=KERNEL["batch"], median_samples=KERNEL["median_samples"])
-    if row["features"] != "raw":
-        row[row["features"]] = KERNEL[row["features"]]
-    return fileio.canonical_json(row)
-
-
-def kernel_row_setting(key):
-    return lambda wildcards: KERNEL_ROWS[wildcards.row][key]
-
-
-def kernel_row_gpus(wildcards):
-    return 1 if KERNEL_ROWS[wildcards.row]["device"] == "cuda" else 0
-
-
-def kernel_row_runtime(wildcards, attempt):
-    return int(KERNEL_ROWS[wildcards.row]["runtime_minutes"] * attempt)
-
-
-def theorem1_shards():
-    dataset = theorem1_dataset()
-    return paths.clean_shards(dataset_spec(dataset), SHARDS, "train") if dataset else []
-
-
-def claims_kernel_argument():
-    """The claims check reads Table 3's metrics when the config has kernel rows."""
-    return f"--kernel {paths.KERNEL_METRICS}" if KERNEL_ROWS else ""
+@signed
+def get_row_runtime(wildcards, attempt):
+    return int(PLAN.kernel_rows[wildcards.row]["runtime_minutes"] * attempt)
 
 
 onstart:
     try:
-        missing_datasets()
+        PLAN.check_datasets()
     except RethinkError as err:
         raise WorkflowError(str(err)) from None

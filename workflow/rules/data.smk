@@ -12,8 +12,8 @@ rule data_index:
     conda:
         ENV
     params:
-        spec=shard_spec,
-        code=CODE["data"],
+        spec=get_shard_spec,
+        code=PLAN.code["data"],
     shell:
         "python -m rethink.data.prepare index --spec {params.spec:q} --split {wildcards.split}"
         " --out {output} > {log} 2>&1"
@@ -21,27 +21,29 @@ rule data_index:
 
 rule data_clean:
     input:
-        index=split_index,
+        index=get_split_index,
     output:
         paths.CLEAN_SHARD,
     log:
         paths.DATA_LOG.replace("{stage}", "clean"),
     wildcard_constraints:
-        dataset=NOT_STREAMED,
+        dataset=PLAN.not_streamed(NAME),
     conda:
         ENV
     params:
-        spec=shard_spec,
-        code=CODE["data"],
+        spec=get_shard_spec,
+        code=PLAN.code["data"],
         index=lambda wildcards, input: f"--index {input.index}" if input.index else "",
     shell:
         "python -m rethink.data.prepare clean --spec {params.spec:q} --split {wildcards.split}"
         " --shard {wildcards.shard} {params.index} --out {output} > {log} 2>&1"
 
 
-# One process writes the range, reading the index once; finished shards wait in a staging
-# folder until all are done (a failed job's outputs are deleted; its rerun reuses them).
-for span in shard_ranges():
+# A streamed dataset's clean shards: one process writes a range, reading the index once; finished
+# shards wait in a staging folder until all are done (a failed job's outputs are deleted; its
+# rerun reuses them). A rule per range, data_<dataset>_<split>_r<NNN>: a job's outputs are fixed
+# per rule, and a range's shards are no one wildcard pattern (README, "The workflow").
+for span in PLAN.shard_ranges:
 
     rule:
         name:
@@ -49,7 +51,7 @@ for span in shard_ranges():
         input:
             index=paths.SPLIT_INDEX.format(dataset=span.dataset, split=span.split),
         output:
-            range_outputs(span),
+            PLAN.range_outputs(span),
         log:
             paths.DATA_LOG.format(
                 dataset=span.dataset,
@@ -60,11 +62,15 @@ for span in shard_ranges():
         conda:
             ENV
         params:
-            spec=shard_spec(span),
-            code=CODE["data"],
-            staging=paths.CLEAN_STAGING.format(dataset=span.dataset, code=CODE["data"]),
+            spec=PLAN.shard_spec(span.dataset),
+            code=PLAN.code["data"],
+            staging=paths.CLEAN_STAGING.format(
+                dataset=span.dataset, code=PLAN.code["data"]
+            ),
             split=span.split,
-            shards=range_argument(span),
+            # `--shards FIRST-LAST`, as a parameter Snakemake does not record (a function of the
+            # outputs): changing shards_per_job regroups the shards and reruns no job
+            shards=lambda wildcards, output, span=span: f"{span.first}-{span.last}",
         shell:
             # no loop variable here: Snakemake evaluates a shell expression again when the job
             # runs, when `span` is the last range
@@ -75,7 +81,7 @@ for span in shard_ranges():
 
 rule data_channel_stats:
     input:
-        clean_train_shards,
+        get_clean_train_shards,
     output:
         paths.CHANNEL_STATS,
     log:
@@ -85,8 +91,8 @@ rule data_channel_stats:
     conda:
         ENV
     params:
-        spec=shard_spec,
-        code=CODE["data"],
+        spec=get_shard_spec,
+        code=PLAN.code["data"],
     shell:
         "python -m rethink.data.prepare stats --spec {params.spec:q} --shards {input}"
         " --out {output} > {log} 2>&1"
@@ -94,17 +100,19 @@ rule data_channel_stats:
 
 rule data_randomize:
     input:
-        clean=clean_shard,
-        stats=gaussian_stats,
+        clean=get_clean_shard,
+        stats=get_channel_stats,
     output:
         paths.NOISE_SHARD,
     log:
         paths.DATA_LOG.replace("{stage}", "{noise}/s{seed}"),
+    wildcard_constraints:
+        noise=randomize.WILDCARD_PATTERN,
     conda:
         ENV
     params:
-        spec=randomize_spec,
-        code=CODE["data"],
+        spec=get_randomize_spec,
+        code=PLAN.code["data"],
         stats=lambda wildcards, input: f"--stats {input.stats}" if input.stats else "",
     shell:
         "python -m rethink.data.prepare randomize --spec {params.spec:q} --noise {wildcards.noise}"
@@ -114,4 +122,4 @@ rule data_randomize:
 
 rule data_shards:
     input:
-        data_targets(),
+        PLAN.data_targets(),

@@ -1,31 +1,31 @@
 # Section 5 and Appendix C: one kernel-interpolation job per Table 3 row (clean shards -> a
 # featuriser -> exact or ridge solves), their metrics, and Theorem 1's construction verified.
-# Table 3 itself is made in analysis.smk from results/metrics/kernel.csv.
+# Table 3 itself is made by the `table` rule (analysis.smk) from results/metrics/kernel.csv.
 
 
 wildcard_constraints:
-    row="|".join(KERNEL_ROWS) or "(?!)",
+    row="|".join(PLAN.kernel_rows) or "(?!)",
 
 
 rule kernel_row:
     input:
-        train=kernel_row_shards("train"),
-        test=kernel_row_shards("test"),
+        train=get_row_shards("train"),
+        test=get_row_shards("test"),
     output:
         paths.KERNEL_ROW,
     log:
         paths.KERNEL_LOG,
     conda:
         ENV
-    threads: kernel_row_setting("threads")
+    threads: get_row_setting("threads")
     resources:
-        mem_mb=kernel_row_setting("mem_mb"),
-        runtime=kernel_row_runtime,
-        cpus_per_task=kernel_row_setting("threads"),
-        gpu=kernel_row_gpus,
+        mem_mb=get_row_setting("mem_mb"),
+        runtime=get_row_runtime,
+        cpus_per_task=get_row_setting("threads"),
+        gpu=get_row_gpus,
     params:
-        row=kernel_row_json,
-        code=CODE["kernel"],
+        row=get_row_json,
+        code=PLAN.code["kernel"],
     shell:
         "python -m rethink.kernel solve --row {params.row:q} --train {input.train} --test {input.test}"
         " --out {output} > {log} 2>&1"
@@ -33,7 +33,7 @@ rule kernel_row:
 
 rule kernel_aggregate:
     input:
-        expand(paths.KERNEL_ROW, row=KERNEL_ROWS),
+        expand(paths.KERNEL_ROW, row=PLAN.kernel_rows),
     output:
         paths.KERNEL_METRICS,
     log:
@@ -41,14 +41,14 @@ rule kernel_aggregate:
     conda:
         ENV
     params:
-        code=CODE["kernel"],
+        code=PLAN.code["kernel"],
     shell:
         "python -m rethink.kernel aggregate --rows {input} --out {output} > {log} 2>&1"
 
 
 rule kernel_theorem1:
     input:
-        train=theorem1_shards(),
+        train=PLAN.theorem1_shards(),
     output:
         csv=report(
             paths.THEOREM1.format(ext="csv"),
@@ -61,8 +61,8 @@ rule kernel_theorem1:
     conda:
         ENV
     params:
-        spec=fileio.canonical_json(THEOREM1),
-        code=CODE["kernel"],
+        spec=fileio.canonical_json(PLAN.theorem1),
+        code=PLAN.code["kernel"],
     shell:
         "python -m rethink.kernel theorem1 --spec {params.spec:q} --train {input.train}"
         " --out $(dirname {output.csv})/theorem1 > {log} 2>&1"

@@ -239,7 +239,7 @@ def main(argv=None):
     parser.add_argument("--kernel", help="results/metrics/kernel.csv (Table 3), when the config has kernel rows")
     parser.add_argument("--out", required=True, help="output prefix; .md and .json are written")
     args = parser.parse_args(argv)
-    cells = metrics.read(args.metrics, "summary.parquet")
+    cells = metrics.read(args.metrics, "summary_parquet")
     kernel = pd.read_csv(args.kernel) if args.kernel else None
     config = metrics.membership(args.metrics)["config"]
     provenance = {"config": config, "cells": int(len(cells))}

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.transforms import ScaledTranslation  # noqa: E402
 
-from rethink.analysis import metrics, paper  # noqa: E402
+from rethink.analysis import FIGURES, metrics, paper  # noqa: E402
 from rethink.errors import RethinkError, cli_main  # noqa: E402
 from rethink.fileio import atomic_path, write_text_atomic  # noqa: E402
 
@@ -77,10 +77,8 @@ def seeds_note(frame, line, band, spread="band"):
 
 def fig1a(cells, curves, band):
     """Average training loss vs thousand steps under the five randomizations: the online loss
-    (training mode, averaged over each epoch's minibatches), as the paper plots it. Results
-    that predate the online record fall back to the eval-mode loss of the whole training set."""
-    online = curves["train_avg_loss"].notna().any()
-    loss = "train_avg_loss" if online else "train_loss"
+    (training mode, averaged over each epoch's minibatches), as the paper plots it."""
+    loss = "train_avg_loss"
     data = curves.assign(thousand_steps=curves["step"] / 1000, condition=curves["noise"].map(NOISE_WORDS))
     data = data.dropna(subset=[loss])
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -92,11 +90,7 @@ def fig1a(cells, curves, band):
     top = 1.5 * curves.loc[curves["step"] == 0, "train_loss"].max()
     ax.set(xlabel="thousand steps", ylabel="average loss", title="(a) learning curves", ylim=(0, top))
     clipped = sum(r["mean"] > top for r in series)
-    what = (
-        "Average training loss (online: training mode, mean over each epoch's minibatches)"
-        if online
-        else "Training loss of the whole training set in eval mode (these results predate the online record)"
-    )
+    what = "Average training loss (online: training mode, mean over each epoch's minibatches)"
     note = f"; {clipped} point(s) above {top:.2f} are cut off" if clipped else ""
     caption = f"{what} vs thousand steps, one line per randomization; {seeds_note(data, 'condition', band)}{note}"
     return fig, caption, series
@@ -212,7 +206,7 @@ def fig2b(cells, curves, band):
     return fig, caption, series
 
 
-FIGURES = {"fig1a": fig1a, "fig1b": fig1b, "fig1c": fig1c, "fig2a": fig2a, "fig2b": fig2b}
+PLOTS = {name: globals()[name] for name in FIGURES if name != "fig3"}  # fig3 draws the model, below
 
 
 # ----------------------------------------------------------------------------- Figure 3
@@ -316,7 +310,7 @@ def _json(value):
 @cli_main
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m rethink.analysis.figures", description=__doc__.splitlines()[0])
-    parser.add_argument("figure", choices=[*sorted(FIGURES), "fig3"])
+    parser.add_argument("figure", choices=FIGURES)
     parser.add_argument("--metrics", help="results/metrics (not needed for fig3)")
     parser.add_argument("--experiment", help="experiment whose cells to plot (default: the figure's name)")
     parser.add_argument(
@@ -338,9 +332,9 @@ def main(argv=None):
         cells, provenance = metrics.experiment_cells(args.metrics, experiment)
         if cells.empty:
             raise RethinkError(f"experiment {experiment} has no finished cells in {args.metrics}")
-        curves = metrics.read(args.metrics, "curves.parquet")
+        curves = metrics.read(args.metrics, "curves_parquet")
         curves = curves[curves["cell"].isin(cells["cell"])].reset_index(drop=True)
-        fig, caption, series = FIGURES[args.figure](cells, curves, args.band)
+        fig, caption, series = PLOTS[args.figure](cells, curves, args.band)
         save(fig, args.out, caption, provenance, series)
     print(f"{args.figure}: wrote {args.out}.{{pdf,png,json}}")
     return 0

@@ -7,15 +7,16 @@ empty at epoch 0).
 """
 
 import json
-import pathlib
 
 import pandas as pd
 
+from rethink import paths
 from rethink.errors import RethinkError
 
 
-def read(metrics_dir, name):
-    path = pathlib.Path(metrics_dir) / name
+def read(metrics_dir, key):
+    """A file of the metrics folder by key (rethink.paths.METRIC_FILES): JSON, or a parquet table."""
+    path = paths.metrics_file(metrics_dir, key)
     try:
         return json.loads(path.read_text()) if path.suffix == ".json" else pd.read_parquet(path)
     except (OSError, ValueError) as err:
@@ -23,7 +24,7 @@ def read(metrics_dir, name):
 
 
 def membership(metrics_dir):
-    return read(metrics_dir, "experiments.json")
+    return read(metrics_dir, "experiments")
 
 
 def experiment_ids(metrics_dir, experiment):
@@ -39,7 +40,7 @@ def experiment_ids(metrics_dir, experiment):
 def experiment_cells(metrics_dir, experiment):
     """The experiment's rows of the summary table, and where they came from."""
     ids, config = experiment_ids(metrics_dir, experiment)
-    summary = read(metrics_dir, "summary.parquet")
+    summary = read(metrics_dir, "summary_parquet")
     rows = summary[summary["cell"].isin(ids)].reset_index(drop=True)
     provenance = {
         "experiment": experiment, "config": config, "cells": int(rows["cell"].nunique()),

@@ -19,6 +19,7 @@ import sys
 
 import pandas as pd
 
+from rethink import analysis, paths
 from rethink.analysis import metrics, paper
 from rethink.errors import RethinkError, cli_main
 from rethink.fileio import write_text_atomic
@@ -30,8 +31,7 @@ MEASURED = {
     "test": "final_test_acc",
     "best test": "best_test_acc",
     "online train": "train_avg_acc_global",
-    # top-5 (Table 2): written by the trainer where a cell has at least 5 classes; absent columns
-    # (older results) read as not measured
+    # top-5 (Table 2): the label among the five largest logits (all of them for fewer classes)
     "top-5 train": "final_train_top5",
     "top-5 test": "final_test_top5",
     "best top-5 test": "best_test_top5",
@@ -53,7 +53,7 @@ def _grouped(cells, keys):
     for key, group in cells.groupby(keys, dropna=False, sort=False):
         row = {"n": group["seed"].nunique(), "fitted": bool(group["converged"].all())}
         for name, column in MEASURED.items():
-            values = pd.to_numeric(group[column], errors="coerce").dropna() if column in group else pd.Series()
+            values = pd.to_numeric(group[column], errors="coerce").dropna()
             row[name] = _pct(values.mean()) if len(values) else None
             row[f"{name} sd"] = _pct(values.std()) if len(values) > 1 else None
         rows[key] = row
@@ -214,7 +214,7 @@ def table3(kernel):
     return frame.astype({"n train": "Int64"}), note
 
 
-TABLES = {"table1": table1, "table2": table2, "table3": table3, "table4": table4}
+TABLES = {name: globals()[name] for name in analysis.TABLES}
 
 
 # ----------------------------------------------------------------------------- output
@@ -271,13 +271,13 @@ def write_table(name, frame, note, provenance, out_prefix):
 @cli_main
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m rethink.analysis.tables", description=__doc__.splitlines()[0])
-    parser.add_argument("table", choices=sorted(TABLES))
+    parser.add_argument("table", choices=analysis.TABLES)
     parser.add_argument("--metrics", required=True, help="results/metrics")
     parser.add_argument("--experiment", help="experiment whose cells to use (default: the table's name)")
     parser.add_argument("--out", required=True, help="output prefix; .csv .md .tex .json are written")
     args = parser.parse_args(argv)
     if args.table == "table3":
-        kernel = pd.read_csv(pathlib.Path(args.metrics) / "kernel.csv")
+        kernel = pd.read_csv(paths.metrics_file(args.metrics, "kernel"))
         provenance = {
             "experiment": "table3",
             "config": metrics.membership(args.metrics)["config"],

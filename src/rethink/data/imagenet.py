@@ -11,8 +11,9 @@ Layout read (torchvision's ImageNet root, or the extracted archives):
 Two steps, so that no process goes through 1.28M images and nothing lists them at Snakefile parse
 time: `write_index` lists a split once (one job; the listing is the index file, sorted, subsetted
 as the config says, then shuffled with a recorded seed so that every shard holds a random sample
-of all classes); `write_shard` writes one shard of `stream.shard_size` consecutive index entries
-(one job per shard). A shard stores the encoded JPEG bytes, not decoded pixels (README, "Deviations
+of all classes); then each shard holds `stream.shard_size` consecutive index entries
+(`shard_arrays`), written by `rethink.data.prepare`, one job per `stream.shards_per_job`
+consecutive shards. A shard stores the encoded JPEG bytes, not decoded pixels (README, "Deviations
 and choices": 2.3x smaller than 299x299 uint8 at ImageNet's mean size, and the random
 crop-and-resize needs the full image):
 

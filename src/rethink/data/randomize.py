@@ -1,4 +1,4 @@
-"""The paper's data randomizations (section 3 / PAPER.md "the noise axis"), seeded and per shard.
+"""The paper's data randomizations (section 3; docs/PAPER.md, "Data randomizations"), seeded and per shard.
 
 Names (the `noise` wildcard and config values):
   true_labels       nothing changes (cells read the clean shards)
@@ -33,13 +33,11 @@ import numpy as np
 
 from rethink.errors import RethinkError
 
-NAMED = ("true_labels", "random_labels", "shuffled_pixels", "random_pixels", "gaussian")
+NAMED = ("true_labels", "random_labels", "shuffled_pixels", "random_pixels", "gaussian")  # the names, once
 IMAGE_NOISES = ("shuffled_pixels", "random_pixels", "gaussian")  # the rest change labels, or nothing
 _CORRUPT = re.compile(r"corrupt_p(?P<level>\d+(?:\.\d+)?)")
-# Snakemake wildcard constraint for the noise part of a shard path (clean data is not a noise).
-WILDCARD_PATTERN = "|".join(["random_labels", "shuffled_pixels", "random_pixels", "gaussian"]) + (
-    r"|corrupt_p\d+(?:\.\d+)?"
-)
+# Snakemake wildcard constraint for the noise part of a shard path (true labels read clean data).
+WILDCARD_PATTERN = "|".join(name for name in NAMED if name != "true_labels") + r"|corrupt_p\d+(?:\.\d+)?"
 # ... and for a cell, whose noise may also be true_labels (it then reads the clean shards).
 CELL_WILDCARD_PATTERN = "true_labels|" + WILDCARD_PATTERN
 _CHUNK = 1024  # images per block when drawing per-image noise (bounds memory for big images)

@@ -49,7 +49,6 @@ DEFAULT_ROOTS = {
     "cifar10": "data/cifar10",
     "imagenet": "data/imagenet",
 }
-SOURCES = ("fashion_mnist", "mnist", "cifar10", "synthetic", "imagenet")
 STREAMED = ("imagenet",)  # sources written as JPEG shards and streamed by the trainer
 
 _IDX_FILES = {

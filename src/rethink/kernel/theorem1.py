@@ -10,9 +10,10 @@ y on n distinct points x_1..x_n in R^d, built as the paper's proof builds it:
 - w (n weights): then A_ij = max(z_i - b_j, 0) is lower triangular with a positive diagonal, so
   A w = y has exactly one solution, found by forward substitution (LAPACK's trtrs via scipy).
 
-Everything in float64. The fit is checked by evaluating the network itself (not A) on the
-points; A's conditioning (LAPACK's trcon estimate of the 1-norm condition number) says how much
-float64 rounding the construction amplifies as n grows.
+Everything in float64. The interleaving is checked as float64 holds it (it is what gives the
+network its 2n + d weights: n hidden units, one bias each); the fit by evaluating the network
+itself (not A) on the points; A's conditioning (LAPACK's trcon estimate of the 1-norm condition
+number) says how much float64 rounding the construction amplifies as n grows.
 """
 
 import dataclasses
@@ -58,9 +59,24 @@ def construct(x, y, seed):
     zs = z[order]
     gaps = np.diff(zs)
     b = np.concatenate([[zs[0] - (gaps.min() if len(gaps) else 1.0)], zs[:-1] + gaps / 2])
+    _check_interleaved(b, zs)
     matrix = np.maximum(zs[:, None] - b[None, :], 0.0)
     w = scipy.linalg.solve_triangular(matrix, y[order], lower=True, check_finite=False)
     return Network(a, b, w), matrix
+
+
+def _check_interleaved(b, zs):
+    """b_1 < z_1 < b_2 < z_2 < ... < b_n < z_n, as float64 holds them: what makes A lower
+    triangular with a positive diagonal, so that n hidden units with these biases suffice. A
+    midpoint of two projections closer than float64 resolves rounds onto one of them."""
+    bad = np.flatnonzero(~((b < zs) & np.concatenate([[True], zs[:-1] < b[1:]])))
+    if len(bad):
+        j = int(bad[0])
+        raise RethinkError(
+            f"bias {j + 1} ({float(b[j])!r}) does not lie strictly between projections {j} and {j + 1} "
+            f"({float(zs[j - 1]) if j else -np.inf!r}, {float(zs[j])!r}): they are closer than float64 "
+            "resolves, so the construction needs points whose projections differ more"
+        )
 
 
 def condition_number(matrix):
@@ -76,8 +92,6 @@ def verify(x, y, seed):
     network, matrix = construct(x, y, seed)
     residual = np.abs(network(np.asarray(x, dtype=np.float64)) - y)
     n, d = np.shape(x)
-    if network.n_weights != 2 * n + d:
-        raise RethinkError(f"the network has {network.n_weights} weights, not 2n + d = {2 * n + d}")
     return {
         "n": n,
         "d": d,

@@ -1,6 +1,12 @@
-"""The one registry from config names to models: build_model(name, input_shape, num_classes, ...)."""
+"""The one registry from config names to models: build_model(name, input_shape, num_classes, ...).
+
+A name is a model of the registry below, or a user's own model as "package.module:function": the
+function is called as the registry's factories are, `function(input_shape, num_classes,
+width=..., dropout=...)`, and returns a torch.nn.Module (config key `architectures.<name>.model`).
+"""
 
 import functools
+import importlib
 import math
 
 import torch.nn as nn
@@ -57,6 +63,19 @@ def _inception_v3(input_shape, num_classes, width=1.0, dropout=0.0):
     )
 
 
+def _user_model(name, input_shape, num_classes, width, dropout):
+    """A user's model, "package.module:function", imported as the trainer's Python finds it."""
+    module, _, function = name.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as err:
+        raise RethinkError(f"model {name}: cannot import {function} from {module} ({err})") from None
+    model = factory(input_shape, num_classes, width=width, dropout=dropout)
+    if not isinstance(model, nn.Module):
+        raise RethinkError(f"model {name}: {function} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
 def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -66,11 +85,15 @@ def build_model(name, input_shape, num_classes, width=1.0, dropout=0.0, init="te
 
     `width` multiplies every channel/unit count (1.0 = the paper's model); `dropout` is the
     rate of a dropout layer before the final linear layer (0 = off, same parameter count);
-    `init` is one of INITS (the small models' initialisation; Inception V3 keeps torchvision's).
-    Weights are drawn from torch's global RNG: seed it first for a reproducible model.
+    `init` is one of INITS (for every model but Inception V3, which keeps torchvision's; `pytorch`
+    leaves a user's model as its function built it). Weights are drawn from torch's global RNG:
+    seed it first for a reproducible model.
     """
-    if name not in _REGISTRY:
-        raise RethinkError(f"unknown model {name!r}; known models: {', '.join(ARCHITECTURES)}")
+    user = isinstance(name, str) and ":" in name
+    if not user and name not in _REGISTRY:
+        raise RethinkError(
+            f"unknown model {name!r}; known models: {', '.join(ARCHITECTURES)}, or package.module:function"
+        )
     shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
     if shape is None or len(shape) != 3 or not all(_is_int(v) and v >= 1 for v in shape):
         raise RethinkError(f"model {name}: input_shape={input_shape!r} must be three positive ints (C, H, W)")
@@ -82,6 +105,8 @@ def build_model(name, input_shape, num_classes, width=1.0, dropout=0.0, init="te
         raise RethinkError(f"model {name}: dropout={dropout!r} must be in [0, 1)")
     if not isinstance(init, str) or init not in INITS:
         raise RethinkError(f"model {name}: init={init!r} is unknown; allowed: {', '.join(INITS)}")
+    if user:
+        return INITS[init](_user_model(name, shape, num_classes, float(width), float(dropout)))
     if _REGISTRY[name] is None:
         return _inception_v3(shape, num_classes, width=float(width), dropout=float(dropout))
     return INITS[init](_REGISTRY[name](shape, num_classes, width=float(width), dropout=float(dropout)))

@@ -17,6 +17,7 @@ import os
 import pathlib
 import sys
 
+from rethink import config, paths
 from rethink.errors import RethinkError, cli_main
 
 PACK_KEYS = ("cell", "train", "test", "out_dir", "checkpoint")
@@ -30,11 +31,11 @@ def parser():
     p.add_argument("--test-shards", nargs="+", metavar="P", help="test shards, in order")
     p.add_argument("--out-dir", help="gets history.csv, summary.json, train.log")
     p.add_argument("--checkpoint", help="checkpoint (outside --out-dir); resumed if it exists")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="overrides hparams.device")
+    p.add_argument("--device", choices=config.DEVICES, help="overrides hparams.device")
     p.add_argument(
         "--compile",
         default="off",
-        choices=("off", "default", "reduce-overhead"),
+        choices=config.COMPILE_MODES,
         help="torch.compile the training step (reduce-overhead: CUDA graphs); default off",
     )
     return p
@@ -81,7 +82,7 @@ def main(argv=None):
             cell.validate(job.cell, f"--pack cell {job.out_dir}")
             job.out_dir.mkdir(parents=True, exist_ok=True)
             if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 writes
-                write_text_atomic(job.out_dir / "cell.json", canonical_json(job.cell) + "\n")
+                write_text_atomic(paths.cell_file(job.out_dir, "cell"), canonical_json(job.cell) + "\n")
     else:
         jobs = [
             loop.Job(

@@ -1,93 +1,42 @@
-"""A cell: one training run's resolved settings. Validation, and the hash checkpoints are tied to."""
+"""A cell: one training run's resolved settings. Validation (the config schema's `cell`), the
+fields summary.json adds to it, and the hash checkpoints are tied to."""
 
 import hashlib
 import json
-import math
 import pathlib
 
+from rethink import config
 from rethink.data.randomize import DEFAULT_OPTIONS, parse_noise
 from rethink.data.shards import stored_checksum
 from rethink.errors import RethinkError
 from rethink.fileio import canonical_json
-from rethink.models import ARCHITECTURES, INITS
 
-
-def _number(test, allowed):
-    def check(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and test(v)
-
-    return check, allowed
-
-
-def _integer(test, allowed):
-    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and test(v)), allowed
-
-
-_BOOL = (lambda v: isinstance(v, bool)), "true or false"
-
-# key -> (check, allowed values as the error message states them)
-HPARAMS = {
-    "lr": _number(lambda v: v > 0, "a number > 0"),
-    "lr_decay": _number(lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "momentum": _number(lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "batch_size": _integer(lambda v: v >= 1, "an integer >= 1"),
-    "max_epochs": _integer(lambda v: v >= 1, "an integer >= 1"),
-    "weight_decay": _number(lambda v: v >= 0, "a number >= 0"),
-    "dropout": _number(lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "random_crop": _BOOL,
-    "crop_size": _integer(lambda v: v >= 1, "an integer >= 1"),
-    "crop_pad": _integer(lambda v: v >= 0, "an integer >= 0"),
-    "augment": _BOOL,
-    "rotate_degrees": _number(lambda v: 0 <= v <= 180, "a number in [0, 180]"),
-    "fit_threshold": _number(lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "eval_every_epochs": _integer(lambda v: v >= 1, "an integer >= 1"),
-    "checkpoint_minutes": _number(lambda v: v > 0, "a number > 0"),
-    "device": ((lambda v: v in ("auto", "cpu", "cuda")), "one of auto, cpu, cuda"),
-    "init": ((lambda v: isinstance(v, str) and v in INITS), f"one of {', '.join(INITS)}"),
-}
-TOP = {
-    "cell": ((lambda v: isinstance(v, str) and v != ""), "a non-empty string"),
-    "arch": ((lambda v: v in ARCHITECTURES), f"one of {', '.join(ARCHITECTURES)}"),
-    "width": _number(lambda v: v > 0, "a number > 0"),
-    "seed": _integer(lambda v: v >= 0, "an integer >= 0"),
-    "hparams": ((lambda v: isinstance(v, dict)), "an object with keys " + ", ".join(HPARAMS)),
-}
-# summary.json's own fields; an extra cell key with one of these names would be overwritten
-RESULT_KEYS = frozenset(
-    """
-    final_train_loss final_train_acc final_test_loss final_test_acc best_test_acc best_test_step
-    best_test_epoch steps_to_fit epochs_to_fit converged stop_reason steps epochs n_params
-    param_norm num_classes n_train n_test input_shape device device_name torch_version
-    python_version wall_s inputs_sha256 final_train_top5 final_test_top5 best_test_top5
-""".split()
-)
-
-
-def _check(where, spec, obj):
-    missing = [k for k in spec if k not in obj]
-    if missing:
-        raise RethinkError(f"{where}{missing[0]} is missing; required keys: {', '.join(spec)}")
-    for key, (ok, allowed) in spec.items():
-        if not ok(obj[key]):
-            raise RethinkError(f"{where}{key}={obj[key]!r} is invalid; allowed: {allowed}")
+# summary.json is the cell's own keys followed by these results (rethink.train.loop passes
+# exactly these to `summary`); a cell key of one of these names is refused.
+RESULT_KEYS = (
+    "final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc", "final_train_top5",
+    "final_test_top5", "best_test_top5", "final_train_avg_loss", "final_train_avg_acc", "train_avg_acc_global",
+    "best_test_acc", "best_test_step", "best_test_epoch", "steps_to_fit", "epochs_to_fit", "converged",
+    "stop_reason", "steps", "epochs", "n_params", "param_norm", "num_classes", "n_train", "n_test",
+    "input_shape", "inputs_sha256", "device", "device_name", "torch_version", "python_version", "wall_s",
+)  # fmt: skip
 
 
 def validate(cell, source="cell"):
-    """Raise RethinkError naming the key and its allowed values; return the cell unchanged."""
-    if not isinstance(cell, dict):
-        raise RethinkError(f"{source}: must be a JSON object, got {type(cell).__name__}")
-    _check(f"{source}: ", TOP, cell)
-    clash = sorted(RESULT_KEYS & set(cell))
+    """Raise RethinkError naming the key and what is allowed; return the cell unchanged."""
+    config.check_cell(cell, source)
+    clash = [key for key in RESULT_KEYS if key in cell]
     if clash:
         raise RethinkError(f"{source}: key {clash[0]!r} is reserved for summary.json results; rename it")
-    hp = cell["hparams"]
-    unknown = sorted(set(hp) - set(HPARAMS))
-    if unknown:
-        raise RethinkError(
-            f"{source}: hparams.{unknown[0]} is not a known hyper-parameter; known: {', '.join(HPARAMS)}"
-        )
-    _check(f"{source}: hparams.", HPARAMS, hp)
     return cell
+
+
+def summary(cell, **results):
+    """summary.json's content: the cell, then its results (every one of RESULT_KEYS, no other)."""
+    missing, extra = set(RESULT_KEYS) - set(results), set(results) - set(RESULT_KEYS)
+    if missing or extra:
+        raise RethinkError(f"summary of {cell['cell']}: results missing {sorted(missing)}, undeclared {sorted(extra)}")
+    return dict(cell, **{key: results[key] for key in RESULT_KEYS})
 
 
 def load(path):
@@ -131,5 +80,5 @@ def check_shards(cell, split, attrs, path):
         if attrs.get(field) != value:
             raise RethinkError(
                 f"{path}: this shard has {field}={attrs.get(field)!r}, but cell {cell['cell']} needs "
-                f"{field}={value!r} for its {split} split; pass the cell's own shards (see python -m rethink.grid)"
+                f"{field}={value!r} for its {split} split; pass the cell's own shards (see python -m rethink.plan)"
             )

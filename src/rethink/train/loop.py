@@ -34,6 +34,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from rethink import paths
+from rethink.config import COMPILE_MODES
 from rethink.data.imagenet import SHARD_FORMAT
 from rethink.data.shards import read_shard, read_split_tensors
 from rethink.errors import RethinkError
@@ -62,7 +64,6 @@ EVAL_COLUMNS = ("train_loss", "train_acc", "test_loss", "test_acc", "train_top5"
 # kernels per shape, so another batch size can move a logit in its last bits. Fixed, so that a
 # cell's numbers do not depend on anything but the cell.
 EVAL_BATCH = stream.EVAL_BATCH
-COMPILE_MODES = ("off", "default", "reduce-overhead")  # torch.compile's; reduce-overhead = CUDA graphs
 
 
 @dataclasses.dataclass
@@ -266,7 +267,7 @@ class Member:
         self.world = world  # None: one process; else the ranks that train this cell together
         self.main = world is None or world.main  # evaluates, logs and writes
         pathlib.Path(job.out_dir).mkdir(parents=True, exist_ok=True)
-        self.log = Log(pathlib.Path(job.out_dir) / "train.log", echo) if self.main else lambda message: None
+        self.log = Log(paths.cell_file(job.out_dir, "log"), echo) if self.main else lambda message: None
         self.train_split, self.test_split = data
         self.num_classes, test_classes = self.train_split.num_classes, self.test_split.num_classes
         if test_classes != self.num_classes:
@@ -501,9 +502,8 @@ class Member:
 
 
 def write_outputs(job, history, summary):
-    out = pathlib.Path(job.out_dir)
-    _write_history(out / "history.csv", history)
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    _write_history(paths.cell_file(job.out_dir, "history"), history)
+    write_text_atomic(paths.cell_file(job.out_dir, "summary"), json.dumps(summary, indent=2, allow_nan=False) + "\n")
 
 
 # ----------------------------------------------------------------------------- the pack
@@ -567,7 +567,7 @@ def _train_pack(jobs, keys, states, dev, echo, compile_mode, world=None):
             if world is not None and not world.main:
                 continue
             write_outputs(job, state["history"], state["summary"])
-            Log(pathlib.Path(job.out_dir) / "train.log", echo)(
+            Log(paths.cell_file(job.out_dir, "log"), echo)(
                 f"finished earlier: history and summary re-emitted from {job.checkpoint}"
             )
             summaries[i] = state["summary"]
@@ -625,7 +625,7 @@ def _summary(cell, p, reason, model, key, dev, num_classes, n_train, n_test, inp
     avg_accs = [r["train_avg_acc"] for r in p.history if r["train_avg_acc"] is not None]
     with torch.no_grad():
         norm = math.sqrt(sum(p.detach().double().square().sum().item() for p in model.parameters()))
-    return dict(
+    return cells.summary(
         cell,
         final_train_loss=finite(last["train_loss"]), final_train_acc=last["train_acc"],
         final_test_loss=finite(last["test_loss"]), final_test_acc=last["test_acc"],
