@@ -85,6 +85,16 @@ def test_packs_and_resources_come_from_the_architecture():
     ]
 
 
+def test_a_compiled_step_with_packs_of_several_cells_is_a_config_error():
+    config = tiny_config(EXPERIMENTS)
+    config["compute"] = {"compile": "reduce-overhead", "pack": 2}
+    with pytest.raises(ConfigError, match=r"compute.compile: 'reduce-overhead' trains a pack of one cell, but "
+                       r"compute.pack is 2; set compute.pack: 1 or compute.compile: off"):  # fmt: skip
+        built(config)
+    config["compute"] = {"compile": "reduce-overhead", "pack": 1}
+    assert built(config).compile_mode() == "reduce-overhead"
+
+
 def test_a_cell_key_that_summary_json_would_overwrite_is_refused():
     spec = built(tiny_config(EXPERIMENTS)).cells["synth/mlp/none/true_labels/s0"][1]
     assert cells.validate(spec) is spec

@@ -109,6 +109,7 @@ class Plan:
         _check_experiments(config)
         self.cells, self.experiments = expand(config)
         _check_gpus(config, self.cells)
+        _check_compile(config)
         _check_kernel(config)
         self.code = {stage: codehash.digest(module) for stage, module in ENTRIES.items()}
         # a user's model joins its cells' training code: editing it reruns exactly those cells
@@ -501,6 +502,17 @@ def _check_gpus(config, cells):
                 f"batch_size {batch} (the global batch, split evenly over the GPUs); make batch_size a "
                 f"multiple of {gpus} or change gpus"
             )
+
+
+def _check_compile(config):
+    """A compiled step serves one cell: pack-mates would share it, torch's guards on each optimizer
+    pass their recompile limit at about 5 cells, and CUDA graphs would re-record at every switch."""
+    mode, pack = config["compute"]["compile"], config["compute"]["pack"]
+    if mode != "off" and pack > 1:
+        raise ConfigError(
+            f"config key compute.compile: {mode!r} trains a pack of one cell, but compute.pack is {pack}; "
+            "set compute.pack: 1 or compute.compile: off"
+        )
 
 
 def _check_kernel(config):

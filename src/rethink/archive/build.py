@@ -14,7 +14,7 @@ import bagit
 import h5py
 
 from rethink import config as rconfig
-from rethink import fileio
+from rethink import fileio, paths
 from rethink.archive import ARCHIVE_DIR, DATA, MANIFEST, METADATA, RESULTS, bundle, describe
 from rethink.errors import RethinkError
 
@@ -50,7 +50,7 @@ def refusals(root, configfiles, stale):
     found = [f"{path}: {why}" for path, why in sorted(stale.items())]
     dirty = git(root, "status", "--porcelain", "--untracked-files=no").splitlines()
     found += [f"{line[3:]}: modified since the last commit (archive the committed code)" for line in dirty]
-    experiments = root / "results" / "metrics" / "experiments.json"
+    experiments = root / paths.EXPERIMENTS_JSON
     if experiments.is_file():
         used = json.loads(experiments.read_text()).get("config")
         if used is not None and used != ", ".join(configfiles):

@@ -32,8 +32,6 @@ from rethink import __version__, paths
 from rethink.errors import RethinkError
 from rethink.fileio import write_bytes_atomic
 
-COMPRESSIONS = ("lzf", "gzip", "none")
-
 
 class ShardError(RethinkError):
     """A shard is missing, unreadable, tampered with, or does not belong with its neighbours."""
