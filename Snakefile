@@ -5,12 +5,7 @@ from snakemake.utils import min_version
 min_version("9.27")
 
 
-# A --configfile replaces the embedded default instead of being deep-merged into it.
-if not workflow.config_settings.configfiles:
-
-    configfile: "config/config.yaml"
-
-
+# The config is config/config.yaml with each --configfile layered onto it (common.smk).
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"

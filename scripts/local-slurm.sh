@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # A one-node Slurm cluster on loopback, with fake GPUs and accounting, for the tests and for
-# anyone who wants to try the Slurm path of this pipeline on one machine.
+# anyone who wants to try the Slurm path of this pipeline on one machine: two partitions on the
+# one node, `cpu` (the default) and `gpu`; typed fake GPUs (gpu:fake, so `--gpus=N`,
+# `--gpus=fake:N` and `--gres=gpu:fake:N` all schedule); the node feature `fake` (for
+# `--constraint`); an account `rethink` and a QoS `rethink` that root may use.
 #
 #   scripts/local-slurm.sh start    install Slurm/munge/MariaDB from Debian packages if missing,
 #                                   configure, start the daemons, wait for an idle node
@@ -13,12 +16,11 @@
 # cluster's), and writes Slurm's config there because Snakemake's Slurm plugin removes
 # SLURM_* variables (SLURM_CONF included) from job environments.
 # Environment: LOCAL_SLURM_DIR (state, logs, PID files; default /var/tmp/rethink-slurm),
-# LOCAL_SLURM_GPUS (fake GPUs, default 4), LOCAL_SLURM_PARTITION (default gpu).
+# LOCAL_SLURM_GPUS (fake GPUs, default 4).
 set -euo pipefail
 
 STATE=${LOCAL_SLURM_DIR:-/var/tmp/rethink-slurm}
 GPUS=${LOCAL_SLURM_GPUS:-4}
-PARTITION=${LOCAL_SLURM_PARTITION:-gpu}
 MARKER="# written by rethink scripts/local-slurm.sh"
 CONF=/etc/slurm
 
@@ -80,13 +82,14 @@ SlurmdLogFile=$STATE/slurmd.log
 GresTypes=gpu
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
-AccountingStorageTRES=gres/gpu
+AccountingStorageTRES=gres/gpu,gres/gpu:fake
 AccountingStoreFlags=job_comment
 JobAcctGatherType=jobacct_gather/linux
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:$GPUS State=UNKNOWN
-PartitionName=$PARTITION Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:fake:$GPUS Features=fake State=UNKNOWN
+PartitionName=cpu Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+PartitionName=gpu Nodes=localhost MaxTime=INFINITE State=UP
 EOF
-  printf '%s\nNodeName=localhost Name=gpu File=%s\n' "$MARKER" "$STATE/dev/nvidia[0-$((GPUS - 1))]" > $CONF/gres.conf
+  printf '%s\nNodeName=localhost Name=gpu Type=fake File=%s\n' "$MARKER" "$STATE/dev/nvidia[0-$((GPUS - 1))]" > $CONF/gres.conf
   cat > $CONF/slurmdbd.conf <<EOF
 $MARKER
 AuthType=auth/munge
@@ -130,7 +133,18 @@ start() {
   alive "$STATE/slurmd.pid" || slurmd -N localhost
   wait_for 60 "an idle node" bash -c "sinfo -h -o %T | grep -qx idle"
   wait_for 60 "the accounting cluster" bash -c "sacctmgr -n -P list cluster format=cluster | grep -qx rethink"
-  log "up: partition $PARTITION, $GPUS fake GPUs, accounting through slurmdbd (state in $STATE)"
+  add_association
+  log "up: partitions cpu (default) and gpu, $GPUS fake GPUs, accounting through slurmdbd (state in $STATE)"
+}
+
+# An account and a QoS for root, as a site gives its users (sacctmgr refuses what exists).
+add_association() {
+  sacctmgr -n -P list qos format=name | grep -qx rethink || sacctmgr -i add qos rethink >/dev/null
+  sacctmgr -n -P list account format=account | grep -qx rethink || sacctmgr -i add account rethink >/dev/null
+  sacctmgr -n -P list assoc user=root format=account | grep -qx rethink ||
+    sacctmgr -i add user root account=rethink >/dev/null
+  sacctmgr -n -P list assoc user=root format=qos | tr ',' '\n' | grep -qx rethink ||
+    sacctmgr -i modify user root set qos+=rethink >/dev/null
 }
 
 stop() {

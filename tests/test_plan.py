@@ -3,10 +3,12 @@ imports (rethink.codehash); a user's model checked without importing it."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+import yaml
 
 from rethink import codehash, plan
 from rethink import config as rconfig
@@ -37,11 +39,11 @@ def test_the_cli_prints_the_paper_plan_as_a_table_and_as_json_without_torch(tmp_
     assert table.returncode == 0, table.stderr
     assert table.stdout.startswith("config/paper.yaml: 55 cells, 55 training jobs, ")
     assert "| fig1b | 33 | alexnet, inception, mlp_1x512 | none |" in table.stdout
-    assert "| 20 x train | cifar10 | inception | 1 | 240 | 16000 | 1 | 1 | python |" in table.stdout
+    assert "| 20 x train | cifar10 | inception | 1 | 240 | 1 | 16000 | 1 | 1 | python |" in table.stdout
     described = json.loads(run_cli("--configfile", "config/paper.yaml", "--json", env=env).stdout)
     assert len(described["cells"]) == 55 and len(described["jobs"]["train"]) == 55
     job = next(j for j in described["jobs"]["train"] if j["cells"] == ["cifar10/alexnet/none/true_labels/s0"])
-    assert (job["rule"], job["runtime_minutes"], job["mem_mb"], job["gpu"], job["launcher"]) == (
+    assert (job["rule"], job["runtime_minutes"], job["mem_mb"], job["gpus"], job["launcher"]) == (
         "train",
         120,
         16000,
@@ -159,3 +161,113 @@ def test_a_code_hash_reads_the_code_not_its_comments_or_blank_lines(tmp_path, mo
     module.write_text(text)
     (package / "other.py").write_text("X = 2\n")
     assert digest() != first
+
+
+# ----------------------------------------------------------------------------- what jobs ask Slurm for
+
+SITE = {
+    "train": {"partition": "gpu", "account": "lab", "qos": "long", "constraint": "a100", "gpu_model": "a100",
+              "cpus_per_gpu": 4, "extra": "--mail-type=FAIL"},
+    "kernel": {"partition": "bigmem", "gpu_request": "gres", "gpu_model": "h100"},
+    "cpu": {"partition": "cpu", "qos": "short", "runtime_minutes": 20, "mem_mb": 3000},
+}  # fmt: skip
+
+
+def site_config(**compute):
+    config = tiny_config(EXPERIMENTS)
+    config["architectures"]["alexnet"]["hparams"] = {"device": "cuda"}  # a GPU cell; the mlp's are cpu cells
+    config["kernel"] = {"rows": {"raw": {"dataset": "synth", "features": "raw", "device": "cuda", "threads": 3}}}
+    config["slurm"] = json.loads(json.dumps(SITE))
+    config["compute"] = compute
+    return config
+
+
+def test_each_kind_of_job_asks_for_its_own_partition_and_gpus_the_way_the_site_wants():
+    grid = built(site_config())
+    alexnet = grid.train_resources(grid.pack_of("synth/alexnet/none/true_labels/s0"))
+    assert alexnet == {
+        "runtime": 5, "mem_mb": 500, "slurm_partition": "gpu", "slurm_account": "lab", "qos": "long",
+        "constraint": "a100", "slurm_extra": "--mail-type=FAIL --signal=TERM@120",
+        "gpu": 1, "gpu_model": "a100", "gres": "", "cpus_per_gpu": 4, "cpus_per_task": 0,
+    }  # fmt: skip
+    mlp = grid.train_resources(grid.pack_of("synth/mlp/none/true_labels/s0"))  # no GPU: asks none, CPUs per task
+    assert (mlp["gpu"], mlp["gpu_model"], mlp["gres"], mlp["cpus_per_gpu"], mlp["cpus_per_task"]) == (0, "", "", 0, 1)
+    assert mlp.keys() == alexnet.keys()  # one rule, one set of resources
+    assert grid.kernel_resources("raw") == {
+        "runtime": 60, "mem_mb": 4000, "slurm_partition": "bigmem",
+        "gpu": 0, "gpu_model": "", "gres": "gpu:h100:1", "cpus_per_gpu": 0, "cpus_per_task": 3,
+    }  # fmt: skip
+    # data jobs (and the analysis when it is not local): never a GPU, whatever a profile says
+    assert grid.cpu_resources() == {
+        "runtime": 20, "mem_mb": 3000, "slurm_partition": "cpu", "qos": "short", "gpu": 0, "gpu_model": "", "gres": "",
+    }  # fmt: skip
+    assert grid.local_analysis() is True
+    bare = built(tiny_config(EXPERIMENTS))  # no slurm section: the site's defaults, nothing added
+    assert set(bare.cpu_resources()) == {"runtime", "mem_mb", "gpu", "gpu_model", "gres"}
+
+
+def test_a_cap_bounds_every_request_and_a_longer_cell_trains_as_a_chain_of_jobs():
+    config = site_config(max_runtime_minutes=60, signal_minutes=2)
+    config["architectures"]["alexnet"]["runtime_minutes"] = 240
+    config["architectures"]["mlp"]["runtime_minutes"] = 40
+    config["kernel"]["rows"]["raw"]["runtime_minutes"] = 90
+    config["slurm"]["cpu"]["runtime_minutes"] = 120
+    grid = built(config)
+    alexnet, mlp = (grid.pack_of(f"synth/{arch}/none/true_labels/s0") for arch in ("alexnet", "mlp"))
+    assert [grid.runtime(alexnet, attempt) for attempt in (1, 2, 3)] == [60, 60, 60]
+    assert [grid.runtime(mlp, attempt) for attempt in (1, 2, 3)] == [40, 60, 60]  # a retry gets more, to the cap
+    # each capped job trains at least 60 - 2 (the signal) - 0.5 (Slurm signals up to 30 s early) minutes
+    assert (grid.chain(alexnet), grid.chain(mlp)) == (5, 1)
+    assert grid.chain_retries() == {"train": 4}  # added to Snakemake's --retries for the train rule
+    assert [grid.kernel_resources("raw", attempt)["runtime"] for attempt in (1, 2)] == [60, 60]
+    assert grid.cpu_resources()["runtime"] == 60
+    described = grid.describe()["jobs"]["train"]
+    assert {(job["cells"][0].split("/")[1], job["jobs"]) for job in described} == {("alexnet", 5), ("mlp", 1)}
+    config["compute"]["pack"] = 2  # two alexnet cells a job: twice the estimate, a rule of its own
+    packed = built(config)
+    assert packed.chain_retries() == {"train_synth_alexnet_p000": 8, "train_synth_mlp_p000": 1}
+
+
+@pytest.mark.parametrize(
+    "compute, runtime, message",
+    [
+        ({"max_runtime_minutes": 2, "signal_minutes": 2}, 5,
+         "config key compute.max_runtime_minutes: 2 leaves a training job no time to train: Slurm signals it "
+         "compute.signal_minutes (2) before its limit, and up to 0.5 minutes earlier; raise it or lower signal_minutes"),
+        ({}, 2, "config key architectures.alexnet.runtime_minutes: 2 minutes (a job's time limit) leave the job no "
+         "time to train: Slurm signals it compute.signal_minutes (2) before its limit"),
+    ],
+)  # fmt: skip
+def test_a_job_that_would_be_signalled_before_it_trains_is_a_config_error(compute, runtime, message):
+    config = site_config(**compute)
+    config["architectures"]["alexnet"]["runtime_minutes"] = runtime
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        built(config)
+    built(dict(config, compute=dict(compute, signal_minutes=0)))  # no signal: SIGTERM at the limit, as Slurm does
+
+
+def test_a_config_file_is_layered_onto_the_default_and_a_whole_config_starts_afresh(tmp_path):
+    site = tmp_path / "site.yaml"
+    site.write_text("compute: {max_runtime_minutes: 600}\nslurm: {train: {partition: gpu}}\n"
+                    "architectures: {alexnet: {runtime_minutes: 700}}\n")  # fmt: skip
+    default = plan.load([])
+    merged = plan.load(site)
+    assert merged.configfiles == [str(plan.DEFAULT_CONFIG), str(site)]  # what experiments.json records
+    assert merged.cells.keys() == default.cells.keys() and merged.kernel_rows.keys() == default.kernel_rows.keys()
+    alexnet = merged.config["architectures"]["alexnet"]
+    assert (alexnet["runtime_minutes"], alexnet["width"], alexnet["mem_mb"]) == (700, 0.25, 2000)  # key by key
+    assert merged.config["slurm"]["train"]["partition"] == "gpu" and merged.config["compute"]["threads"] == 1
+    # config/paper.yaml lists experiments: a whole config, so nothing of the default leaks into it
+    paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    alone = plan.Plan(rconfig.validate(paper, SCHEMA), ["config/paper.yaml"])
+    layered = plan.load(REPO / "config/paper.yaml")
+    assert layered.configfiles == [str(REPO / "config/paper.yaml")]
+    assert layered.config == alone.config and layered.cells.keys() == alone.cells.keys()
+    assert "fashion_mnist" not in layered.datasets and "fashion_raw" not in layered.kernel_rows
+    assert layered.config["architectures"]["inception"]["width"] == 1.0  # not the default's 0.125
+    on_paper = plan.load([REPO / "config/paper.yaml", site])  # an override after it merges onto the paper
+    assert on_paper.config["architectures"]["alexnet"]["runtime_minutes"] == 700
+    assert on_paper.cells.keys() == alone.cells.keys()
+    lists = tmp_path / "lists.yaml"
+    lists.write_text("theorem1: {sizes: [7]}\n")  # a list replaces the one before it
+    assert plan.load(lists).config["theorem1"]["sizes"] == [7]

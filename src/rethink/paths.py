@@ -17,6 +17,7 @@ SPLIT_INDEX = RESULTS + "/data/{dataset}/clean/{split}-index.json"
 # data code's hash, so a changed writer never meets shards of the old one.
 CLEAN_STAGING = RESULTS + "/data/{dataset}/clean/staging/{code}"
 CHANNEL_STATS = RESULTS + "/data/{dataset}/clean/train-stats.json"
+DOWNLOADED = RESULTS + "/data/{dataset}/downloaded.json"  # what rethink.data.download fetched
 DATA_LOG = RESULTS + "/logs/data/{dataset}/{stage}/{split}-{shard}.log"
 # One directory per cell; the checkpoint lives outside it (a failed job's outputs are deleted,
 # its checkpoint must survive for the retry to resume). The checkpoint's name carries a hash of
@@ -32,6 +33,9 @@ CELL_JSON, CELL_HISTORY, CELL_SUMMARY = (f"{CELL_DIR}/{CELL_FILES[k]}" for k in 
 # where a failure's one-line cause goes: per cell (rule train), or per pack (compute.pack > 1).
 TRAIN_LOG = RESULTS + "/logs/train/" + CELL_ID + ".log"
 TRAIN_PACK_LOG = RESULTS + "/logs/train/{pack}.log"
+# A training job's run time and peak memory (Snakemake's benchmark), which rethink.calibrate reads
+TRAIN_BENCHMARK = RESULTS + "/benchmarks/train/" + CELL_ID + ".tsv"
+TRAIN_PACK_BENCHMARK = RESULTS + "/benchmarks/train/{pack}.tsv"
 CHECKPOINT = RESULTS + "/checkpoints/" + CELL_ID + "/{key}.pt"
 # The aggregated metrics; the analysis CLIs get the folder (--metrics) and find each file by key.
 METRICS_DIR = RESULTS + "/metrics"

@@ -23,6 +23,7 @@ import ast
 import dataclasses
 import functools
 import json
+import math
 import pathlib
 import sys
 
@@ -91,9 +92,38 @@ class ShardRange:
     last: int
 
 
-def load(configfile, schema=rconfig.SCHEMA):
-    """The plan of a config file (for CLIs and tests; the workflow builds its own from Snakemake's config)."""
-    return Plan(rconfig.load(configfile, schema), [configfile])
+# The default config: the first layer of every run's config (layered)
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "config" / "config.yaml"
+
+
+def layered(configfiles, overrides=None):
+    """A run's config from its layers: the default config and each --configfile in order, then
+    --config's values. A file that lists experiments is a whole config and starts afresh (the
+    default does; so do config/paper*.yaml); any other file is an override, merged onto the
+    layers before it: mappings key by key, while a list or a value replaces the one before.
+    -> (the files the config is made of, from the last whole one on; the merged config)."""
+    texts = [rconfig.read_yaml(path) or {} for path in configfiles]
+    start = max((i for i, text in enumerate(texts) if "experiments" in text), default=0)
+    config = {}
+    for text in [*texts[start:], dict(overrides or {})]:
+        _merge(config, text)
+    return list(configfiles[start:]), config
+
+
+def _merge(into, new):
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def load(configfiles, schema=rconfig.SCHEMA):
+    """The plan of config files (one path or several) layered onto the default config, as the
+    workflow layers them (for CLIs and tests; the workflow builds its own from Snakemake's settings)."""
+    given = [configfiles] if isinstance(configfiles, (str, pathlib.Path)) else list(configfiles)
+    files, config = layered([DEFAULT_CONFIG, *given])
+    return Plan(rconfig.validate(config, pathlib.Path(schema)), files)
 
 
 class Plan:
@@ -119,6 +149,7 @@ class Plan:
         }
         self.packs = _packs(config, self.cells)
         self.packed = config["compute"]["pack"] > 1
+        _check_time_limits(self)
         self._pack_of = {cell_id: pack for pack in self.packs for cell_id in pack.ids}
         self.data_units = sorted(
             {(cell.dataset, cell.noise, cell.seed) for cell, _ in self.cells.values()},
@@ -223,16 +254,86 @@ class Plan:
             return requested
         return 1 if device == "cuda" else 0
 
-    def runtime(self, pack, attempt=1):
-        """Minutes: the architecture's estimate per cell, times the cells, times the attempt number
-        (a retry gets more time)."""
-        return int(self._arch(pack)["runtime_minutes"] * len(pack.ids) * attempt)
-
     def mem_mb(self, pack):
         return self._arch(pack)["mem_mb"]
 
     def compile_mode(self):
         return self.config["compute"]["compile"]
+
+    # ------------------------------------------------------------------------- what each job asks Slurm for
+    # One function per kind of job (training, kernel rows, CPU jobs), each giving the job's Snakemake
+    # resources. The Slurm executor plugin makes them sbatch options: runtime -t, mem_mb --mem,
+    # cpus_per_task -c (0: none), cpus_per_gpu --cpus-per-gpu, gpu --gpus=N (with gpu_model
+    # --gpus=<model>:N), gres --gres, slurm_partition -p, slurm_account -A, qos --qos,
+    # constraint -C, slurm_extra as it is. 0 and "" ask for nothing: a job of no GPUs asks gpu 0,
+    # gpu_model "" and gres "", so the plugin adds no GPU option whatever a profile's
+    # default-resources say; every job of a kind has the same keys.
+
+    def train_estimate(self, pack):
+        """Minutes the pack's training takes: the architecture's estimate per cell, times its cells."""
+        return self._arch(pack)["runtime_minutes"] * len(pack.ids)
+
+    def runtime(self, pack, attempt=1):
+        """The time limit (minutes) of a training job: the estimate, times the attempt (a job that ran
+        out of time gets more), never above compute.max_runtime_minutes."""
+        return _capped(self.train_estimate(pack) * attempt, self.config["compute"])
+
+    def chain(self, pack):
+        """Jobs the pack's training takes: 1, or, when its estimate runs past the cap, one per stretch
+        a capped job surely trains before its signal (_trained_per_job)."""
+        compute = self.config["compute"]
+        return 1 if compute["max_runtime_minutes"] is None else math.ceil(self.train_estimate(pack) / _trained_per_job(compute))
+
+    def chain_retries(self):
+        """{training rule: attempts its jobs need beyond the first for their chains}, to add to the
+        retries Snakemake allows every job (its --retries, for failures)."""
+        extra = {}
+        for pack in self.packs:
+            extra[pack.rule] = max(extra.get(pack.rule, 0), self.chain(pack) - 1)
+        return extra
+
+    def train_resources(self, pack, attempt=1):
+        signal = round(self.config["compute"]["signal_minutes"] * 60)
+        warn = f"--signal=TERM@{signal}" if signal else ""  # to every job step: the trainer saves and exits
+        return {
+            "runtime": self.runtime(pack, attempt), "mem_mb": self.mem_mb(pack),
+            **self._site("train", self.gpus(pack), self.cpus(pack), warn),
+        }  # fmt: skip
+
+    def kernel_resources(self, row, attempt=1):
+        spec = self.kernel_rows[row]
+        compute = self.config["compute"]
+        return {
+            "runtime": _capped(spec["runtime_minutes"] * attempt, compute), "mem_mb": spec["mem_mb"],
+            **self._site("kernel", 1 if spec["device"] == "cuda" else 0, spec["threads"]),
+        }  # fmt: skip
+
+    def cpu_resources(self):
+        """Data jobs, Theorem 1, and the analysis jobs when they are not local rules: no GPU, ever."""
+        spec = self.config["slurm"]["cpu"]
+        return {
+            "runtime": _capped(spec["runtime_minutes"], self.config["compute"]), "mem_mb": spec["mem_mb"],
+            **_site_keys(spec, spec["extra"]), "gpu": 0, "gpu_model": "", "gres": "",
+        }  # fmt: skip
+
+    def local_analysis(self):
+        """Whether the aggregation, figures, tables, claims and kernel aggregation are local rules."""
+        return self.config["slurm"]["local_analysis"]
+
+    def _site(self, kind, gpus, cpus, extra=""):
+        """What a GPU kind of job (train, kernel) asks: the site's keys, its GPUs the way
+        slurm.<kind>.gpu_request says, and its CPUs (per task, or per GPU)."""
+        spec = self.config["slurm"][kind]
+        model, request = spec["gpu_model"], {"gpu": 0, "gpu_model": "", "gres": "", "cpus_per_gpu": 0}
+        if gpus and spec["gpu_request"] == "gres":
+            request["gres"] = ":".join(["gpu", *filter(None, [model]), str(gpus)])
+        elif gpus:
+            request.update(gpu=gpus, gpu_model=model or "")
+        if gpus and spec["cpus_per_gpu"] is not None:
+            request.update(cpus_per_gpu=spec["cpus_per_gpu"], cpus_per_task=0)  # 0: no --cpus-per-task
+        else:
+            request["cpus_per_task"] = cpus
+        return {**_site_keys(spec, " ".join(filter(None, [spec["extra"], extra]))), **request}
 
     # ------------------------------------------------------------------------- data
 
@@ -296,6 +397,17 @@ class Plan:
             for i in range(span.first, span.last + 1)
         ]
 
+    @functools.cache  # noqa: B019
+    def downloads(self):
+        """Datasets the workflow fetches first (download: true), by a local rule: no job downloads."""
+        used = {name for name, _, _ in self.data_units} | self.kernel_datasets()
+        wanted = [name for name in used if self.datasets[name]["download"]]
+        return sorted(name for name in wanted if self.datasets[name]["source"] in sources.TORCHVISION_CLASS)
+
+    def download_input(self, dataset):
+        """The download's record, for the jobs that read a dataset's raw files (its clean shards)."""
+        return [paths.DOWNLOADED.format(dataset=dataset)] if dataset in self.downloads() else []
+
     def check_datasets(self):
         """Datasets whose clean shards are not built yet and whose raw files cannot be found stop
         the run before any job, saying where they were looked for."""
@@ -354,10 +466,10 @@ class Plan:
         files += [paths.TABLE.format(name=t, ext="csv") for t in self.tables]
         return files + self.kernel_outputs() + [paths.CLAIMS.format(ext="md")]
 
-    def membership_json(self, configfiles):
-        """experiments.json: each experiment's cells, and the config file(s) they came from."""
-        configs = [_relative_to_workdir(p) for p in configfiles] or ["config/config.yaml"]
-        return fileio.canonical_json({"config": ", ".join(configs), "experiments": self.experiments})
+    def membership_json(self):
+        """experiments.json: each experiment's cells, and the config files they came from (layered)."""
+        configs = ", ".join(_relative_to_workdir(p) for p in self.configfiles)
+        return fileio.canonical_json({"config": configs, "experiments": self.experiments})
 
     # ------------------------------------------------------------------------- the CLI's view
 
@@ -366,9 +478,10 @@ class Plan:
         training = [
             {
                 "rule": pack.rule, "cells": list(pack.ids), "runtime_minutes": self.runtime(pack),
-                "mem_mb": self.mem_mb(pack), "threads": self.threads(), "cpus_per_task": self.cpus(pack),
-                "gpu": self.gpus(pack), "launcher": self.launcher(pack).removeprefix("exec "),
-                "code": self.train_code(pack),
+                "jobs": self.chain(pack), "mem_mb": self.mem_mb(pack), "threads": self.threads(),
+                "cpus": self.cpus(pack), "gpus": self.gpus(pack),
+                "launcher": self.launcher(pack).removeprefix("exec "), "code": self.train_code(pack),
+                "resources": self.train_resources(pack),
             }
             for pack in self.packs
         ]  # fmt: skip
@@ -384,11 +497,69 @@ class Plan:
                     "shards": len(self.data_targets()),
                     "ranges": [dataclasses.asdict(r) for r in self.shard_ranges],
                 },
-                "kernel": {"rows": sorted(self.kernel_rows), "theorem1": self.theorem1["enabled"]},
+                "kernel": {
+                    "rows": {row: self.kernel_resources(row) for row in sorted(self.kernel_rows)},
+                    "theorem1": self.theorem1["enabled"],
+                },
                 "reports": {"figures": self.figures, "tables": self.tables},
+                "downloads": self.downloads(),
+                "cpu": self.cpu_resources(),
+                "local_analysis": self.local_analysis(),
             },
             "code": self.code,
         }
+
+
+# ----------------------------------------------------------------------------- Slurm requests
+
+# slurm.<kind> keys -> the Snakemake resources the Slurm plugin reads
+SITE_RESOURCES = {"partition": "slurm_partition", "account": "slurm_account", "qos": "qos", "constraint": "constraint"}
+# what the CLI's table shows of a job's resources besides its time, memory, CPUs and GPU count
+_SITE_SHOWN = (*SITE_RESOURCES.values(), "gpu_model", "gres", "cpus_per_gpu", "slurm_extra")
+
+
+def _site_keys(spec, extra):
+    """A kind's partition, account, QoS and constraint where set, and its extra sbatch options."""
+    keys = {SITE_RESOURCES[key]: spec[key] for key in SITE_RESOURCES if spec[key] is not None}
+    return {**keys, "slurm_extra": extra} if extra else keys
+
+
+def _capped(minutes, compute):
+    """Whole minutes, at most compute.max_runtime_minutes."""
+    cap = compute["max_runtime_minutes"]
+    return math.ceil(minutes) if cap is None else min(math.ceil(minutes), cap)
+
+
+# slurmctld sends a job's --signal at its next time-limit check (every 30 s), so up to half a minute
+# before the time asked for (measured on Slurm 22.05: docs/BENCHMARKS.md, "Slurm signal timing").
+SIGNAL_EARLY_MINUTES = 0.5
+
+
+def _trained_per_job(compute):
+    """Minutes a job capped at compute.max_runtime_minutes trains at least before Slurm signals it."""
+    return compute["max_runtime_minutes"] - compute["signal_minutes"] - SIGNAL_EARLY_MINUTES
+
+
+def _check_time_limits(plan):
+    """Every training job has time to train before Slurm signals it."""
+    compute = plan.config["compute"]
+    before = compute["signal_minutes"] + SIGNAL_EARLY_MINUTES if compute["signal_minutes"] else 0
+    why = (
+        f"Slurm signals it compute.signal_minutes ({compute['signal_minutes']}) before its limit, and up to "
+        f"{SIGNAL_EARLY_MINUTES} minutes earlier; raise it or lower signal_minutes"
+    )
+    if compute["max_runtime_minutes"] is not None and compute["max_runtime_minutes"] <= before:
+        raise ConfigError(
+            f"config key compute.max_runtime_minutes: {compute['max_runtime_minutes']} leaves a training job "
+            f"no time to train: {why}"
+        )
+    for pack in plan.packs:
+        if plan.runtime(pack) <= before:
+            arch = plan.members(pack)[0][0].arch
+            raise ConfigError(
+                f"config key architectures.{arch}.runtime_minutes: {plan.runtime(pack)} minutes (a job's time "
+                f"limit) leave the job no time to train: {why}"
+            )
 
 
 # ----------------------------------------------------------------------------- checks and expansion
@@ -671,7 +842,7 @@ def _table(plan):
     described = plan.describe()
     cells, experiments = plan.cells, plan.experiments
     lines = [
-        f"{', '.join(plan.configfiles)}: {len(cells)} cells, {len(plan.packs)} training jobs, "
+        f"{', '.join(map(_relative_to_workdir, plan.configfiles))}: {len(cells)} cells, {len(plan.packs)} training jobs, "
         f"{described['jobs']['data']['shards']} shards ({len(plan.data_units)} data units), "
         f"{len(plan.kernel_rows)} kernel rows, {len(plan.figures)} figures, {len(plan.tables)} tables",
         "",
@@ -689,17 +860,29 @@ def _table(plan):
         )
     lines += [
         "",
-        "| training jobs | dataset | architecture | cells each | runtime (min) | mem_mb | cpus | gpu | launcher |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|",
+        "| training jobs | dataset | architecture | cells each | runtime (min) | jobs each | mem_mb | cpus | gpus | launcher |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     groups = {}
     for job in described["jobs"]["train"]:
         cell, _ = cells[job["cells"][0]]
         key = (job["rule"] if job["rule"] == "train" else "train_*", cell.dataset, cell.arch, len(job["cells"]))
-        key += tuple(job[k] for k in ("runtime_minutes", "mem_mb", "cpus_per_task", "gpu", "launcher"))
+        key += tuple(job[k] for k in ("runtime_minutes", "jobs", "mem_mb", "cpus", "gpus", "launcher"))
         groups[key] = groups.get(key, 0) + 1
     for (rule, *rest), count in groups.items():
         lines.append(f"| {count} x {rule} | " + " | ".join(map(str, rest)) + " |")
+    site = {
+        "training": described["jobs"]["train"][0]["resources"],
+        "kernel rows": next(iter(described["jobs"]["kernel"]["rows"].values()), None),
+        "data and Theorem 1": described["jobs"]["cpu"],
+    }
+    lines.append("\nSlurm, besides the above:")
+    for kind, resources in site.items():
+        if resources is not None:
+            asked = [f"{k}={v}" for k, v in resources.items() if k in _SITE_SHOWN and v not in ("", 0)]
+            lines.append(f"- {kind}: {', '.join(asked) or 'the site defaults'}")
+    local = "local rules" if described["jobs"]["local_analysis"] else "CPU jobs, as data jobs"
+    lines.append(f"- aggregation, figures, tables, claims: {local}")
     if described["disabled"]:
         lines.append(f"\ndisabled: {', '.join(described['disabled'])}")
     return "\n".join(lines)
@@ -708,7 +891,8 @@ def _table(plan):
 @cli_main
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m rethink.plan", description=__doc__.splitlines()[0])
-    parser.add_argument("--configfile", default="config/config.yaml", type=pathlib.Path)
+    parser.add_argument("--configfile", nargs="*", default=[], type=pathlib.Path,
+                        help="config files layered onto config/config.yaml, as snakemake --configfile does")
     parser.add_argument("--json", action="store_true", help="the whole plan as JSON (every cell and job)")
     args = parser.parse_args(argv)
     plan = load(args.configfile)

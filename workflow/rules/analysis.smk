@@ -9,8 +9,9 @@ rule analysis_aggregate:
         **paths.METRICS,
     log:
         "results/logs/analysis/aggregate.log",
-    conda:
-        ENV
+    localrule: PLAN.local_analysis()
+    resources:
+        **CPU,
     params:
         code=PLAN.code["aggregate"],
     shell:
@@ -25,7 +26,7 @@ rule analysis_experiments:
         "results/logs/analysis/experiments.log",
     localrule: True
     params:
-        membership=PLAN.membership_json(workflow.config_settings.configfiles),
+        membership=PLAN.membership_json(),
     run:
         from rethink.fileio import write_text_atomic  # never a half-written file
 
@@ -48,10 +49,11 @@ rule figure:
         json=paths.FIGURE.replace("{ext}", "json"),
     log:
         paths.REPORT_LOG,
+    localrule: PLAN.local_analysis()
+    resources:
+        **CPU,
     wildcard_constraints:
         name="|".join(PLAN.figures),
-    conda:
-        ENV
     params:
         metrics=lambda wildcards, input: (
             f"--metrics {paths.METRICS_DIR}" if input else ""
@@ -79,10 +81,11 @@ rule table:
         json=paths.TABLE.replace("{ext}", "json"),
     log:
         paths.REPORT_LOG,
+    localrule: PLAN.local_analysis()
+    resources:
+        **CPU,
     wildcard_constraints:
         name="|".join(PLAN.tables) or "(?!)",
-    conda:
-        ENV
     params:
         code=PLAN.code["table"],
     shell:
@@ -103,8 +106,9 @@ rule analysis_claims:
         json=paths.CLAIMS.format(ext="json"),
     log:
         "results/logs/analysis/claims.log",
-    conda:
-        ENV
+    localrule: PLAN.local_analysis()
+    resources:
+        **CPU,
     params:
         thresholds=fileio.canonical_json(config["claims"]),
         kernel=f"--kernel {paths.KERNEL_METRICS}" if PLAN.kernel_rows else "",

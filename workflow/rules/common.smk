@@ -1,29 +1,39 @@
 # The plan (src/rethink/plan.py) decides what runs; this file builds it once per parse and asks
 # it, one line per question. Parsed again inside every cluster job: nothing here imports torch.
 import inspect
+import os
 
 from snakemake.exceptions import WorkflowError
 
 import rethink.config
 import rethink.plan
 from rethink import fileio, paths
-from rethink.data import randomize
+from rethink.data import randomize, sources
 from rethink.errors import RethinkError
 
 try:
-    # Snakemake's YAML reader keeps the last of two repeated keys: read each file again, strictly
-    for configfile_path in workflow.configfiles:
-        rethink.config.read_yaml(configfile_path)
+    # The config from its layers (rethink.plan.layered): config/config.yaml of this checkout, each
+    # --configfile, --config. It replaces what Snakemake merged, whose YAML reader also keeps the
+    # last of two repeated keys (ours refuses them).
+    CONFIGFILES, layered = rethink.plan.layered(
+        [
+            os.path.join(workflow.basedir, "config", "config.yaml"),
+            *workflow.config_settings.configfiles,
+        ],
+        workflow.config_settings.config,
+    )
+    config.clear()
+    config.update(layered)
     rethink.config.validate(
         config, workflow.source_path("../schemas/config.schema.yaml")
     )
-    PLAN = rethink.plan.Plan(config, workflow.configfiles)
+    PLAN = rethink.plan.Plan(config, CONFIGFILES)
 except RethinkError as err:
     raise WorkflowError(str(err)) from None
 
-# For --software-deployment-method conda: the pinned environment of the whole project.
-ENV = "../../environment.yml"
 NAME = r"[a-z][a-z0-9_]*"
+# What every CPU job asks Slurm for: data jobs, Theorem 1, the analysis when not local rules
+CPU = PLAN.cpu_resources()
 
 
 wildcard_constraints:
@@ -63,11 +73,6 @@ def get_pack_json(wildcards):
     return PLAN.pack_json(get_pack(wildcards))
 
 
-@signed
-def get_runtime(wildcards, attempt):
-    return PLAN.runtime(get_pack(wildcards), attempt)
-
-
 def per_job(setting):
     """A setting of the training jobs, as a constant when every job has the same (the paper's GPUs
     and memory), else as a function of the job's cell."""
@@ -75,6 +80,28 @@ def per_job(setting):
     if len(values) == 1:
         return values.pop()
     return signed(lambda wildcards: setting(get_pack(wildcards)))
+
+
+def train_resources():
+    """The train rule's resources (PLAN.train_resources): the time limit a function of the job's
+    cell and attempt, the others per_job."""
+    requests = {pack: PLAN.train_resources(pack) for pack in PLAN.packs}
+    resources = {
+        key: per_job(lambda pack, key=key: requests[pack][key])
+        for key in requests[PLAN.packs[0]]
+    }
+    resources["runtime"] = signed(
+        lambda wildcards, attempt: PLAN.runtime(get_pack(wildcards), attempt)
+    )
+    return resources
+
+
+def pack_resources(pack):
+    """A pack rule's resources (compute.pack > 1): the time limit a function of the attempt."""
+    return dict(
+        PLAN.train_resources(pack),
+        runtime=lambda wildcards, attempt: PLAN.runtime(pack, attempt),
+    )
 
 
 # ----------------------------------------------------------------------------- data jobs
@@ -93,6 +120,11 @@ def get_randomize_spec(wildcards):
 @signed
 def get_split_index(wildcards):
     return PLAN.index_input(wildcards.dataset, wildcards.split)
+
+
+@signed
+def get_downloaded(wildcards):
+    return PLAN.download_input(wildcards.dataset)
 
 
 @signed
@@ -131,14 +163,17 @@ def get_row_setting(key):
     return signed(lambda wildcards: PLAN.kernel_rows[wildcards.row][key])
 
 
-@signed
-def get_row_gpus(wildcards):
-    return 1 if PLAN.kernel_rows[wildcards.row]["device"] == "cuda" else 0
-
-
-@signed
-def get_row_runtime(wildcards, attempt):
-    return int(PLAN.kernel_rows[wildcards.row]["runtime_minutes"] * attempt)
+def kernel_resources():
+    """The kernel_row rule's resources (PLAN.kernel_resources), functions of the job's row and attempt."""
+    keys = PLAN.kernel_resources(next(iter(PLAN.kernel_rows))) if PLAN.kernel_rows else {}
+    return {
+        key: signed(
+            lambda wildcards, attempt, key=key: PLAN.kernel_resources(
+                wildcards.row, attempt
+            )[key]
+        )
+        for key in keys
+    }
 
 
 onstart:
@@ -146,3 +181,8 @@ onstart:
         PLAN.check_datasets()
     except RethinkError as err:
         raise WorkflowError(str(err)) from None
+    # Snakemake knows its --retries only now, after parsing: a training job may fail that often
+    # plus once for each further job of its chain (compute.max_runtime_minutes)
+    for rule_name, extra in PLAN.chain_retries().items():
+        rule = getattr(rules, rule_name).rule
+        rule.restart_times = workflow.execution_settings.retries + extra

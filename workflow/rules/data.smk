@@ -9,8 +9,8 @@ rule data_index:
         paths.SPLIT_INDEX,
     log:
         paths.DATA_LOG.replace("{stage}", "clean").replace("{shard}", "index"),
-    conda:
-        ENV
+    resources:
+        **CPU,
     params:
         spec=get_shard_spec,
         code=PLAN.code["data"],
@@ -19,17 +19,36 @@ rule data_index:
         " --out {output} > {log} 2>&1"
 
 
+# With datasets.<name>.download: true, the raw files are fetched once per dataset, before any job
+# reads them, by Snakemake's own process (a local rule: compute nodes often have no network).
+rule data_download:
+    output:
+        paths.DOWNLOADED,
+    log:
+        paths.DATA_LOG.replace("{stage}/{split}-{shard}", "download"),
+    localrule: True
+    wildcard_constraints:
+        dataset="|".join(PLAN.downloads()) or "(?!)",
+    params:
+        source=lambda wildcards: PLAN.datasets[wildcards.dataset]["source"],
+        root=lambda wildcards: str(sources.root_of(PLAN.datasets[wildcards.dataset])),
+    shell:
+        "python -m rethink.data.download --source {params.source} --root {params.root:q}"
+        " --out {output} > {log} 2>&1"
+
+
 rule data_clean:
     input:
         index=get_split_index,
+        raw=get_downloaded,
     output:
         paths.CLEAN_SHARD,
     log:
         paths.DATA_LOG.replace("{stage}", "clean"),
+    resources:
+        **CPU,
     wildcard_constraints:
         dataset=PLAN.not_streamed(NAME),
-    conda:
-        ENV
     params:
         spec=get_shard_spec,
         code=PLAN.code["data"],
@@ -59,8 +78,8 @@ for span in PLAN.shard_ranges:
                 split=span.split,
                 shard=span.rule[-4:],
             ),
-        conda:
-            ENV
+        resources:
+            **CPU,
         params:
             spec=PLAN.shard_spec(span.dataset),
             code=PLAN.code["data"],
@@ -88,8 +107,8 @@ rule data_channel_stats:
         paths.DATA_LOG.replace("{stage}", "clean").replace(
             "{split}-{shard}", "train-stats"
         ),
-    conda:
-        ENV
+    resources:
+        **CPU,
     params:
         spec=get_shard_spec,
         code=PLAN.code["data"],
@@ -106,10 +125,10 @@ rule data_randomize:
         paths.NOISE_SHARD,
     log:
         paths.DATA_LOG.replace("{stage}", "{noise}/s{seed}"),
+    resources:
+        **CPU,
     wildcard_constraints:
         noise=randomize.WILDCARD_PATTERN,
-    conda:
-        ENV
     params:
         spec=get_randomize_spec,
         code=PLAN.code["data"],

@@ -15,14 +15,9 @@ rule kernel_row:
         paths.KERNEL_ROW,
     log:
         paths.KERNEL_LOG,
-    conda:
-        ENV
     threads: get_row_setting("threads")
     resources:
-        mem_mb=get_row_setting("mem_mb"),
-        runtime=get_row_runtime,
-        cpus_per_task=get_row_setting("threads"),
-        gpu=get_row_gpus,
+        **kernel_resources(),
     params:
         row=get_row_json,
         code=PLAN.code["kernel"],
@@ -38,8 +33,9 @@ rule kernel_aggregate:
         paths.KERNEL_METRICS,
     log:
         "results/logs/kernel/aggregate.log",
-    conda:
-        ENV
+    localrule: PLAN.local_analysis()
+    resources:
+        **CPU,
     params:
         code=PLAN.code["kernel"],
     shell:
@@ -58,8 +54,8 @@ rule kernel_theorem1:
         md=paths.THEOREM1.format(ext="md"),
     log:
         "results/logs/kernel/theorem1.log",
-    conda:
-        ENV
+    resources:
+        **CPU,
     params:
         spec=fileio.canonical_json(PLAN.theorem1),
         code=PLAN.code["kernel"],

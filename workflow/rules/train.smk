@@ -26,14 +26,11 @@ if not PLAN.packed:
             paths.CELL_SUMMARY,
         log:
             paths.TRAIN_LOG,
-        conda:
-            ENV
+        benchmark:
+            paths.TRAIN_BENCHMARK
         threads: PLAN.threads()
         resources:
-            runtime=get_runtime,
-            mem_mb=per_job(PLAN.mem_mb),
-            cpus_per_task=per_job(PLAN.cpus),
-            gpu=per_job(PLAN.gpus),
+            **train_resources(),
         params:
             launcher=per_job(PLAN.launcher),
             pack=get_pack_json,
@@ -57,14 +54,11 @@ for pack in PLAN.packs if PLAN.packed else []:
             PLAN.train_outputs(pack),
         log:
             paths.TRAIN_PACK_LOG.format(pack=pack.rule),
-        conda:
-            ENV
+        benchmark:
+            paths.TRAIN_PACK_BENCHMARK.format(pack=pack.rule)
         threads: PLAN.threads()
         resources:
-            runtime=lambda wildcards, attempt, pack=pack: PLAN.runtime(pack, attempt),
-            mem_mb=PLAN.mem_mb(pack),
-            cpus_per_task=PLAN.cpus(pack),
-            gpu=PLAN.gpus(pack),
+            **pack_resources(pack),
         params:
             launcher=PLAN.launcher(pack),
             pack=PLAN.pack_json(pack),

@@ -13,9 +13,10 @@ Supported sources:
 Every raw file is checked against the md5 of the released dataset's file before it is parsed
 (unless the dataset's config says `verify: false`), and CIFAR-10's pickles are read by an
 unpickler that can build the arrays and lists of a batch and nothing else: no code from a
-dataset file ever runs. Downloads go through torchvision (which verifies its own checksums) and
-only when the dataset's config says `download: true`. Everything a Snakefile needs at parse
-time (split sizes, whether files are present) works without torch and without reading the data.
+dataset file ever runs. Nothing here downloads: rethink.data.download does, through torchvision
+(which verifies its own checksums), when the dataset's config says `download: true`. Everything
+a Snakefile needs at parse time (split sizes, whether files are present) works without torch and
+without reading the data.
 """
 
 import gzip
@@ -81,7 +82,7 @@ RELEASED_MD5 = {
         "test_batch": "40351d587109b95175f43aff81a1287e",
     },
 }
-_TORCHVISION_CLASS = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST", "cifar10": "CIFAR10"}
+TORCHVISION_CLASS = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST", "cifar10": "CIFAR10"}
 _CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 IMAGENET_DIRS = {"train": "train", "test": "val"}
 _HOW_TO_GET = {
@@ -152,7 +153,7 @@ def source_files(spec, split):
         looked = [str(folder)]
     else:
         looked, files = [], []
-        for folder in (root, root / _TORCHVISION_CLASS[source] / "raw"):
+        for folder in (root, root / TORCHVISION_CLASS[source] / "raw"):
             looked.append(str(folder))
             found = [_first_existing(folder, name) for name in _IDX_FILES[split]]
             if all(found):
@@ -160,9 +161,12 @@ def source_files(spec, split):
     names = {"cifar10": _CIFAR_FILES[split], "imagenet": [IMAGENET_DIRS[split] + "/"]}.get(
         source, list(_IDX_FILES[split])
     )
+    how = _HOW_TO_GET[source].format(key="datasets." + spec["name"])
+    if spec.get("download"):  # jobs never download: the workflow's local rule data_download does, first
+        how = f"fetch them where there is internet: python -m rethink.data.download --source {source} --root {root}"
     raise RethinkError(
         f"dataset {spec['name']!r} (source {source}): the {split} files {names} were not found "
-        f"in {' or '.join(looked)}; {_HOW_TO_GET[source].format(key='datasets.' + spec['name'])}."
+        f"in {' or '.join(looked)}; {how}."
     )
 
 
@@ -198,8 +202,6 @@ def load_split(spec, split):
         images, labels = synthetic_split(spec["synthetic"], split)
         provenance = {"source_sha256": _sha256_bytes(fileio.canonical_json(spec["synthetic"]).encode())}
     else:
-        if spec.get("download"):
-            _download(spec)
         files = source_files(spec, split)
         contents = [_read_verified(spec, path) for path in files]
         images, labels = (_parse_cifar if source == "cifar10" else _parse_idx_pair)(files, contents)
@@ -309,17 +311,6 @@ def _parse_cifar(files, contents):
         except Exception as err:  # noqa: BLE001 - whatever fails here, the file is not a batch
             raise RethinkError(f"{path}: not a CIFAR-10 python batch ({err!r})") from None
     return np.concatenate(images), np.concatenate(labels)
-
-
-def _download(spec):
-    """torchvision's real download path (with its checksums) into `root`."""
-    from rethink.torchvision_guard import torchvision
-
-    root = root_of(spec)
-    root.mkdir(parents=True, exist_ok=True)
-    dataset_class = getattr(torchvision.datasets, _TORCHVISION_CLASS[spec["source"]])
-    for train in (True, False):
-        dataset_class(str(root), train=train, download=True)
 
 
 # ----------------------------------------------------------------------------- synthetic
