@@ -678,28 +678,3 @@ def test_synthetic_subset():
     index = sources.subset_indices(full_labels, spec["subset"], "train")
     np.testing.assert_array_equal(images, full_images[index])
     np.testing.assert_array_equal(np.bincount(labels, minlength=10), [5] * 10)
-
-
-# ----------------------------------------------------------------------------- download
-
-
-def test_download_goes_through_torchvision_into_root(tmp_path, small_full_sizes, monkeypatch):
-    """With download: true, torchvision's own dataset class (which checks its md5s) is asked
-    to download into root; we then read what it left there through the usual path."""
-    from rethink.torchvision_guard import torchvision
-
-    calls = []
-
-    class FakeCIFAR10:  # stands in for the network: writes what torchvision would leave
-        def __init__(self, root, train, download):
-            calls.append((root, train, download))
-            if not (pathlib.Path(root) / "cifar-10-batches-py").exists():
-                rf.write_cifar10(pathlib.Path(root), CIFAR_PER_BATCH, seed=5)
-
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
-    root = tmp_path / "fresh"
-    images, labels, _ = sources.load_split(spec_for("cifar10", root, download=True), "train")
-    assert calls == [(str(root), True, True), (str(root), False, True)]
-    assert images.shape == (5 * CIFAR_PER_BATCH, 3, 32, 32) and len(labels) == 5 * CIFAR_PER_BATCH
-    with pytest.raises(RethinkError, match="were not found"):  # and never without permission
-        sources.load_split(spec_for("cifar10", tmp_path / "other", download=False), "train")
