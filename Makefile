@@ -9,7 +9,7 @@ CORES ?= 2
 PYTEST_ARGS ?=
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: reproduce test install datasets bench gpu-check test-torch-oldest clean-results slurm-profile archive
+.PHONY: reproduce test install datasets bench gpu-check test-torch-oldest clean-results archive
 
 reproduce: install datasets
 	snakemake --cores $(CORES)
@@ -52,17 +52,6 @@ bench: install datasets
 gpu-check:
 	@if [ -z "$(OUT)" ]; then echo "usage: make gpu-check OUT=dir"; exit 2; fi
 	PATH="$(subst $(BIN):,,$(PATH))" scripts/gpu-check.sh "$(OUT)"
-
-# Install profiles/slurm as the user's `slurm` profile; an existing one is never replaced.
-SLURM_PROFILE := $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake/slurm
-slurm-profile:
-	@if [ -e "$(SLURM_PROFILE)" ]; then \
-	  echo "$(SLURM_PROFILE) exists (your site profile): left as it is."; \
-	  echo "Use ours with: snakemake --profile profiles/slurm, or merge it into yours."; \
-	else \
-	  mkdir -p "$(SLURM_PROFILE)" && cp profiles/slurm/config.yaml "$(SLURM_PROFILE)/config.yaml" && \
-	  echo "installed $(SLURM_PROFILE)/config.yaml: edit the ADAPT lines, then snakemake --profile slurm"; \
-	fi
 
 # The oldest torch the README claims (GPU machines bring their own build): the tests of the trainer,
 # the kernel stage, the stream and DDP run under it too, in a venv of their own. PyPI's torch of

@@ -1,47 +1,47 @@
-"""The profiles: `snakemake --profile slurm` plans the paper grid with our profile installed,
-and installing it never replaces a user's own site profile."""
+"""The profiles: profiles/slurm is the workflow profile of a Slurm run, used beside a site's own
+profile (`--workflow-profile profiles/slurm --profile yoursite`) and never installed as one."""
 
-import shutil
-import subprocess
-
-import pytest
 import yaml
 
 from conftest import REPO, is_training_rule
 
-pytestmark = pytest.mark.workflow
 PAPER_CELLS = 55
 
 
-def train_jobs(workflow, *args, home):
-    out = workflow.run("-n", "--quiet", "rules", *args, env=workflow.user_env(home)).stdout
-    table = out.split("Job stats:")[1].split("total")[0]  # the first of the (repeated) stats tables
-    rows = [line.split() for line in table.splitlines()]
-    return sum(int(row[1]) for row in rows if len(row) == 2 and is_training_rule(row[0]))
+def dry_run_jobs(workflow, *args, home):
+    """{rule: [each job's block of the dry run]}."""
+    out = workflow.run("-n", *args, env=workflow.user_env(home)).stdout
+    jobs = {}
+    for block in out.split("\nrule ")[1:]:
+        name, body = block.split(":", 1)
+        jobs.setdefault(name, []).append(body)
+    return jobs
 
 
-def test_slurm_profile_runs_the_paper_grid_installed_or_in_place(workflow, tmp_path):
-    shutil.copy(REPO / "Makefile", workflow.root)
+def test_the_workflow_profile_runs_the_paper_grid_beside_a_site_profile(workflow, tmp_path):
     home = tmp_path / "home"
-    make = ["make", "--no-print-directory", "slurm-profile"]
-    env = workflow.user_env(home)
-    first = subprocess.run(make, cwd=workflow.root, env=env, capture_output=True, text=True, check=True)
-    installed = home / ".config/snakemake/slurm/config.yaml"
-    assert "installed" in first.stdout and installed.read_text() == (REPO / "profiles/slurm/config.yaml").read_text()
-    assert train_jobs(workflow, "--profile", "slurm", home=home) == PAPER_CELLS
-    assert train_jobs(workflow, "--profile", "profiles/slurm", home=tmp_path / "nobody") == PAPER_CELLS
-
-    installed.write_text("executor: slurm\njobs: 3\n")  # the user's own site profile
-    again = subprocess.run(make, cwd=workflow.root, env=env, capture_output=True, text=True, check=True)
-    assert "left as it is" in again.stdout and installed.read_text() == "executor: slurm\njobs: 3\n"
+    site = home / ".config/snakemake/mysite/config.yaml"
+    site.parent.mkdir(parents=True)
+    # the site's own profile: what the workflow profile leaves unset passes through (default-resources)
+    site.write_text(yaml.safe_dump({"executor": "local", "default-resources": ["slurm_account=lab", "mem_mb=123"]}))
+    args = ["--workflow-profile", "profiles/slurm", "--profile", "mysite", "--configfile", "config/paper.yaml"]
+    jobs = dry_run_jobs(workflow, *args, home=home)
+    assert sum(len(bodies) for rule, bodies in jobs.items() if is_training_rule(rule)) == PAPER_CELLS
+    data = jobs["data_clean"][0]
+    assert "slurm_account=lab" in data and "gpu=0" in data  # the site's account; never a GPU for data
+    assert "mem_mb=4000" in data  # the config's request for CPU jobs, not the site's default
+    assert "slurm_extra=--signal=TERM@120" in jobs["train"][0]
 
 
 def test_nothing_in_the_repository_shadows_a_site_profile():
     assert not (REPO / "slurm").exists()  # `--profile slurm` looks in ./slurm first
+    assert "slurm-profile" not in (REPO / "Makefile").read_text()  # ours is never installed as a user's
 
 
-def test_slurm_profile_asks_for_what_the_cluster_needs():
+def test_the_slurm_profile_holds_what_the_workflow_needs_and_nothing_of_a_site():
     profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
-    assert profile["executor"] == "slurm" and profile["configfile"] == ["config/paper.yaml"]
-    assert profile["retries"] >= 1 and profile["keep-going"] is True
-    assert {"slurm_partition", "runtime", "mem_mb"} <= set(profile["default-resources"])
+    assert profile["executor"] == "slurm" and profile["retries"] >= 1 and profile["keep-going"] is True
+    assert profile["slurm-status-command"] == "squeue"
+    # partitions, accounts, GPU requests and time caps are config (slurm:, compute:), per kind of job;
+    # no config file either: --configfile layers a run's config files onto the default
+    assert not {"default-resources", "set-resources", "configfile", "configfiles"} & set(profile)

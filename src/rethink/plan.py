@@ -282,7 +282,11 @@ class Plan:
         """Jobs the pack's training takes: 1, or, when its estimate runs past the cap, one per stretch
         a capped job surely trains before its signal (_trained_per_job)."""
         compute = self.config["compute"]
-        return 1 if compute["max_runtime_minutes"] is None else math.ceil(self.train_estimate(pack) / _trained_per_job(compute))
+        return (
+            1
+            if compute["max_runtime_minutes"] is None
+            else math.ceil(self.train_estimate(pack) / _trained_per_job(compute))
+        )
 
     def chain_retries(self):
         """{training rule: attempts its jobs need beyond the first for their chains}, to add to the
@@ -891,8 +895,13 @@ def _table(plan):
 @cli_main
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m rethink.plan", description=__doc__.splitlines()[0])
-    parser.add_argument("--configfile", nargs="*", default=[], type=pathlib.Path,
-                        help="config files layered onto config/config.yaml, as snakemake --configfile does")
+    parser.add_argument(
+        "--configfile",
+        nargs="*",
+        default=[],
+        type=pathlib.Path,
+        help="config files layered onto config/config.yaml, as snakemake --configfile does",
+    )
     parser.add_argument("--json", action="store_true", help="the whole plan as JSON (every cell and job)")
     args = parser.parse_args(argv)
     plan = load(args.configfile)
