@@ -1,10 +1,12 @@
 """The pipeline on a real Slurm (scripts/local-slurm.sh: slurmctld, slurmd, slurmdbd, munge and
-MariaDB on loopback, fake GPUs), through the literal user command `snakemake --profile slurm`.
+MariaDB on loopback, partitions cpu and gpu, fake GPUs), through the user's command
+`snakemake --workflow-profile profiles/slurm --configfile ...` (with faster status checks).
 
 Skipped, with the reason, where the cluster cannot be started (not root, no apt-get).
 """
 
 import contextlib
+import gzip
 import json
 import os
 import pathlib
@@ -23,6 +25,7 @@ import yaml
 from rethink import paths
 
 from conftest import (
+    FASHION_MNIST_ROOT,
     PATIENCE_S,
     REPO,
     Workflow,
@@ -76,23 +79,19 @@ def cluster():
         assert not pathlib.Path("/etc/slurm/slurm.conf").exists()
 
 
-def install_profile(home, configfile, **extra):
-    """Our reference profile as the user's `slurm` profile, pointed at a tiny config, with fast
-    status checks (the profile's own settings, as a user would adapt them)."""
-    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
-    profile.update({
-        "configfile": [str(configfile)], "jobs": 8, "latency-wait": 5,
-        "slurm-init-seconds-before-status-checks": 1,
-        "default-resources": {"slurm_partition": "gpu", "runtime": 10, "mem_mb": 500, "cpus_per_task": 1},
-        **extra,
-    })  # fmt: skip
-    path = home / ".config" / "snakemake" / "slurm" / "config.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(profile))
+# What a test run sets beside the workflow profile, on the command line (which overrides it): more
+# jobs at once on this one node, and status checks from the first second.
+FAST = ("--jobs", "8", "--latency-wait", "5", "--slurm-init-seconds-before-status-checks", "1")
 
 
-def run_profile(wf, home, *args, check=True, timeout=900):
-    proc = wf.run("--profile", "slurm", *args, env=wf.user_env(home), check=check, timeout=timeout)
+def slurm_command(configfile, *args):
+    return ["--workflow-profile", "profiles/slurm", *FAST, "--configfile", str(configfile), *args]
+
+
+def run_slurm(wf, configfile, *args, check=True, timeout=900):
+    """The run, as a user whose home holds no profile of its own -> (process, Slurm run id)."""
+    env = wf.user_env(wf.root / "home")
+    proc = wf.run(*slurm_command(configfile, *args), env=env, check=check, timeout=timeout)
     return proc, run_id(proc.stdout + proc.stderr)
 
 
@@ -100,17 +99,21 @@ def run_id(output):
     return re.search(r"SLURM run ID: (\S+)", output)[1]
 
 
+FIELDS = ("id", "state", "tres", "timelimit", "partition", "account", "qos", "constraints", "comment", "submit")
+
+
 def accounting(run):
     """Slurm's own records of a run's jobs once all have ended: id, state, requested TRES, time
-    limit, rule (from the comment, which reaches accounting when the job ends)."""
+    limit, partition, account, QoS, constraints, rule (from the comment, which reaches accounting
+    when the job ends) and the sbatch command line."""
 
     def settled():
         out = subprocess.run(
             ["sacct", "-X", "-P", "-n", "--name", run, "--starttime", "now-6hours",
-             "--format=JobID,State,ReqTRES,Timelimit,Comment%400"], capture_output=True, text=True, check=True,
+             "--format=JobID,State,ReqTRES,Timelimit,Partition,Account,QOS,Constraints,Comment%400,SubmitLine%2000"],
+            capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
-        fields = ("id", "state", "tres", "timelimit", "comment")
-        jobs = [dict(zip(fields, line.split("|", 4))) for line in out.splitlines() if line]
+        jobs = [dict(zip(FIELDS, line.split("|", len(FIELDS) - 1))) for line in out.splitlines() if line]
         for job in jobs:
             match = re.match(r"rule_(\w+?)(_wildcards_|$)", job["comment"])
             job["rule"] = match[1] if match else None
@@ -143,31 +146,69 @@ def gpu_config(experiments=EXPERIMENTS, **training):
     return config
 
 
+# What the site asks of each kind of job (the local cluster's partitions, account, QoS, feature)
+SITE = {
+    "train": {"partition": "gpu", "account": "rethink", "qos": "rethink", "constraint": "fake"},
+    "kernel": {"partition": "cpu"},
+    "cpu": {"partition": "cpu", "runtime_minutes": 10, "mem_mb": 500},
+}
+LOCAL_RULES = {"data_download", "analysis_aggregate", "analysis_experiments", "analysis_claims", "figure", "table",
+               "kernel_aggregate", "all", *EXPERIMENTS}  # fmt: skip
+
+
+def place_fashion_mnist(root):
+    """The raw files where torchvision keeps them, so that its download fetches nothing (no network)."""
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for path in FASHION_MNIST_ROOT.glob("*.gz"):
+        with gzip.open(path) as src, open(raw / path.stem, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+
+
 @pytest.fixture(scope="module")
 def profile_run(cluster, tmp_path_factory):
+    """The training grid, packed, plus a kernel row on a Fashion-MNIST subset that the workflow
+    downloads (the files placed first), with the site's settings per kind of job."""
+    if not (FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Debian package dataset-fashion-mnist is not installed (make test installs it)")
     root = tmp_path_factory.mktemp("slurm")
-    wf, home = Workflow(root / "wf"), root / "home"
+    wf = Workflow(root / "wf")
+    place_fashion_mnist(root / "raw")
     config = gpu_config()
     config["compute"]["pack"] = 2  # the three mlp cells in two jobs, the AlexNet cell in one
+    config["slurm"] = SITE
+    config["datasets"]["fm"] = {"source": "fashion_mnist", "root": str(root / "raw"), "download": True,
+                                "subset": {"train": 64, "test": 32}}  # fmt: skip
+    config["kernel"] = {"rows": {"fm_raw": {"dataset": "fm", "features": "raw", "device": "cpu", "mem_mb": 1000,
+                                            "runtime_minutes": 10}}}  # fmt: skip
     configfile = wf.write_config(config)
-    install_profile(home, configfile)
     start = time.monotonic()
-    proc, run = run_profile(wf, home)
-    return wf, home, configfile, run, time.monotonic() - start, proc
+    proc, run = run_slurm(wf, configfile)
+    return wf, configfile, run, time.monotonic() - start, proc
 
 
-def test_the_user_command_runs_every_job_through_sbatch_with_one_gpu_per_pack(profile_run, tmp_path):
-    """Each training job (a pack of up to 2 cells here) is one sbatch job asking for one GPU, and
-    every cell's numbers equal a local run's."""
-    wf, _, configfile, run, elapsed, _ = profile_run
+def test_every_job_runs_where_its_kind_belongs_and_analysis_and_downloads_run_locally(profile_run, tmp_path):
+    """Training jobs (a pack of up to 2 cells here) go to the gpu partition with one GPU, the site's
+    account, QoS and constraint; data and kernel jobs to the cpu partition without a GPU; the
+    download, aggregation, figures, tables and claims run in Snakemake's own process. Every
+    cell's numbers equal a local run's."""
+    wf, configfile, run, elapsed, _ = profile_run
     jobs = accounting(run)
+    assert all(j["state"] == "COMPLETED" for j in jobs), jobs
     train = [j for j in jobs if is_training_rule(j["rule"])]
     assert sorted(j["rule"] for j in train) == sorted(set(pack_rules(configfile).values())), train
-    assert len(train) == 3 and all(j["state"] == "COMPLETED" for j in jobs), jobs
-    assert all("gres/gpu=1" in j["tres"] for j in train), [j["tres"] for j in train]
-    assert not any("gres/gpu" in j["tres"] for j in jobs if j not in train)  # data jobs ask for none
-    submitted = {j["rule"] for j in jobs}
-    assert {"data_clean", "data_randomize", "analysis_aggregate"} <= submitted
+    assert len(train) == 3
+    for job in train:
+        assert (job["partition"], job["account"], job["qos"], job["constraints"]) == ("gpu", *["rethink"] * 2, "fake")
+        assert "gres/gpu=1" in job["tres"] and " --gpus=1 " in job["submit"] and "--signal=TERM@120" in job["submit"]
+    others = [j for j in jobs if j not in train]
+    assert {j["rule"] for j in others} == {"data_clean", "data_randomize", "kernel_row"}, others  # no local rule
+    assert {j["partition"] for j in others} == {"cpu"}
+    assert not any("gres/gpu" in j["tres"] or "--gpus" in j["submit"] for j in others)
+    assert sum(j["rule"] == "data_clean" for j in others) == 4  # synth's and fm's two splits
+    assert (wf.root / "results/data/fm/downloaded.json").is_file() and (
+        wf.root / "results/kernel/fm_raw.json"
+    ).is_file()
     print(
         f"\nSLURM-BENCH end-to-end {elapsed:.1f} s, {len(jobs)} sbatch submissions ({len(train)} training), run {run}"
     )
@@ -179,15 +220,37 @@ def test_the_user_command_runs_every_job_through_sbatch_with_one_gpu_per_pack(pr
     pd.testing.assert_frame_equal(ours, theirs)  # CPU training is deterministic, wherever it ran
 
 
+def test_each_way_of_asking_for_a_gpu_reaches_sbatch(cluster, tmp_path):
+    """gpu_request gpus with a gpu_model (--gpus=fake:1), gres with a model (--gres=gpu:fake:1) and
+    with CPUs per GPU: one training job each, rerun with --forcerun (resources are no rerun
+    trigger: a site's settings never retrain a cell)."""
+    wf = Workflow(tmp_path / "wf")
+    config = gpu_config({"one": {"dataset": "synth", "grid": [{"architectures": ["mlp"]}]}})
+    cell = "results/cells/synth/mlp/none/true_labels/s0/summary.json"
+    asked = []
+    for train in ({"gpu_model": "fake"}, {"gpu_request": "gres", "gpu_model": "fake", "cpus_per_gpu": 2}):
+        config["slurm"] = {"train": {"partition": "gpu", **train}, "cpu": {"partition": "cpu"}}
+        _, run = run_slurm(wf, wf.write_config(config), "--forcerun", "train", cell)
+        jobs = accounting(run)
+        assert all(j["state"] == "COMPLETED" for j in jobs), jobs
+        asked += [(j["partition"], j["tres"], j["submit"]) for j in jobs if j["rule"] == "train"]
+        assert all(j["partition"] == "cpu" and "gpu" not in j["tres"] for j in jobs if j["rule"] != "train")
+    (gpus_model, tres1, submit1), (gres, tres2, submit2) = asked
+    assert gpus_model == gres == "gpu"
+    assert " --gpus=fake:1" in submit1 and "--gres" not in submit1 and "gres/gpu:fake=1" in tres1
+    assert " --gres=gpu:fake:1" in submit2 and "--gpus" not in submit2 and "gres/gpu:fake=1" in tres2
+    assert "--cpus-per-gpu=2" in submit2 and "--cpus-per-task" not in submit2
+
+
 def test_rerun_after_editing_one_cell_submits_exactly_one_training_job(profile_run):
-    wf, home, configfile, _, _, _ = profile_run
+    wf, configfile, _, _, _ = profile_run
     config = yaml.safe_load(configfile.read_text())
     config["experiments"]["table4"]["grid"] = [
         {"architectures": ["mlp"], "regularizers": ["none"], "noises": ["random_labels"]},
         {"architectures": ["mlp"], "regularizers": ["wd"], "noises": ["random_labels"], "overrides": {"lr": 0.02}},
     ]
     configfile.write_text(yaml.safe_dump(config))
-    _, run = run_profile(wf, home)
+    _, run = run_slurm(wf, configfile)
     train = [j for j in accounting(run) if is_training_rule(j["rule"])]
     assert [j["rule"] for j in train] == [pack_rules(configfile)["synth/mlp/wd/random_labels/s0"]], train
     cell = json.loads((wf.root / "results/cells/synth/mlp/wd/random_labels/s0/cell.json").read_text())
@@ -248,12 +311,13 @@ def uninterrupted(cluster, tmp_path_factory):
     return {seed: cell_results(wf, seed) for seed in CELLS}
 
 
-def start_profile(wf, home, tmp_path):
-    """`snakemake --profile slurm` training the cell, in the background -> (process, its log)."""
+def start_slurm(wf, configfile, tmp_path):
+    """The run training the cell, in the background -> (process, its log)."""
     log = tmp_path / "snakemake.log"
+    command = [sys.executable, "-m", "snakemake", *slurm_command(configfile, TRAINED)]
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--profile", "slurm", TRAINED], cwd=wf.root,
-                                env=wf.user_env(home), stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(command, cwd=wf.root, env=wf.user_env(wf.root / "home"), stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip
     return proc, log
 
 
@@ -300,21 +364,25 @@ def trainer_pid(job):
     return None
 
 
-def freeze_first_attempt(wf, proc, log, cancel):
-    """Freeze the first training job's trainer after its first epoch; cancel the job (`scancel`)
-    or let it run into its time limit; wake the trainer when Slurm's SIGTERM is pending on it.
-    -> (run id, the epoch the trainer was frozen after)."""
+def freeze_attempt(wf, proc, log, cancel, seen=()):
+    """Freeze the trainer of the run's next training job (one not in `seen`) once it has trained
+    an epoch; cancel the job (`scancel`) or let Slurm signal it (its time limit, or --signal
+    before it); wake the trainer when Slurm's SIGTERM is pending on it.
+    -> (run id, the job's id, the epoch the trainer was frozen after)."""
     train_log = wf.root / CELL / "train.log"
     waiting = dict(proc=proc, details=log.read_text)  # a failure shows Snakemake's log
     run = wait_until(lambda: log_match(log, r"SLURM run ID: (\S+)"), "Snakemake's run ID", **waiting)[1]
-    job = wait_until(lambda: training_job(run), "the training job in the queue", interval=0.1, **waiting)
+    job = wait_until(lambda: (job := training_job(run)) not in seen and job, "a training job in the queue",
+                     interval=0.1, **waiting)  # fmt: skip
+    before = len(train_log.read_text()) if train_log.exists() else 0  # earlier attempts' lines
     pid = wait_until(lambda: trainer_pid(job), f"the trainer of Slurm job {job}", interval=0.05, **waiting)
     # lines of training progress (not "resume from ... at epoch N"); epoch 0 is the untrained network
-    wait_until(lambda: log_match(train_log, r"\d:\d\d epoch +[1-9]\d* step"), "epoch 1 in the cell's train.log",
+    progress = r"\d:\d\d epoch +([1-9]\d*) step"
+    wait_until(lambda: re.search(progress, train_log.read_text()[before:]), f"an epoch of job {job}",
                interval=0.002, **waiting)  # fmt: skip
     try:
         freeze([pid], proc)
-        frozen_at = int(log_match(train_log, r"\d:\d\d epoch +(\d+) step")[1])
+        frozen_at = int(re.findall(progress, train_log.read_text()[before:])[-1])
         if cancel:
             subprocess.run(["scancel", job], check=True)
         # polled closely: the hang-up follows the SIGTERM within a second
@@ -323,7 +391,7 @@ def freeze_first_attempt(wf, proc, log, cancel):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
-    return run, frozen_at
+    return run, job, frozen_at
 
 
 def stop(proc):
@@ -337,13 +405,12 @@ def stop(proc):
 
 
 def test_a_cancelled_pack_job_is_retried_and_resumes_every_cell_from_its_checkpoint(cluster, uninterrupted, tmp_path):
-    wf, home = Workflow(tmp_path / "wf"), tmp_path / "home"
+    wf = Workflow(tmp_path / "wf")
     configfile = wf.write_config(resume_config(seeds=(0, 1), pack=2))  # one job, two cells
-    install_profile(home, configfile)
     wf.run("--configfile", configfile, "-c2", "data_shards")  # the data is not what is tested here
-    proc, log = start_profile(wf, home, tmp_path)
+    proc, log = start_slurm(wf, configfile, tmp_path)
     try:
-        run, _ = freeze_first_attempt(wf, proc, log, cancel=True)
+        run, _, _ = freeze_attempt(wf, proc, log, cancel=True)
         assert proc.wait(timeout=PATIENCE_S) == 0, log.read_text()
     finally:
         stop(proc)
@@ -352,14 +419,26 @@ def test_a_cancelled_pack_job_is_retried_and_resumes_every_cell_from_its_checkpo
     assert_resumed_identically(wf, uninterrupted, seeds=(0, 1))
 
 
+def assert_resumed_where_it_stopped(wf, frozen_at):
+    """Every resume starts from a checkpoint a signal saved; the frozen attempts (in order) saved
+    after the epoch they were frozen at."""
+    train_log = (wf.root / CELL / "train.log").read_text()
+    saved = re.findall(r"SIGTERM: checkpoint saved at epoch (\d+) step (\d+)", train_log)
+    resumed = re.findall(r"resume from .* at epoch (\d+) step (\d+)", train_log)
+    assert len(saved) >= len(frozen_at) and resumed and set(resumed) <= set(saved), train_log
+    assert all(int(epoch) >= frozen for (epoch, _), frozen in zip(saved, frozen_at)), (frozen_at, saved)
+
+
 def test_a_job_that_hits_its_time_limit_is_retried_with_more_time_and_resumes(cluster, uninterrupted, tmp_path):
-    wf, home = Workflow(tmp_path / "wf"), tmp_path / "home"
-    configfile = wf.write_config(resume_config(runtime_minutes=1))
-    install_profile(home, configfile)
+    """Without a warning signal (signal_minutes 0), Slurm's SIGTERM at the time limit."""
+    wf = Workflow(tmp_path / "wf")
+    config = resume_config(runtime_minutes=1)
+    config["compute"]["signal_minutes"] = 0
+    configfile = wf.write_config(config)
     wf.run("--configfile", configfile, "-c2", "data_shards")  # the data is not what is tested here
-    proc, log = start_profile(wf, home, tmp_path)
+    proc, log = start_slurm(wf, configfile, tmp_path)
     try:
-        run, frozen_at = freeze_first_attempt(wf, proc, log, cancel=False)
+        run, _, frozen_at = freeze_attempt(wf, proc, log, cancel=False)
         assert proc.wait(timeout=PATIENCE_S) == 0, log.read_text()
     finally:
         stop(proc)
@@ -368,24 +447,59 @@ def test_a_job_that_hits_its_time_limit_is_retried_with_more_time_and_resumes(cl
     assert states[0] == "TIMEOUT" and states[-1] == "COMPLETED", states
     assert limits[:2] == ["00:01:00", "00:02:00"], limits  # each retry asks for more time
     assert_resumed_identically(wf, uninterrupted)
-    train_log = (wf.root / CELL / "train.log").read_text()
-    saved = re.findall(r"SIGTERM: checkpoint saved at epoch (\d+) step (\d+)", train_log)
-    resumed = re.findall(r"resume from .* at epoch (\d+) step (\d+)", train_log)
-    assert saved and resumed and resumed[0] == saved[0], train_log  # from where the time limit stopped it
-    assert int(resumed[0][0]) >= frozen_at, (frozen_at, resumed)
+    assert_resumed_where_it_stopped(wf, [frozen_at])
+
+
+def chain_config():
+    """A cell estimated at 3 minutes (about a minute of training here) under a cap of 1 minute:
+    Slurm signals each job 6 s before its limit, so a chain of up to ceil(3 / (1 - 0.1 - 0.5)) = 8 jobs."""
+    config = resume_config(runtime_minutes=3)
+    config["training"]["max_epochs"] = 40
+    config["datasets"]["synth"]["synthetic"]["n_train"] = 3000
+    config["compute"].update(max_runtime_minutes=1, signal_minutes=0.1)
+    return config
+
+
+def test_a_cell_longer_than_the_cap_trains_as_a_chain_of_signalled_jobs_bit_identically(cluster, tmp_path):
+    """No job asks for more than the cap; Slurm signals each before its limit, the trainer saves
+    and exits, the next job of the chain resumes. The first two jobs are frozen after an epoch
+    until their signal (so at least three jobs, however fast the machine); the rest trains as it
+    comes, each job for the time it gets. The cell equals one trained without interruption."""
+    reference = Workflow(tmp_path / "reference")
+    reference.run("--configfile", reference.write_config(chain_config()), "-c2", TRAINED)
+    wf = Workflow(tmp_path / "wf")
+    configfile = wf.write_config(chain_config())
+    wf.run("--configfile", configfile, "-c2", "data_shards")  # the data is not what is tested here
+    proc, log = start_slurm(wf, configfile, tmp_path)
+    try:
+        seen, frozen_at = [], []
+        for _ in range(2):
+            run, job, epoch = freeze_attempt(wf, proc, log, cancel=False, seen=seen)
+            seen.append(job)
+            frozen_at.append(epoch)
+        assert proc.wait(timeout=PATIENCE_S) == 0, log.read_text()
+    finally:
+        stop(proc)
+    training = [j for j in accounting(run) if is_training_rule(j["rule"])]
+    states = [j["state"] for j in training]
+    assert len(training) >= 3 and states[-1] == "COMPLETED" and set(states[:-1]) == {"FAILED"}, states
+    assert {j["timelimit"] for j in training} == {"00:01:00"}  # never above the cap
+    assert all("--signal=TERM@6" in j["submit"] for j in training)
+    print(f"\nSLURM-BENCH chain: {len(training)} jobs, states {states}, run {run}")
+    assert_resumed_identically(wf, {0: cell_results(reference)})
+    assert_resumed_where_it_stopped(wf, frozen_at)
 
 
 # ----------------------------------------------------------------------------- 3: a failing cell
 
 
 def test_a_failing_cell_fails_alone_with_its_log_naming_the_cause(cluster, tmp_path):
-    wf, home = Workflow(tmp_path / "wf"), tmp_path / "home"
+    wf = Workflow(tmp_path / "wf")
     configfile = wf.write_config(gpu_config({"table4": EXPERIMENTS["table4"], "fig2b": EXPERIMENTS["fig2b"]}))
-    install_profile(home, configfile, retries=0)
     wf.run("--configfile", configfile, "-c2", "data_shards")
     shard = wf.root / "results/data/synth/random_labels/s0/train-00000.h5"
     shard.write_bytes(b"this is not HDF5 any more")  # newer than its inputs: Snakemake keeps it
-    proc, run = run_profile(wf, home, check=False)
+    proc, run = run_slurm(wf, configfile, "--retries", "0", check=False)
     assert proc.returncode != 0
     jobs = accounting(run)
     failed = [j for j in jobs if j["state"] == "FAILED"]
