@@ -44,7 +44,8 @@ def stand_in(cells, name):
         ["dataset", "n_train", "input_shape", "num_classes"], sort=False
     ):
         models = group[["arch", "arch_name", "width"]].drop_duplicates()
-        words = ", ".join(f"{ARCH_WORDS.get(m.arch, m.arch_name)} (width {m.width:g})" for m in models.itertuples())
+        order = sorted(models.itertuples(), key=lambda m: (list(ARCH_WORDS).index(m.arch) if m.arch in ARCH_WORDS else 99))
+        words = ", ".join(f"{ARCH_WORDS.get(m.arch, m.arch_name)} (width {m.width:g})" for m in order)
         size = "x".join(str(n) for n in json.loads(shape))
         ours.append(f"{words} on {dataset} ({n_train:,} training images of {size}, {classes} classes)")
     return f"Stand-in: {'; '.join(ours)} for the paper's {setting['words']}"
