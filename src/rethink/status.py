@@ -135,23 +135,24 @@ def _number(text):
         return None
 
 
-def history_row(path, size):
-    """history.csv's last complete row (floats; None where empty), or None when it has no row yet."""
+def history_rows(path, size):
+    """history.csv's last complete rows, oldest first (floats; None where empty)."""
     with open(path, "rb") as f:
         header = f.readline()
-        f.seek(max(len(header), size - TAIL_BYTES // 8))
-        rows = f.read().split(b"\n")[:-1]  # a row being appended has no newline yet
-    if not rows or not header.endswith(b"\n"):
-        return None
-    row = next(csv.DictReader([header.decode(), rows[-1].decode()]))
-    return {key: _number(value) for key, value in row.items()}
+        start = max(len(header), size - TAIL_BYTES)
+        f.seek(start)
+        lines = f.read().split(b"\n")[:-1]  # a row being appended has no newline yet
+    if start > len(header):
+        lines = lines[1:]  # cut
+    text = [line.decode("utf-8", "replace") for line in (header, *lines)]
+    return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(text)]
 
 
 @dataclasses.dataclass
 class TrainLog:
     """What the end of a cell's train.log says about its latest attempt."""
 
-    row: dict = None  # the last epoch line since the attempt began, in history.csv's column names
+    rows: list = dataclasses.field(default_factory=list)  # its epoch lines, as history.csv's rows
     resumed: tuple = None  # (epoch, step) of the attempt's resume line
     saved: re.Match = None  # the last line, when it is a save on a signal that stops the trainer
     stopped: re.Match = None  # the last line, when it is the trainer's stop (training done)
@@ -165,14 +166,16 @@ def read_train_log(path, size):
         log.saved = saved if saved and saved["why"] != GOES_ON else None
         log.stopped = STOP_LINE.match(lines[-1])
     for line in reversed(lines):
-        if log.row is None and (epoch := EPOCH_LINE.match(line)):
+        if epoch := EPOCH_LINE.match(line):
             metrics = epoch["metrics"]
-            log.row = {
+            row = {
                 column: _number(m[1]) if (m := re.search(rf"(?:^|\s){words} (\S+)", metrics)) else None
                 for column, words in METRICS.items()
             }
-            log.row.update(epoch=int(epoch["epoch"]), step=int(epoch["step"]), elapsed_s=float(epoch["elapsed"]))
-        if attempt := ATTEMPT_LINE.match(line):  # lines above it are an earlier attempt's
+            log.rows.insert(
+                0, dict(row, epoch=int(epoch["epoch"]), step=int(epoch["step"]), elapsed_s=float(epoch["elapsed"]))
+            )
+        elif attempt := ATTEMPT_LINE.match(line):  # lines above it are an earlier attempt's
             if attempt["epoch"] is not None:
                 log.resumed = int(attempt["epoch"]), int(attempt["step"])
             break
@@ -209,15 +212,18 @@ def cell_status(status, cell, spec, job_log, checkpoint, time_limit_s, now):
     if not files and job is None and ckpt is None:
         return status
     log = read_train_log(out_dir / name["log"], files[name["log"]].st_size) if name["log"] in files else TrainLog()
-    # the last epoch done, and the file whose last write it was
+    # the epochs done, from history.csv, else train.log; and the file whose last write they were
     source = files.get(name["history"])
-    row = history_row(out_dir / name["history"], source.st_size) if source else None
-    if row is None:
-        row, source = log.row, files.get(name["log"])
+    rows = history_rows(out_dir / name["history"], source.st_size) if source else []
+    if not rows:
+        rows, source = log.rows, files.get(name["log"])
+    row = rows[-1] if rows else None
     if row is not None:
         status.epoch, status.step, status.elapsed_s = int(row["epoch"]), int(row["step"]), row["elapsed_s"]
         status.loss, status.acc = row["train_avg_loss"], row["train_avg_acc"]
-        status.train_acc, status.test_acc = row["train_acc"], row["test_acc"]
+        evaluated = [r for r in rows if r["train_acc"] is not None]  # every eval_every_epochs
+        if evaluated:
+            status.train_acc, status.test_acc = evaluated[-1]["train_acc"], evaluated[-1]["test_acc"]
     elif log.resumed:
         status.epoch, status.step = log.resumed
     writes = [s.st_mtime for s in (*files.values(), job, ckpt) if s is not None]
@@ -253,7 +259,7 @@ def _resumes(ckpt):
 def _running(status, row, stamp, time_limit_s, now):
     """running or stalled, by how long its files have been quiet; elapsed and ETA."""
     epoch_s = row["elapsed_s"] / row["epoch"] if row is not None and row["epoch"] else None
-    limit = max(STALL_EPOCHS * epoch_s, STALL_FLOOR_S) if epoch_s else max(time_limit_s, STALL_FLOOR_S)
+    limit = max(STALL_EPOCHS * epoch_s if epoch_s is not None else time_limit_s, STALL_FLOOR_S)
     if status.quiet_s > limit:
         status.state = "stalled"
         status.detail = f"nothing written for {duration(status.quiet_s)} (limit {duration(limit)})"
@@ -264,7 +270,7 @@ def _running(status, row, stamp, time_limit_s, now):
         return
     since = max(0.0, now - stamp.st_mtime)  # since its last epoch was written
     status.elapsed_s += since
-    if epoch_s:
+    if epoch_s is not None:
         status.eta_s = max(0.0, epoch_s * (status.max_epochs - status.epoch) - since)
 
 
@@ -323,12 +329,10 @@ def code_stale(checkpoint):
 # ----------------------------------------------------------------------------- the grid
 
 
-def grid_status(plan, experiments=None, now=None):
-    """Every cell's Status (of the given experiments; all by default), in the plan's cell order."""
-    now = time.time() if now is None else now
-    wanted = experiments or list(plan.experiments)
+def grid_status(plan, experiments, now):
+    """The Status of every cell of `experiments` (names of the plan's), in the plan's cell order."""
     member_of = {}
-    for name in wanted:
+    for name in experiments:
         for cell_id in plan.experiments[name]:
             member_of.setdefault(cell_id, []).append(name)
     rows = []
@@ -351,12 +355,12 @@ def grid_status(plan, experiments=None, now=None):
     return rows
 
 
-def counts(rows):
-    """{experiment: {state: cells}}, and "all" over the distinct cells."""
-    result = {}
+def counts(rows, experiments):
+    """{experiment: {state: cells}} in the order of `experiments`, then "all" over the distinct cells."""
+    result = {name: dict.fromkeys(STATES, 0) for name in (*experiments, "all")}
     for row in rows:
         for name in (*row.experiments, "all"):
-            result.setdefault(name, dict.fromkeys(STATES, 0))[row.state] += 1
+            result[name][row.state] += 1
     return result
 
 
@@ -376,7 +380,7 @@ def _fmt(value, spec):
     return "" if value is None else format(value, spec)
 
 
-def table(rows, configfiles, shown_states=None, now=None):
+def table(rows, experiments, configfiles, shown_states=None, now=None):
     """The text view: one line per cell (of `shown_states`, default all), then the counts."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
     lines = [f"{', '.join(configfiles)}: {len(rows)} cells, {stamp}", ""]
@@ -396,8 +400,8 @@ def table(rows, configfiles, shown_states=None, now=None):
             f"{duration(r.elapsed_s):>7}  {duration(r.eta_s):>7}  {r.detail}"
         )
         lines.append(line.rstrip())
-    found = counts(rows)
-    names = [n for n in found if n != "all"] + ["all"]
+    found = counts(rows, experiments)
+    names = list(found)
     name_width = max(len("experiment"), *map(len, names))
     lines += ["", f"{'experiment':<{name_width}}  {'cells':>5}  " + "  ".join(s.replace("_", " ") for s in STATES)]
     for name in names:
@@ -445,17 +449,17 @@ def show(args, configfiles):
                 f"--experiment {name}: not an enabled experiment of this config "
                 f"(enabled: {', '.join(plan.experiments)})"
             )
-    now = time.time()
-    rows = grid_status(plan, args.experiment, now)
+    now, experiments = time.time(), args.experiment or list(plan.experiments)
+    rows = grid_status(plan, experiments, now)
     if args.json:
         document = {
             "configfiles": configfiles,
             "time": now,
             "cells": [as_dict(r) for r in rows if not args.state or r.state in args.state],
-            "counts": counts(rows),
+            "counts": counts(rows, experiments),
         }
         return json.dumps(document, indent=None if args.watch else 1, allow_nan=False)
-    return table(rows, configfiles, args.state, now)
+    return table(rows, experiments, configfiles, args.state, now)
 
 
 @cli_main
