@@ -111,21 +111,22 @@ def _stat(path):
 
 
 def _files(directory):
-    """{name: stat} of a directory's files; {} when there is no such directory."""
+    """{name: os.DirEntry} of a directory's files; {} when there is no such directory."""
     try:
         with os.scandir(directory) as entries:
-            return {entry.name: entry.stat() for entry in entries if entry.is_file()}
+            return {entry.name: entry for entry in entries if entry.is_file()}
     except (FileNotFoundError, NotADirectoryError):
         return {}
 
 
-def tail_lines(path, size, block=TAIL_BYTES):
-    """The complete lines of a file's last `block` bytes (of `size`, its stat size)."""
-    with open(path, "rb") as f:
-        f.seek(max(0, size - block))
-        data = f.read(block)
-    lines = data.decode("utf-8", "replace").splitlines()
-    return lines[1:] if size > block and lines else lines  # the first one is cut
+def tail_lines(f, size, block=TAIL_BYTES, start=0):
+    """The complete lines of an open file's last `block` bytes (of its stat `size`), none before
+    byte `start`: without the first when it is cut, nor a last one still being written."""
+    begin = max(start, size - block)
+    f.seek(begin)
+    lines = f.read(size - begin).decode("utf-8", "replace").split("\n")
+    lines.pop()  # what follows the last newline
+    return lines[1:] if begin > start else lines
 
 
 def _number(text):
@@ -136,57 +137,78 @@ def _number(text):
 
 
 def history_rows(path, size):
-    """history.csv's last complete rows, oldest first (floats; None where empty)."""
+    """history.csv's rows, newest first, as far as the caller reads (floats; None where empty)."""
     with open(path, "rb") as f:
         header = f.readline()
-        start = max(len(header), size - TAIL_BYTES)
-        f.seek(start)
-        lines = f.read().split(b"\n")[:-1]  # a row being appended has no newline yet
-    if start > len(header):
-        lines = lines[1:]  # cut
-    text = [line.decode("utf-8", "replace") for line in (header, *lines)]
-    return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(text)]
+        lines = tail_lines(f, size, start=len(header))
+    columns = next(csv.reader([header.decode()]))
+    for line in reversed(lines):
+        yield {column: _number(value) for column, value in zip(columns, next(csv.reader([line])))}
+
+
+def epoch_row(line):
+    """An epoch line of train.log as history.csv's row (the columns status shows), or None."""
+    match = EPOCH_LINE.match(line)
+    if match is None:
+        return None
+    values, words = {}, []
+    for token in match["metrics"].split():  # "train loss 2.3026 train acc 0.1000 ..."
+        number = _number(token)
+        if number is None:
+            words.append(token)
+        else:
+            values[" ".join(words)], words = number, []
+    row = {column: values.get(words) for column, words in METRICS.items()}
+    return dict(row, epoch=int(match["epoch"]), step=int(match["step"]), elapsed_s=float(match["elapsed"]))
 
 
 @dataclasses.dataclass
 class TrainLog:
     """What the end of a cell's train.log says about its latest attempt."""
 
-    rows: list = dataclasses.field(default_factory=list)  # its epoch lines, as history.csv's rows
+    lines: list = dataclasses.field(default_factory=list)  # the attempt's last lines, without time stamps
     resumed: tuple = None  # (epoch, step) of the attempt's resume line
     saved: re.Match = None  # the last line, when it is a save on a signal that stops the trainer
     stopped: re.Match = None  # the last line, when it is the trainer's stop (training done)
 
+    def rows(self):
+        """Its epoch lines as history.csv's rows, newest first."""
+        return filter(None, map(epoch_row, reversed(self.lines)))
+
 
 def read_train_log(path, size):
-    log = TrainLog()
-    lines = [line.split(" ", 2)[-1] for line in tail_lines(path, size)]  # without the time stamp
+    with open(path, "rb") as f:
+        lines = [line.split(" ", 2)[-1] for line in tail_lines(f, size)]
+    log = TrainLog(lines)
     if lines:
         saved = SAVED_LINE.match(lines[-1])
         log.saved = saved if saved and saved["why"] != GOES_ON else None
         log.stopped = STOP_LINE.match(lines[-1])
-    for line in reversed(lines):
-        if epoch := EPOCH_LINE.match(line):
-            metrics = epoch["metrics"]
-            row = {
-                column: _number(m[1]) if (m := re.search(rf"(?:^|\s){words} (\S+)", metrics)) else None
-                for column, words in METRICS.items()
-            }
-            log.rows.insert(
-                0, dict(row, epoch=int(epoch["epoch"]), step=int(epoch["step"]), elapsed_s=float(epoch["elapsed"]))
-            )
-        elif attempt := ATTEMPT_LINE.match(line):  # lines above it are an earlier attempt's
+    for i in range(len(lines) - 1, -1, -1):
+        if attempt := ATTEMPT_LINE.match(lines[i]):  # lines above it are an earlier attempt's
+            log.lines = lines[i + 1 :]
             if attempt["epoch"] is not None:
                 log.resumed = int(attempt["epoch"]), int(attempt["step"])
             break
     return log
 
 
+def newest(rows):
+    """(the newest row, the newest evaluated one) of rows given newest first, read no further."""
+    last = None
+    for row in rows:
+        last = last or row
+        if row["train_acc"] is not None:  # evaluated every eval_every_epochs
+            return last, row
+    return last, None
+
+
 def job_log_verdict(path, stat):
     """(state, detail, last lines) from a training job's log: interrupted, failed, or None (no word)."""
     if stat is None or not stat.st_size:
         return None, "", []
-    lines = [line for line in tail_lines(path, stat.st_size) if line.strip()]
+    with open(path, "rb") as f:
+        lines = [line for line in tail_lines(f, stat.st_size) if line.strip()]
     last = lines[-LOG_LINES:]
     for line in reversed(lines):
         if match := INTERRUPTED_LINE.match(line):
@@ -199,14 +221,16 @@ def job_log_verdict(path, stat):
 # ----------------------------------------------------------------------------- one cell
 
 
-def cell_status(status, cell, spec, job_log, checkpoint, time_limit_s, now):
-    """Fill `status` (a cell's row) from the cell's files; see the module's docstring."""
+def cell_status(status, cell, spec, spec_json, job_log, checkpoint, time_limit_s, now):
+    """Fill `status` (a cell's row) from the cell's files; see the module's docstring. `spec_json`:
+    the canonical JSON of `spec`, what the config now resolves the cell to."""
     out_dir = pathlib.Path(paths.cell_dir(cell))
     files = _files(out_dir)
     status.max_epochs, status.log = spec["hparams"]["max_epochs"], job_log
     name = paths.CELL_FILES
     if name["summary"] in files:
-        return _finished(status, out_dir, files, spec, checkpoint)
+        return _finished(status, out_dir, files, spec, spec_json, checkpoint)
+    files = {name: entry.stat() for name, entry in files.items()}
     job = _stat(job_log)
     ckpt = _stat(checkpoint)
     if not files and job is None and ckpt is None:
@@ -214,16 +238,14 @@ def cell_status(status, cell, spec, job_log, checkpoint, time_limit_s, now):
     log = read_train_log(out_dir / name["log"], files[name["log"]].st_size) if name["log"] in files else TrainLog()
     # the epochs done, from history.csv, else train.log; and the file whose last write they were
     source = files.get(name["history"])
-    rows = history_rows(out_dir / name["history"], source.st_size) if source else []
-    if not rows:
-        rows, source = log.rows, files.get(name["log"])
-    row = rows[-1] if rows else None
+    row, evaluated = newest(history_rows(out_dir / name["history"], source.st_size)) if source else (None, None)
+    if row is None:
+        (row, evaluated), source = newest(log.rows()), files.get(name["log"])
     if row is not None:
         status.epoch, status.step, status.elapsed_s = int(row["epoch"]), int(row["step"]), row["elapsed_s"]
         status.loss, status.acc = row["train_avg_loss"], row["train_avg_acc"]
-        evaluated = [r for r in rows if r["train_acc"] is not None]  # every eval_every_epochs
         if evaluated:
-            status.train_acc, status.test_acc = evaluated[-1]["train_acc"], evaluated[-1]["test_acc"]
+            status.train_acc, status.test_acc = evaluated["train_acc"], evaluated["test_acc"]
     elif log.resumed:
         status.epoch, status.step = log.resumed
     writes = [s.st_mtime for s in (*files.values(), job, ckpt) if s is not None]
@@ -274,7 +296,7 @@ def _running(status, row, stamp, time_limit_s, now):
         status.eta_s = max(0.0, epoch_s * (status.max_epochs - status.epoch) - since)
 
 
-def _finished(status, out_dir, files, spec, checkpoint):
+def _finished(status, out_dir, files, spec, spec_json, checkpoint):
     try:
         summary = json.loads((out_dir / paths.CELL_FILES["summary"]).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -284,18 +306,18 @@ def _finished(status, out_dir, files, spec, checkpoint):
     status.loss, status.acc = summary["final_train_avg_loss"], summary["final_train_avg_acc"]
     status.train_acc, status.test_acc = summary["final_train_acc"], summary["final_test_acc"]
     status.stop_reason = summary["stop_reason"]
-    why = _stale(out_dir, files, spec, checkpoint)
+    why = _stale(out_dir, files, spec, spec_json, checkpoint)
     status.state, status.detail = ("stale", why) if why else ("finished", summary["stop_reason"])
     return status
 
 
-def _stale(out_dir, files, spec, checkpoint):
+def _stale(out_dir, files, spec, spec_json, checkpoint):
     """Why a cell with a summary.json will train again, or None."""
     missing = [f for f in (paths.CELL_FILES[k] for k in ("cell", "history")) if f not in files]
     if missing:
         return f"{', '.join(missing)} missing: the next run writes it again"
     text = (out_dir / paths.CELL_FILES["cell"]).read_text()
-    if text.strip() != fileio.canonical_json(spec):
+    if text.strip() != spec_json:
         try:
             old = json.loads(text)
         except json.JSONDecodeError:
@@ -338,20 +360,11 @@ def grid_status(plan, experiments, now):
     rows = []
     for cell_id in (c for c in plan.cells if c in member_of):
         cell, spec = plan.cell(cell_id)
-        pack = plan.pack_of(cell_id)
-        checkpoint = paths.checkpoint(cell, fileio.canonical_json(spec), plan.train_code(pack))
+        pack, spec_json = plan.pack_of(cell_id), fileio.canonical_json(spec)
+        checkpoint = paths.checkpoint(cell, spec_json, plan.train_code(pack))
+        job_log, time_limit_s = paths.train_job_log(cell, pack.rule), 60 * plan.runtime(pack)
         status = Status(cell_id, member_of[cell_id])
-        rows.append(
-            cell_status(
-                status,
-                cell,
-                spec,
-                paths.train_job_log(cell, pack.rule),
-                checkpoint,
-                60 * plan.runtime(pack),
-                now,
-            )
-        )
+        rows.append(cell_status(status, cell, spec, spec_json, job_log, checkpoint, time_limit_s, now))
     return rows
 
 
