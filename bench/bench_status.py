@@ -200,7 +200,8 @@ def section(args, expected, size, best, load):
         f"every cell's files costs {wall - base_wall:.2f} s of it ({wall / base_wall:.2f}x the baseline). "
         "A finished cell costs a directory listing and two small reads (summary.json, cell.json) and a "
         "stat of its checkpoint; an unfinished one a few stats and reads of its files' last 8 KiB; a cell "
-        "not started three lookups that find nothing (its folder, its job's log, its checkpoint). On a network file system each of those is a round trip (not measured here).",
+        "not started three lookups that find nothing (its folder, its job's log, its checkpoint). On a "
+        "network file system each of those is a round trip (not measured here).",
     ]
 
 
