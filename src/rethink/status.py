@@ -54,6 +54,7 @@ STALL_EPOCHS = 3
 STALL_FLOOR_S = 120
 TAIL_BYTES = 8192  # the end of train.log read: its last ~30 lines (an epoch's line is < 250 bytes)
 LOG_LINES = 5  # the last lines of a failed job's log that are shown
+CELL_JSON, HISTORY, SUMMARY, TRAIN_LOG = (paths.CELL_FILES[k] for k in ("cell", "history", "summary", "log"))
 
 # train.log's lines as the trainer writes them (rethink.train.loop: Member.__init__, record, save,
 # finish; each after a "%Y-%m-%d %H:%M:%S " time stamp). tests/test_status.py runs the real trainer.
@@ -227,20 +228,20 @@ def cell_status(status, cell, spec, spec_json, job_log, checkpoint, time_limit_s
     out_dir = pathlib.Path(paths.cell_dir(cell))
     files = _files(out_dir)
     status.max_epochs, status.log = spec["hparams"]["max_epochs"], job_log
-    name = paths.CELL_FILES
-    if name["summary"] in files:
+    if SUMMARY in files:
         return _finished(status, out_dir, files, spec, spec_json, checkpoint)
     files = {name: entry.stat() for name, entry in files.items()}
     job = _stat(job_log)
     ckpt = _stat(checkpoint)
     if not files and job is None and ckpt is None:
         return status
-    log = read_train_log(out_dir / name["log"], files[name["log"]].st_size) if name["log"] in files else TrainLog()
+    train_log = files.get(TRAIN_LOG)
+    log = read_train_log(out_dir / TRAIN_LOG, train_log.st_size) if train_log else TrainLog()
     # the epochs done, from history.csv, else train.log; and the file whose last write they were
-    source = files.get(name["history"])
-    row, evaluated = newest(history_rows(out_dir / name["history"], source.st_size)) if source else (None, None)
+    source = files.get(HISTORY)
+    row, evaluated = newest(history_rows(out_dir / HISTORY, source.st_size)) if source else (None, None)
     if row is None:
-        (row, evaluated), source = newest(log.rows()), files.get(name["log"])
+        (row, evaluated), source = newest(log.rows()), train_log
     if row is not None:
         status.epoch, status.step, status.elapsed_s = int(row["epoch"]), int(row["step"]), row["elapsed_s"]
         status.loss, status.acc = row["train_avg_loss"], row["train_avg_acc"]
@@ -251,7 +252,6 @@ def cell_status(status, cell, spec, spec_json, job_log, checkpoint, time_limit_s
     writes = [s.st_mtime for s in (*files.values(), job, ckpt) if s is not None]
     status.quiet_s = max(0.0, now - max(writes))
     verdict, detail, status.log_tail = job_log_verdict(job_log, job)
-    train_log = files.get(name["log"])
     # an attempt started after the trainer's last line: its shell truncated the job's log
     new_attempt = job is not None and train_log is not None and job.st_mtime > train_log.st_mtime
     if verdict == "failed":
@@ -298,7 +298,7 @@ def _running(status, row, stamp, time_limit_s, now):
 
 def _finished(status, out_dir, files, spec, spec_json, checkpoint):
     try:
-        summary = json.loads((out_dir / paths.CELL_FILES["summary"]).read_text())
+        summary = json.loads((out_dir / SUMMARY).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         status.state, status.detail = "failed", f"summary.json cannot be read ({err})"
         return status
@@ -313,10 +313,10 @@ def _finished(status, out_dir, files, spec, spec_json, checkpoint):
 
 def _stale(out_dir, files, spec, spec_json, checkpoint):
     """Why a cell with a summary.json will train again, or None."""
-    missing = [f for f in (paths.CELL_FILES[k] for k in ("cell", "history")) if f not in files]
+    missing = [f for f in (CELL_JSON, HISTORY) if f not in files]
     if missing:
         return f"{', '.join(missing)} missing: the next run writes it again"
-    text = (out_dir / paths.CELL_FILES["cell"]).read_text()
+    text = (out_dir / CELL_JSON).read_text()
     if text.strip() != spec_json:
         try:
             old = json.loads(text)
