@@ -318,3 +318,27 @@ def test_a_finished_kernel_stage_is_up_to_date_and_reruns_when_its_code_changes(
     counts, cells = wf.planned_jobs("--configfile", wf.root / "config" / config.name)
     assert counts == {**KERNEL_JOBS, "analysis_claims": 1, "all": 1} and cells == set()
     shutil.rmtree(wf.root)
+
+
+@pytest.mark.workflow
+def test_a_kernel_rows_log_says_where_its_featurisers_solves_and_predictions_are(kernel_run):
+    """The logs of the kernel_row jobs above (`> {log} 2>&1`): a line as each featuriser and
+    prediction starts and ends (more only every LOG_SECONDS), and K and its Cholesky factorisation
+    as steps with their sizes, once per l2."""
+    wf, _, _ = kernel_run
+    for row, settings in KERNEL["rows"].items():
+        log = (wf.root / f"results/logs/kernel/{row}.log").read_text()
+        lines, name, l2s = log.splitlines(), settings["features"], settings.get("l2", [0.0])
+        assert "\r" not in log
+        ends = [f"predict {split} {n}/{n} (100.0%) " for split, n in (("train", 64), ("test", 32))] * len(l2s)
+        if name != "raw":  # raw pixels are one conversion, not batches
+            assert f"{name} features train 0/64 (0.0%) ?images/s elapsed 00:00 eta ?" in lines
+            ends += [f"{name} features {split} {n}/{n} (100.0%) " for split, n in (("train", 64), ("test", 32))]
+        assert sorted(end for line in lines for end in set(ends) if line.startswith(end)) == sorted(ends), log
+        build = f"K: 64 x 64 float64 (0.00 GB) from {features.feature_dim(name, KERNEL, (1, 8, 8))} features"
+        assert lines.count(f"{build}: started") == len(l2s) and sum(f"{build}: done in " in x for x in lines) == len(
+            l2s
+        )
+        for l2 in l2s:
+            factor = f"Cholesky of K + {l2:g} I: n = 64, n^3 / 3 = 8.74e+04 flop"
+            assert sum(line.startswith((f"{factor}: started, about ", f"{factor}: done in ")) for line in lines) == 2

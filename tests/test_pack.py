@@ -199,7 +199,7 @@ def test_logits_and_lrn_stay_float32_under_bf16_autocast():
     assert torch.equal(seen["out"], expected) and not torch.equal(seen["out"], seen["inp"].float())
 
 
-def test_a_compiled_step_trains_like_the_eager_one(tmp_path, data, monkeypatch):
+def test_a_compiled_step_trains_like_the_eager_one(tmp_path, data):
     """torch.compile of the step (inductor, on CPU here; CUDA graphs in test_gpu.py): one compile
     serves every epoch (the lr is a device tensor, the randomness is drawn per epoch), and the
     numbers match the eager step's to float32 rounding (measured over 12 steps: at most 1.9e-7
@@ -208,11 +208,11 @@ def test_a_compiled_step_trains_like_the_eager_one(tmp_path, data, monkeypatch):
     torch._dynamo.reset()
     # one shape (128 = 4 full batches); the optimizer's first step (no momentum yet) compiles once
     # more; a compile per epoch, for the new lr, would pass this limit and fail the run
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
-    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
-    (eager,), (compiled,) = (
-        train(jobs(tmp_path, data, [cell], mode), echo=False, compile_mode=mode) for mode in ("off", "default")
-    )
+    # (config.patch, not monkeypatch: torch 2.11's config module hides a setting that was deleted)
+    with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
+        (eager,), (compiled,) = (
+            train(jobs(tmp_path, data, [cell], mode), echo=False, compile_mode=mode) for mode in ("off", "default")
+        )
     histories = [read_history(tmp_path / mode / "0" / "history.csv") for mode in ("off", "default")]
     for a, b in zip(*histories):
         for key in ("train_loss", "test_loss", "train_avg_loss"):

@@ -16,6 +16,7 @@ import dataclasses
 import torch
 
 from rethink.errors import RethinkError
+from rethink.progress import Progress, Step
 
 BYTES = 8  # float64
 
@@ -100,19 +101,33 @@ class Solution:
     alpha_norm: float  # Frobenius norm of alpha
 
 
+def _wait(device):
+    """Let the host wait for the device's queued work, so that a step's time and count are its work's."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def solve(x, y_onehot, gamma, l2, buffer):
     """Fit alpha for (K + l2 I) alpha = Y, building and factorising K inside `buffer` (n x n,
-    float64, overwritten). x: n x p float64 on the buffer's device."""
-    n = len(x)
-    gaussian_block(x, x, sq_norms(x), gamma, out=buffer)
-    buffer.diagonal().fill_(1.0 + l2)  # the exact diagonal, plus the ridge
+    float64, overwritten). x: n x p float64 on the buffer's device. K is one matrix product and
+    the factorisation one LAPACK/cuSOLVER call: each is logged as a step, the factorisation with an
+    estimate of its time from its n^3 / 3 flop at the rate the product of K's 2 n^2 p flop ran."""
+    n, p = x.shape
+    with Step(f"K: {n} x {n} float64 ({BYTES * n * n / 1e9:.2f} GB) from {p} features") as build:
+        gaussian_block(x, x, sq_norms(x), gamma, out=buffer)
+        buffer.diagonal().fill_(1.0 + l2)  # the exact diagonal, plus the ridge
+        _wait(buffer.device)
+    flop = n**3 / 3
+    estimate = flop * build.seconds / (2 * n * n * p)
     column_major = buffer.mT
     info = torch.empty((), dtype=torch.int32, device=buffer.device)
-    torch.linalg.cholesky_ex(column_major, out=(column_major, info))
-    if int(info) != 0:
+    with Step(f"Cholesky of K + {l2:g} I: n = {n}, n^3 / 3 = {flop:.3g} flop", estimate):
+        torch.linalg.cholesky_ex(column_major, out=(column_major, info))
+        failed = int(info)  # waits for the device
+    if failed != 0:
         raise RethinkError(
             f"the kernel matrix (n = {n}, gamma = {gamma:g}, l2 = {l2:g}) is not positive definite in float64 "
-            f"(Cholesky failed at column {int(info)}): two training points are identical or nearly so at this "
+            f"(Cholesky failed at column {failed}): two training points are identical or nearly so at this "
             "bandwidth; use l2 > 0 or a larger gamma"
         )
     # L L^T alpha = Y: L z = Y, then L^T alpha = z, both written over one copy of Y. L is the
@@ -125,12 +140,18 @@ def solve(x, y_onehot, gamma, l2, buffer):
     return Solution(alpha, gamma, l2, max(quad, 0.0) ** 0.5, float(alpha.norm()))
 
 
-def predict(x_new, x_train, solution, batch):
-    """K(x_new, x_train) alpha, block by block (`batch` rows at a time)."""
+def predict(x_new, x_train, solution, batch, what="points"):
+    """K(x_new, x_train) alpha, block by block (`batch` rows at a time); `what` names x_new in the
+    progress lines."""
     train_sq = sq_norms(x_train)
     block = torch.empty(min(batch, len(x_new)), len(x_train), dtype=x_train.dtype, device=x_train.device)
     parts = []
-    for start in range(0, len(x_new), batch):
-        rows = x_new[start : start + batch]
-        parts.append(gaussian_block(rows, x_train, train_sq, solution.gamma, out=block[: len(rows)]) @ solution.alpha)
+    with Progress(f"predict {what}", len(x_new), "rows") as bar:
+        for start in range(0, len(x_new), batch):
+            rows = x_new[start : start + batch]
+            parts.append(
+                gaussian_block(rows, x_train, train_sq, solution.gamma, out=block[: len(rows)]) @ solution.alpha
+            )
+            _wait(block.device)
+            bar.update(len(rows))
     return torch.cat(parts)
