@@ -234,7 +234,8 @@ def test_a_cap_bounds_every_request_and_a_longer_cell_trains_as_a_chain_of_jobs(
     [
         ({"max_runtime_minutes": 2, "signal_minutes": 2}, 5,
          "config key compute.max_runtime_minutes: 2 leaves a training job no time to train: Slurm signals it "
-         "compute.signal_minutes (2) before its limit, and up to 0.5 minutes earlier; raise it or lower signal_minutes"),
+         "compute.signal_minutes (2) before its limit, and up to 0.5 minutes earlier; raise it or lower "
+         "signal_minutes"),
         ({}, 2, "config key architectures.alexnet.runtime_minutes: 2 minutes (a job's time limit) leave the job no "
          "time to train: Slurm signals it compute.signal_minutes (2) before its limit"),
     ],

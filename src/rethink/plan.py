@@ -544,10 +544,15 @@ def _trained_per_job(compute):
     return compute["max_runtime_minutes"] - compute["signal_minutes"] - SIGNAL_EARLY_MINUTES
 
 
+def signal_lead(compute):
+    """Minutes before its time limit that a training job may be signalled (and stop training)."""
+    return compute["signal_minutes"] + SIGNAL_EARLY_MINUTES if compute["signal_minutes"] else 0
+
+
 def _check_time_limits(plan):
     """Every training job has time to train before Slurm signals it."""
     compute = plan.config["compute"]
-    before = compute["signal_minutes"] + SIGNAL_EARLY_MINUTES if compute["signal_minutes"] else 0
+    before = signal_lead(compute)
     why = (
         f"Slurm signals it compute.signal_minutes ({compute['signal_minutes']}) before its limit, and up to "
         f"{SIGNAL_EARLY_MINUTES} minutes earlier; raise it or lower signal_minutes"
@@ -846,7 +851,8 @@ def _table(plan):
     described = plan.describe()
     cells, experiments = plan.cells, plan.experiments
     lines = [
-        f"{', '.join(map(_relative_to_workdir, plan.configfiles))}: {len(cells)} cells, {len(plan.packs)} training jobs, "
+        f"{', '.join(map(_relative_to_workdir, plan.configfiles))}: "
+        f"{len(cells)} cells, {len(plan.packs)} training jobs, "
         f"{described['jobs']['data']['shards']} shards ({len(plan.data_units)} data units), "
         f"{len(plan.kernel_rows)} kernel rows, {len(plan.figures)} figures, {len(plan.tables)} tables",
         "",
@@ -864,7 +870,8 @@ def _table(plan):
         )
     lines += [
         "",
-        "| training jobs | dataset | architecture | cells each | runtime (min) | jobs each | mem_mb | cpus | gpus | launcher |",
+        "| training jobs | dataset | architecture | cells each | runtime (min) | jobs each | mem_mb | cpus | gpus "
+        "| launcher |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     groups = {}

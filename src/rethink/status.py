@@ -432,10 +432,9 @@ def as_dict(row):
 
 
 def load_plan(configfiles):
-    """The plan of the run's config: its files deep-merged in order, as Snakemake merges them."""
-    from rethink.archive.build import load_config
-
-    return rplan.Plan(load_config(pathlib.Path.cwd(), configfiles), configfiles)
+    """The plan of the run's config: its files layered onto the default config, as the workflow
+    layers them (rethink.plan.layered)."""
+    return rplan.load(configfiles)
 
 
 def parser():

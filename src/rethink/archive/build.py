@@ -15,6 +15,7 @@ import h5py
 
 from rethink import config as rconfig
 from rethink import fileio, paths
+from rethink import plan as rplan
 from rethink.archive import ARCHIVE_DIR, DATA, MANIFEST, METADATA, RESULTS, bundle, describe
 from rethink.errors import RethinkError
 from rethink.progress import Progress, Step
@@ -30,19 +31,10 @@ def git(root, *args):
 
 
 def load_config(root, configfiles):
-    """The run's config as Snakemake sees it (later files deep-merged over earlier), validated."""
-    merged = {}
-
-    def merge(into, new):
-        for key, value in new.items():
-            if isinstance(value, dict) and isinstance(into.get(key), dict):
-                merge(into[key], value)
-            else:
-                into[key] = value
-
-    for path in configfiles:
-        merge(merged, rconfig.read_yaml(root / path) or {})
-    return rconfig.validate(merged, root / "workflow" / "schemas" / "config.schema.yaml")
+    """The run's config as the workflow layers it (rethink.plan.layered: its files onto the
+    clone's default config), validated."""
+    _, config = rplan.layered([root / "config" / "config.yaml", *(root / path for path in configfiles)])
+    return rconfig.validate(config, root / "workflow" / "schemas" / "config.schema.yaml")
 
 
 def refusals(root, configfiles, stale):
