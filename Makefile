@@ -89,7 +89,7 @@ clean-results:
 CONFIG ?=
 ARCHIVE_ARGS ?=
 archive: install
-	python -m rethink.archive build $(if $(CONFIG),--configfile $(CONFIG)) $(ARCHIVE_ARGS)
+	python -m rethink.archive build $(if $(CONFIG),--configfile $(CONFIG)) $(if $(DIRECTORY),--directory $(DIRECTORY)) $(ARCHIVE_ARGS)
 
 # Where every cell of a run stands, from its files (README "Watching a run"). CONFIG=file(s) as for
 # archive; STATUS_ARGS="--watch 30", --json, ... Not after `install`: it runs beside a run, whose

@@ -85,7 +85,7 @@ FAST = ("--jobs", "8", "--latency-wait", "5", "--slurm-init-seconds-before-statu
 
 
 def slurm_command(configfile, *args):
-    return ["--workflow-profile", "profiles/slurm", *FAST, "--configfile", str(configfile), *args]
+    return ["--workflow-profile", "profiles/slurm", *FAST, *args, "--configfile", str(configfile)]
 
 
 def run_slurm(wf, configfile, *args, check=True, timeout=900):

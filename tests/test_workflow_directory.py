@@ -1,10 +1,13 @@
 """Results anywhere: `snakemake --directory DIR` from the checkout writes every output under DIR
 (configs and code come from the checkout); a rerun from there finds everything done, the status of
-the cells and the calibration of the requests (rethink.calibrate) read them there."""
+the cells and the calibration of the requests (rethink.calibrate) read them there, and `make archive
+DIRECTORY=DIR` (rethink.archive build --directory) bundles them."""
 
 import csv
 import json
 import math
+import os
+import pathlib
 import subprocess
 import sys
 
@@ -31,7 +34,7 @@ def elsewhere(workflow, tmp_path):
     config["compute"] = {"pack": 2}  # one job, one benchmark, for both cells (of one architecture each)
     configfile = workflow.write_config(config)
     scratch = tmp_path / "scratch"
-    workflow.run("--directory", scratch, "--configfile", configfile, "-c2")
+    workflow.run("--directory", scratch, "--configfile", configfile.relative_to(workflow.root), "-c2")
     return scratch, configfile
 
 
@@ -84,3 +87,24 @@ def test_a_run_with_directory_writes_there_and_reruns_status_and_calibration_wor
 
     targets = python(workflow, "rethink.calibrate", "--configfile", str(configfile), "--targets", cwd=scratch)
     assert targets.stdout.split() == [f"results/cells/{cell}/summary.json" for cell in CELLS.values()]
+
+
+def test_a_run_in_another_directory_is_archived_from_the_clone(workflow, elsewhere):
+    scratch, configfile = elsewhere
+    git = dict(
+        os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t"
+    )
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "the run's code"]):
+        subprocess.run(["git", *args], cwd=workflow.root, env=git, check=True, capture_output=True)
+    config = str(configfile.relative_to(workflow.root))
+    proc = python(workflow, "rethink.archive", "build", "--configfile", config, "--directory", str(scratch),
+                  cwd=workflow.root)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    folder = pathlib.Path(proc.stdout.split()[0])
+    assert folder.parent == scratch / "results/archive" and not (workflow.root / "results").exists()
+    manifest = json.loads((folder / "data/archive.json").read_text())
+    assert manifest["complete"] and manifest["configfiles"] == [config]
+    assert (folder / "data" / paths.METRICS["summary_csv"]).read_bytes() == (
+        scratch / paths.METRICS["summary_csv"]
+    ).read_bytes()
+    assert (folder / "data/source/Snakefile").is_file() and (folder / "data/run-config" / config).is_file()

@@ -93,7 +93,8 @@ class ShardRange:
 
 
 # The default config: the first layer of every run's config (layered)
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "config" / "config.yaml"
+CHECKOUT = pathlib.Path(__file__).resolve().parents[2]  # the workflow's: config/, workflow/, src/
+DEFAULT_CONFIG = CHECKOUT / "config" / "config.yaml"
 
 
 def layered(configfiles, overrides=None):
@@ -472,7 +473,7 @@ class Plan:
 
     def membership_json(self):
         """experiments.json: each experiment's cells, and the config files they came from (layered)."""
-        configs = ", ".join(_relative_to_workdir(p) for p in self.configfiles)
+        configs = ", ".join(_relative_to_checkout(p) for p in self.configfiles)
         return fileio.canonical_json({"config": configs, "experiments": self.experiments})
 
     # ------------------------------------------------------------------------- the CLI's view
@@ -837,11 +838,12 @@ def _packs(config, cells):
     return result
 
 
-def _relative_to_workdir(path):
-    """A path as recorded in provenance: relative when inside the working directory, so a
-    moved or freshly cloned checkout with its results is still up to date."""
-    path, here = pathlib.Path(path).resolve(), pathlib.Path.cwd().resolve()
-    return str(path.relative_to(here)) if path.is_relative_to(here) else str(path)
+def _relative_to_checkout(path):
+    """A path as recorded in provenance: relative when inside the checkout (whichever directory the
+    results are in: snakemake --directory), so a moved or freshly cloned checkout with its results
+    is still up to date."""
+    path = pathlib.Path(path).resolve()
+    return str(path.relative_to(CHECKOUT)) if path.is_relative_to(CHECKOUT) else str(path)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -851,7 +853,7 @@ def _table(plan):
     described = plan.describe()
     cells, experiments = plan.cells, plan.experiments
     lines = [
-        f"{', '.join(map(_relative_to_workdir, plan.configfiles))}: "
+        f"{', '.join(map(_relative_to_checkout, plan.configfiles))}: "
         f"{len(cells)} cells, {len(plan.packs)} training jobs, "
         f"{described['jobs']['data']['shards']} shards ({len(plan.data_units)} data units), "
         f"{len(plan.kernel_rows)} kernel rows, {len(plan.figures)} figures, {len(plan.tables)} tables",

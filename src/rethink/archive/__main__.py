@@ -11,7 +11,7 @@ from rethink.errors import cli_main
 
 
 def _build(args):
-    final, tarball, found = build.build(pathlib.Path.cwd(), args.configfile, args.allow_incomplete)
+    final, tarball, found = build.build(pathlib.Path.cwd(), args.configfile, args.allow_incomplete, args.directory)
     for line in found:
         print(f"warning: archived although not up to date: {line}", file=sys.stderr)
     print(f"{final}\n{tarball}")
@@ -60,6 +60,7 @@ def main(argv=None):
     p = sub.add_parser("build", help="bundle the finished run under results/archive/<name>{,.tar.gz}")
     p.add_argument("--configfile", nargs="+", help="the run's config file(s), as given to snakemake")
     p.add_argument("--allow-incomplete", action="store_true", help="archive a run that is not complete")
+    p.add_argument("--directory", help="the run's directory (snakemake --directory), when not this clone")
     p.set_defaults(func=_build)
     p = sub.add_parser("verify", help="check a bundle (folder or .tar.gz) against its sha256 manifests")
     p.add_argument("path")

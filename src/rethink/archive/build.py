@@ -37,18 +37,18 @@ def load_config(root, configfiles):
     return rconfig.validate(config, root / "workflow" / "schemas" / "config.schema.yaml")
 
 
-def refusals(root, configfiles, stale):
-    """Why this run is not archivable as it stands: stale outputs, uncommitted source, a config
-    other than the one the results came from."""
+def refusals(root, work, configfiles, stale):
+    """Why this run (results in work) is not archivable as it stands: stale outputs, uncommitted
+    source, a config other than the one the results came from."""
     found = [f"{path}: {why}" for path, why in sorted(stale.items())]
     dirty = git(root, "status", "--porcelain", "--untracked-files=no").splitlines()
     found += [f"{line[3:]}: modified since the last commit (archive the committed code)" for line in dirty]
-    experiments = root / paths.EXPERIMENTS_JSON
+    experiments = work / paths.EXPERIMENTS_JSON
     if experiments.is_file():
         used = json.loads(experiments.read_text()).get("config")
         if used is not None and used != ", ".join(configfiles):
             found.append(
-                f"{experiments.relative_to(root)}: the results came from config {used}, not {', '.join(configfiles)}"
+                f"{experiments.relative_to(work)}: the results came from config {used}, not {', '.join(configfiles)}"
             )
     return found
 
@@ -89,10 +89,12 @@ def snapshot(root):
     return files
 
 
-def build(root, configfiles, allow_incomplete=False):
-    """Bundle the run into results/archive/<name>/ and <name>.tar.gz; returns both and what was
-    not up to date (empty unless allow_incomplete)."""
+def build(root, configfiles, allow_incomplete=False, workdir=None):
+    """Bundle the run of the clone at root, whose results are in workdir (snakemake --directory;
+    default root), into workdir's results/archive/<name>/ and <name>.tar.gz; returns both and what
+    was not up to date (empty unless allow_incomplete)."""
     root = pathlib.Path(root).resolve()
+    work = pathlib.Path(workdir).resolve() if workdir else root
     configfiles = configfiles or ["config/config.yaml"]
     for path in configfiles:  # as restore accepts them
         if not bundle.CONFIG_PATH.fullmatch(path):
@@ -104,24 +106,24 @@ def build(root, configfiles, allow_incomplete=False):
     commit = git(root, "rev-parse", "HEAD").strip()
     date = datetime.datetime.now(datetime.UTC).date().isoformat()
     name = f"{settings['name']}-{commit[:12]}-{date.replace('-', '')}"
-    final = root / ARCHIVE_DIR / name
+    final = work / ARCHIVE_DIR / name
     if final.exists() or final.with_suffix(".tar.gz").exists():
-        raise RethinkError(f"{final.relative_to(root)} exists: remove it (and its .tar.gz) to archive again")
+        raise RethinkError(f"{final.relative_to(work)} exists: remove it (and its .tar.gz) to archive again")
 
-    before = snapshot(root)
-    stale, outputs = bundle.pending(root, configfiles)
-    found = refusals(root, configfiles, stale)
+    before = snapshot(work)
+    stale, outputs = bundle.pending(root, configfiles, work)
+    found = refusals(root, work, configfiles, stale)
     if found and not allow_incomplete:
         raise RethinkError(
             "the run is not complete and up to date, so it is not archived (--allow-incomplete archives it "
             "anyway, listing this in archive.json):\n  " + "\n  ".join(found)
         )
 
-    stage = root / ARCHIVE_DIR / f".{name}.partial"
+    stage = work / ARCHIVE_DIR / f".{name}.partial"
     shutil.rmtree(stage, ignore_errors=True)  # a killed build's leftovers
     stage.mkdir(parents=True)
     try:
-        _stage(root, stage, name, commit, date, configfiles, settings, before, outputs, found)
+        _stage(root, work, stage, name, commit, date, configfiles, settings, before, outputs, found)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -132,7 +134,7 @@ def build(root, configfiles, allow_incomplete=False):
     digest = bundle.hash_all([tarball], f"sha256 of {tarball.name}")[tarball]
     fileio.write_text_atomic(tarball.with_name(tarball.name + ".sha256"), f"{digest}  {tarball.name}\n")
 
-    if snapshot(root) != before:  # a guard on the promise, cheap: sizes and mtimes
+    if snapshot(work) != before:  # a guard on the promise, cheap: sizes and mtimes
         raise RethinkError("results/ changed while archiving (another run writing?): archive again when it is idle")
     return final, tarball, found
 
@@ -150,20 +152,21 @@ def _tar(folder, out, what):
             tar.add(folder, arcname=folder.name, filter=counted)
 
 
-def _stage(root, stage, name, commit, date, configfiles, settings, before, outputs, found):
-    """Write the bag's content into `stage` and make it a bag."""
+def _stage(root, work, stage, name, commit, date, configfiles, settings, before, outputs, found):
+    """Write the bag's content into `stage` and make it a bag: results from work, source and
+    config files from the clone at root."""
     files, results, inputs = {}, [], []
     with Progress("results: sha256 and copy", sum(size for size, _ in before.values()), "B") as bar:
         for rel, (size, mtime_ns) in before.items():
-            entry = {"sha256": bundle.sha256(root / rel, bar), "size": size, "mtime_ns": mtime_ns}
+            entry = {"sha256": bundle.sha256(work / rel, bar), "size": size, "mtime_ns": mtime_ns}
             shard = rel.startswith(DATA + "/") and rel.endswith(".h5")
             if shard:
-                entry["provenance"] = h5_provenance(root / rel)
+                entry["provenance"] = h5_provenance(work / rel)
                 inputs.append((rel, {"name": f"shard {rel}", "sha256": entry["sha256"]}))
             entry["stored"] = not shard or settings["shards"]
             if entry["stored"]:
                 (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(root / rel, stage / rel)
+                shutil.copy2(work / rel, stage / rel)
                 if not shard:
                     results.append(rel)
             files[rel] = entry
@@ -172,7 +175,7 @@ def _stage(root, stage, name, commit, date, configfiles, settings, before, outpu
     # up to date, and what makes an edited cell rerun after it
     records = {}
     for output in outputs:
-        path = bundle.record_path(root, output)
+        path = bundle.record_path(work, output)
         if path.is_file():
             records[output] = json.loads(path.read_text())
     (stage / METADATA).parent.mkdir(parents=True)
@@ -184,10 +187,11 @@ def _stage(root, stage, name, commit, date, configfiles, settings, before, outpu
     for path in configfiles:
         (stage / "run-config" / path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / path, stage / "run-config" / path)
-    cells = [json.loads((root / rel).read_text()) for rel in before if rel.endswith("/summary.json")]
+    cells = [json.loads((work / rel).read_text()) for rel in before if rel.endswith("/summary.json")]
     describe.environment(stage / "environment", cells)
     with Step("snakemake --report"):
-        bundle.snakemake(["--report", stage / "report.html", *bundle.config_args(configfiles)], root)
+        report = ["--report", stage / "report.html", "--directory", work, *bundle.config_args(configfiles)]
+        bundle.snakemake(report, root)
 
     starts = [r["starttime"] for r in records.values() if r.get("starttime")]
     ends = [r["endtime"] for r in records.values() if r.get("endtime")]

@@ -94,12 +94,13 @@ def config_args(configfiles):
     return ["--configfile", *configfiles] if configfiles else []
 
 
-def pending(root, configfiles):
-    """Ask Snakemake which outputs of the run are not up to date: {path: "status (plan)"} from
-    `snakemake --summary` (missing, incomplete, changed params/code/input, updated input...),
-    and every output file it lists."""
+def pending(root, configfiles, workdir=None):
+    """Ask Snakemake which outputs of the run (in workdir, default root) are not up to date:
+    {path: "status (plan)"} from `snakemake --summary` (missing, incomplete, changed
+    params/code/input, updated input...), and every output file it lists."""
+    where = ["--directory", workdir] if workdir else []
     with Step("snakemake --summary: which outputs are up to date"):
-        out = snakemake(["--summary", *config_args(configfiles)], root).stdout
+        out = snakemake(["--summary", *where, *config_args(configfiles)], root).stdout
     lines = out.splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith("output_file\t")), None)
     if start is None:
