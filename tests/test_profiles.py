@@ -45,3 +45,10 @@ def test_the_slurm_profile_holds_what_the_workflow_needs_and_nothing_of_a_site()
     # partitions, accounts, GPU requests and time caps are config (slurm:, compute:), per kind of job;
     # no config file either: --configfile layers a run's config files onto the default
     assert not {"default-resources", "set-resources", "configfile", "configfiles"} & set(profile)
+
+
+def test_no_rule_declares_a_conda_environment(workflow):
+    """The README prepares the environment on the login node (make install); no rule claims a conda
+    env that --software-deployment-method conda would build."""
+    listed = workflow.run("--list-conda-envs").stdout
+    assert listed.split("environment\tcontainer\tlocation")[1].strip() == "", listed  # the table, empty

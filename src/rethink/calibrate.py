@@ -15,8 +15,8 @@ signal the job (rethink.plan.signal_lead), mem_mb = factor x the peak memory. It
 the measurements, then the suggestion as a YAML override to layer onto the config
 (`--configfile config/paper.yaml calibrated.yaml`).
 
---targets prints the summary.json of one cell per architecture (the first by id): the targets of
-a smoke run measuring each architecture once (README "Running on a cluster").
+--targets prints the summary.json of one cell per architecture (of the fewest epochs): the targets
+of a smoke run measuring each architecture once (config/smoke.yaml; README "Running on a cluster").
 """
 
 import argparse
@@ -36,11 +36,12 @@ MB = 100  # suggested memory is rounded up to this many MB
 
 
 def one_per_arch(plan):
-    """{architecture: the first of its cells (by id)}."""
-    first = {}
-    for cell_id, (cell, _) in plan.cells.items():
-        first.setdefault(cell.arch, cell_id)
-    return first
+    """{architecture: its cell of the fewest epochs (the first by id of those)}."""
+    shortest = {}
+    for cell_id, (cell, spec) in plan.cells.items():
+        key = (spec["hparams"]["max_epochs"], cell_id)
+        shortest[cell.arch] = min(shortest.get(cell.arch, key), key)
+    return {arch: cell_id for arch, (_, cell_id) in shortest.items()}
 
 
 def benchmark(path):

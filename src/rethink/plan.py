@@ -535,8 +535,9 @@ def _capped(minutes, compute):
     return math.ceil(minutes) if cap is None else min(math.ceil(minutes), cap)
 
 
-# slurmctld sends a job's --signal at its next time-limit check (every 30 s), so up to half a minute
-# before the time asked for (measured on Slurm 22.05: docs/BENCHMARKS.md, "Slurm signal timing").
+# slurmctld sends a job's --signal at its time-limit check, every 30 s on Slurm 22.05 (the chains of
+# tests/test_slurm.py), so up to half a minute before the time asked for; sbatch(1) allows up to 60 s
+# (README "Running on a cluster": raise compute.signal_minutes where a site's come earlier).
 SIGNAL_EARLY_MINUTES = 0.5
 
 
