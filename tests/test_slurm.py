@@ -220,31 +220,12 @@ def test_every_job_runs_where_its_kind_belongs_and_analysis_and_downloads_run_lo
     pd.testing.assert_frame_equal(ours, theirs)  # CPU training is deterministic, wherever it ran
 
 
-def test_each_way_of_asking_for_a_gpu_reaches_sbatch(cluster, tmp_path):
-    """gpu_request gpus with a gpu_model (--gpus=fake:1), gres with a model (--gres=gpu:fake:1) and
-    with CPUs per GPU: one training job each, rerun with --forcerun (resources are no rerun
-    trigger: a site's settings never retrain a cell)."""
-    wf = Workflow(tmp_path / "wf")
-    config = gpu_config({"one": {"dataset": "synth", "grid": [{"architectures": ["mlp"]}]}})
-    cell = "results/cells/synth/mlp/none/true_labels/s0/summary.json"
-    asked = []
-    for train in ({"gpu_model": "fake"}, {"gpu_request": "gres", "gpu_model": "fake", "cpus_per_gpu": 2}):
-        config["slurm"] = {"train": {"partition": "gpu", **train}, "cpu": {"partition": "cpu"}}
-        _, run = run_slurm(wf, wf.write_config(config), "--forcerun", "train", cell)
-        jobs = accounting(run)
-        assert all(j["state"] == "COMPLETED" for j in jobs), jobs
-        asked += [(j["partition"], j["tres"], j["submit"]) for j in jobs if j["rule"] == "train"]
-        assert all(j["partition"] == "cpu" and "gpu" not in j["tres"] for j in jobs if j["rule"] != "train")
-    (gpus_model, tres1, submit1), (gres, tres2, submit2) = asked
-    assert gpus_model == gres == "gpu"
-    assert " --gpus=fake:1" in submit1 and "--gres" not in submit1 and "gres/gpu:fake=1" in tres1
-    assert " --gres=gpu:fake:1" in submit2 and "--gpus" not in submit2 and "gres/gpu:fake=1" in tres2
-    assert "--cpus-per-gpu=2" in submit2 and "--cpus-per-task" not in submit2
-
-
 def test_rerun_after_editing_one_cell_submits_exactly_one_training_job(profile_run):
+    """Resources are no rerun trigger: the site's GPU request style changed here (a GPU model,
+    --gpus=fake:1) retrains nothing but the edited cell, whose job asks that way."""
     wf, configfile, _, _, _ = profile_run
     config = yaml.safe_load(configfile.read_text())
+    config["slurm"]["train"]["gpu_model"] = "fake"
     config["experiments"]["table4"]["grid"] = [
         {"architectures": ["mlp"], "regularizers": ["none"], "noises": ["random_labels"]},
         {"architectures": ["mlp"], "regularizers": ["wd"], "noises": ["random_labels"], "overrides": {"lr": 0.02}},
@@ -253,6 +234,8 @@ def test_rerun_after_editing_one_cell_submits_exactly_one_training_job(profile_r
     _, run = run_slurm(wf, configfile)
     train = [j for j in accounting(run) if is_training_rule(j["rule"])]
     assert [j["rule"] for j in train] == [pack_rules(configfile)["synth/mlp/wd/random_labels/s0"]], train
+    assert train[0]["partition"] == "gpu" and " --gpus=fake:1" in train[0]["submit"], train
+    assert "gres/gpu:fake=1" in train[0]["tres"] and "--gres" not in train[0]["submit"]
     cell = json.loads((wf.root / "results/cells/synth/mlp/wd/random_labels/s0/cell.json").read_text())
     assert cell["hparams"]["lr"] == 0.02
 
@@ -378,8 +361,11 @@ def freeze_attempt(wf, proc, log, cancel, seen=()):
     pid = wait_until(lambda: trainer_pid(job), f"the trainer of Slurm job {job}", interval=0.05, **waiting)
     # lines of training progress (not "resume from ... at epoch N"); epoch 0 is the untrained network
     progress = r"\d:\d\d epoch +([1-9]\d*) step"
-    wait_until(lambda: re.search(progress, train_log.read_text()[before:]), f"an epoch of job {job}",
-               interval=0.002, **waiting)  # fmt: skip
+
+    def trained():  # (train.log appears once the trainer has started)
+        return train_log.is_file() and re.search(progress, train_log.read_text()[before:])
+
+    wait_until(trained, f"an epoch of job {job}", interval=0.002, **waiting)
     try:
         freeze([pid], proc)
         frozen_at = int(re.findall(progress, train_log.read_text()[before:])[-1])
@@ -405,8 +391,11 @@ def stop(proc):
 
 
 def test_a_cancelled_pack_job_is_retried_and_resumes_every_cell_from_its_checkpoint(cluster, uninterrupted, tmp_path):
+    """The site here asks for GPUs by gres with a model, and CPUs per GPU."""
     wf = Workflow(tmp_path / "wf")
-    configfile = wf.write_config(resume_config(seeds=(0, 1), pack=2))  # one job, two cells
+    config = resume_config(seeds=(0, 1), pack=2)  # one job, two cells
+    config["slurm"] = {"train": {"partition": "gpu", "gpu_request": "gres", "gpu_model": "fake", "cpus_per_gpu": 2}}
+    configfile = wf.write_config(config)
     wf.run("--configfile", configfile, "-c2", "data_shards")  # the data is not what is tested here
     proc, log = start_slurm(wf, configfile, tmp_path)
     try:
@@ -414,8 +403,13 @@ def test_a_cancelled_pack_job_is_retried_and_resumes_every_cell_from_its_checkpo
         assert proc.wait(timeout=PATIENCE_S) == 0, log.read_text()
     finally:
         stop(proc)
-    states = [j["state"] for j in accounting(run) if is_training_rule(j["rule"])]
+    training = [j for j in accounting(run) if is_training_rule(j["rule"])]
+    states = [j["state"] for j in training]
     assert states[0].startswith("CANCELLED") and states[-1] == "COMPLETED" and len(states) == 2, states
+    for job in training:
+        assert job["partition"] == "gpu" and "gres/gpu:fake=1" in job["tres"], job
+        assert " --gres=gpu:fake:1" in job["submit"] and "--gpus" not in job["submit"], job
+        assert "--cpus-per-gpu=2" in job["submit"] and "--cpus-per-task" not in job["submit"], job
     assert_resumed_identically(wf, uninterrupted, seeds=(0, 1))
 
 
