@@ -23,7 +23,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,tracking]'
 	# cffconvert (the tests validate CITATION.cff with it) declares jsonschema<4, which our
 	# jsonschema>=4.20 excludes; its validation runs unchanged on 4.x, so it comes without that pin.
 	$(BIN)/python -m pip install --quiet 'pykwalify>=1.6' 'ruamel.yaml>=0.16'

@@ -62,6 +62,8 @@ def test_a_finished_cell_is_re_emitted_not_retrained(tmp_path, data):
     first = jobs(tmp_path, data, PACK_CELLS[:2], "run")
     train(first, echo=False)
     before = [outputs(job) for job in first]
+    files = [first[1].out_dir / name for name in ("history.csv", "summary.json")]
+    written = [f.read_bytes() for f in files]
     for job in first:  # as Snakemake does to a job it reruns
         (job.out_dir / "summary.json").unlink()
         (job.out_dir / "history.csv").unlink()
@@ -71,7 +73,8 @@ def test_a_finished_cell_is_re_emitted_not_retrained(tmp_path, data):
     train(second, echo=False)
     log = (first[1].out_dir / "train.log").read_text()
     assert log.count("start cell=") == 1 and "history and summary re-emitted from" in log
-    assert outputs(first[1]) == before[1]  # the very same numbers, timings included
+    assert outputs(first[1]) == before[1]  # the very same numbers, timings included ...
+    assert [f.read_bytes() for f in files] == written  # ... and the very same bytes
     assert (first[0].out_dir / "train.log").read_text().count("start cell=") == 2
     assert outputs(first[0])[1]["hparams"]["lr"] == 0.02
 
@@ -199,7 +202,7 @@ def test_logits_and_lrn_stay_float32_under_bf16_autocast():
     assert torch.equal(seen["out"], expected) and not torch.equal(seen["out"], seen["inp"].float())
 
 
-def test_a_compiled_step_trains_like_the_eager_one(tmp_path, data, monkeypatch):
+def test_a_compiled_step_trains_like_the_eager_one(tmp_path, data):
     """torch.compile of the step (inductor, on CPU here; CUDA graphs in test_gpu.py): one compile
     serves every epoch (the lr is a device tensor, the randomness is drawn per epoch), and the
     numbers match the eager step's to float32 rounding (measured over 12 steps: at most 1.9e-7
@@ -207,12 +210,12 @@ def test_a_compiled_step_trains_like_the_eager_one(tmp_path, data, monkeypatch):
     cell = make_cell(max_epochs=3, batch_size=32, dropout=0.3, lr_decay=0.5)  # lr changes each epoch
     torch._dynamo.reset()
     # one shape (128 = 4 full batches); the optimizer's first step (no momentum yet) compiles once
-    # more; a compile per epoch, for the new lr, would pass this limit and fail the run
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
-    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
-    (eager,), (compiled,) = (
-        train(jobs(tmp_path, data, [cell], mode), echo=False, compile_mode=mode) for mode in ("off", "default")
-    )
+    # more; a compile per epoch, for the new lr, would pass this limit and fail the run. (dynamo's
+    # own patch: monkeypatch's undo left torch 2.13's recompile_limit unreadable for later tests)
+    with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
+        (eager,), (compiled,) = (
+            train(jobs(tmp_path, data, [cell], mode), echo=False, compile_mode=mode) for mode in ("off", "default")
+        )
     histories = [read_history(tmp_path / mode / "0" / "history.csv") for mode in ("off", "default")]
     for a, b in zip(*histories):
         for key in ("train_loss", "test_loss", "train_avg_loss"):

@@ -1,6 +1,7 @@
 # The plan (src/rethink/plan.py) decides what runs; this file builds it once per parse and asks
 # it, one line per question. Parsed again inside every cluster job: nothing here imports torch.
 import inspect
+import os
 
 from snakemake.exceptions import WorkflowError
 
@@ -20,6 +21,10 @@ try:
     PLAN = rethink.plan.Plan(config, workflow.configfiles)
 except RethinkError as err:
     raise WorkflowError(str(err)) from None
+
+# Tracking (config key `tracking`) reaches the trainer through the environment, which every job
+# inherits and which, unlike a rule's params and shell command, is no rerun trigger.
+os.environ.update(PLAN.environment())
 
 # For --software-deployment-method conda: the pinned environment of the whole project.
 ENV = "../../environment.yml"
