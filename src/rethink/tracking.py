@@ -165,7 +165,8 @@ class WandB(Tracker):
         import wandb
 
         options, experiments = settings["wandb"], experiments_of(cell, settings["experiments"])
-        directory = paths.tracking_dir("wandb", cell["cell"])
+        # absolute: W&B's service process, shared by the runs of a process, has a working folder of its own
+        directory = paths.tracking_dir("wandb", cell["cell"]).resolve()
         directory.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
             project=options["project"], entity=options["entity"], mode=options["mode"], dir=directory,
