@@ -9,7 +9,7 @@ CORES ?= 2
 PYTEST_ARGS ?=
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: reproduce test install datasets bench gpu-check test-torch-oldest clean-results slurm-profile archive
+.PHONY: reproduce test install datasets bench gpu-check test-torch-oldest clean-results slurm-profile archive status
 
 reproduce: install datasets
 	snakemake --cores $(CORES)
@@ -101,3 +101,10 @@ CONFIG ?=
 ARCHIVE_ARGS ?=
 archive: install
 	python -m rethink.archive build $(if $(CONFIG),--configfile $(CONFIG)) $(ARCHIVE_ARGS)
+
+# Where every cell of a run stands, from its files (README "Watching a run"). CONFIG=file(s) as for
+# archive; STATUS_ARGS="--watch 30", --json, ... Not after `install`: it runs beside a run, whose
+# environment it must never rebuild (the .venv a `make reproduce` made is there).
+STATUS_ARGS ?=
+status:
+	python -m rethink.status $(if $(CONFIG),--configfile $(CONFIG)) $(STATUS_ARGS)

@@ -65,7 +65,7 @@ class Stage:
 STAGES = (
     Stage(
         "tests",
-        ("numpy", "h5py", "pytest", "pyyaml", "pillow", "scipy", "torchvision"),
+        ("numpy", "h5py", "pytest", "pyyaml", "jsonschema", "pillow", "scipy", "torchvision"),
         ("-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "tests/test_imagenet.py", "-q", "-p", "no:cacheprovider",
          "--junitxml={out}/gpu-tests.xml"),
         (),
@@ -91,7 +91,7 @@ STAGES = (
     ),
     Stage(
         "bench_pack",
-        ("numpy", "h5py"),
+        ("numpy", "h5py", "pyyaml", "jsonschema"),
         ("bench/bench_pack.py", "--out", "{out}"),
         ("--device", "cuda", "--k", "8"),
         ("--device", "cpu", "--k", "2", "--steps", "1", "--repeats", "1"),

@@ -91,6 +91,7 @@ def built(finished, tmp_path_factory):
     wf = committed_copy(finished[0], tmp_path_factory.mktemp("archive") / "wf")
     before = results_state(wf.root)
     proc = archive(wf, "build", "--configfile", CONFIG, check=0)
+    (wf.root.parent / "build.log").write_text(proc.stderr)  # its progress, read by the last tests
     folder, tarball = (wf.root / line for line in proc.stdout.split())
     return wf, folder, tarball, before, results_state(wf.root)
 
@@ -397,7 +398,8 @@ def test_restore_refuses_paths_that_a_symlink_in_the_clone_takes_outside_results
     (clone.root / "results" / "tables").symlink_to(outside)
     before = tree_state(clone.root, outside)
     proc = archive(clone, "restore", tarball, check=2)
-    assert proc.stderr.splitlines()[:2] == [
+    error = proc.stderr[proc.stderr.index("error: ") :]  # after the progress lines of extracting and checking
+    assert error.splitlines()[:2] == [
         f"error: a symlink in this clone would take these files of the bundle outside {clone.root / 'results'} "
         "(nothing was restored):",
         "  results/tables/table4.csv",
@@ -496,3 +498,30 @@ def test_restore_writes_a_missing_run_config_only_under_config(built, tmp_path):
     proc = archive(clone, "restore", bag, check=2)
     assert "the run's config files slurm/config.yaml are not in this clone" in proc.stderr
     assert "Traceback" not in proc.stderr and tree_state(clone.root) == before
+
+
+def assert_logged(stderr, bars=(), steps=()):
+    """stderr (not a terminal) holds each bar's first and last line, each step's two, and no '\\r'."""
+    lines = stderr.splitlines()
+    for what in bars:
+        mine = [line for line in lines if line.startswith(f"{what} ")]
+        assert mine and " (0.0%) " in mine[0] and " (100.0%) " in mine[-1], (what, stderr)
+    for what in steps:
+        assert any(line.startswith(what) and ": started" in line for line in lines), (what, stderr)
+        assert any(line.startswith(what) and ": done in " in line for line in lines), (what, stderr)
+    assert "\r" not in stderr
+
+
+def test_build_verify_and_restore_log_their_progress(built, tmp_path):
+    wf, _, tarball, _, _ = built
+    assert_logged(
+        (wf.root.parent / "build.log").read_text(),
+        bars=["results: sha256 and copy", f"tarring {tarball.name}", f"sha256 of {tarball.name}"],
+        steps=["snakemake --summary", "snakemake --report", "bagit: making the bag"],
+    )
+    checked = [f"extracting {tarball.name}", "sha256 of the bag's files", f"sha256 of {tarball.name}"]
+    assert_logged(archive(wf, "verify", tarball, check=0).stderr, checked, ["bagit: validating the bag"])
+    clone = Clone(wf.root, tmp_path / "clone")
+    proc = archive(clone, "restore", tarball, "--cores", 2, check=0)
+    rebuilt = ["sha256 of the rebuilt shards", "results: copying back"]
+    assert_logged(proc.stderr, checked + rebuilt, ["bagit: validating the bag", "snakemake: rebuilding 3 shards"])

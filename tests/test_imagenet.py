@@ -4,6 +4,8 @@ streaming reader -> Inception V3 training a few steps, and resumed mid-epoch bit
 
 import io
 import pathlib
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -364,3 +366,31 @@ def test_an_empty_class_folder_is_an_error_naming_it_and_both_splits_have_the_sa
     write_imagenet(tmp_path / "flat", 1, 3, val_layout="flat")
     with pytest.raises(RethinkError, match=rf"{imagenet.GROUND_TRUTH}: no test images of class {IMAGENET_WNIDS[3]}"):
         imagenet.list_split(tmp_path / "flat", "test")
+
+
+def test_the_listing_and_a_range_job_log_their_progress_in_lines(inet, tmp_path):
+    """What a data rule's log gets (`> {log} 2>&1`): the listing of train/'s class folders, and a
+    range job's shards, each a line as it starts and as it ends (more only every LOG_SECONDS)."""
+    _, dataset, _, shards = inet
+    spec_json = canonical_json({"dataset": dataset, "shards": SHARDS})
+    index, outs = tmp_path / "train-index.json", [str(tmp_path / pathlib.Path(p).name) for p in shards["train"]]
+    logs = {}
+    for name, argv in (
+        ("index", ["index", "--spec", spec_json, "--split", "train", "--out", str(index)]),
+        ("range", ["clean", "--spec", spec_json, "--split", "train", "--shards", f"0-{len(outs) - 1}", "--index",
+                   str(index), "--staging", str(tmp_path / "staging"), "--out", *outs]),
+    ):  # fmt: skip
+        with open(tmp_path / f"{name}.log", "w") as log:
+            cli = [sys.executable, "-m", "rethink.data.prepare", *argv]
+            subprocess.run(cli, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=600)
+        logs[name] = (tmp_path / f"{name}.log").read_text()
+        assert "\r" not in logs[name]
+    lines = logs["index"].splitlines()
+    assert lines[0] == "listing train 0/4 (0.0%) ?folders/s elapsed 00:00 eta ?"
+    assert lines[-2].startswith("listing train 4/4 (100.0%) ") and " eta 00:00" in lines[-2]
+    assert lines[-1] == f"index: {N_TRAIN} train images of inet listed in {index}"
+    lines = logs["range"].splitlines()
+    assert lines[0] == "shards train 0/5 (0.0%) ?shards/s elapsed 00:00 eta ?"
+    assert lines[-2].startswith("shards train 5/5 (100.0%) ") and " eta 00:00" in lines[-2]
+    assert lines[-1].startswith("clean: wrote train shards 0-4 (5 files) in ")
+    assert [pathlib.Path(p).read_bytes() for p in outs] == [pathlib.Path(p).read_bytes() for p in shards["train"]]

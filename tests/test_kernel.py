@@ -97,6 +97,42 @@ SETTINGS = {
 }
 
 
+def cgroup(folder, limit, usage, stat):
+    """A memory cgroup's files, v1's names where the folder is under a `memory` mount, else v2's."""
+    names = (
+        ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        if "memory" in folder.parts
+        else ("memory.max", "memory.current")
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in zip((*names, "memory.stat"), (limit, usage, stat)):
+        (folder / name).write_text(f"{text}\n")
+
+
+def test_the_memory_at_hand_on_cpu_is_what_the_jobs_memory_cgroup_still_allows(tmp_path):
+    """Slurm confines a job to its mem_mb by a memory cgroup (v2 on current sites, v1 on older
+    ones): the least that it and the cgroups above it allow, inactive page cache counted free."""
+    proc = tmp_path / "cgroup"
+    v2 = tmp_path / "v2"
+    proc.write_text("0::/slurm/uid_0/job_7/step_0\n")
+    cgroup(v2 / "slurm/uid_0/job_7", 6 * 2**30, 2 * 2**30, "anon 1\ninactive_file 1073741824")
+    cgroup(v2 / "slurm/uid_0/job_7/step_0", "max", 2 * 2**30, "inactive_file 0")
+    assert solve.cgroup_memory_left(proc, v2) == 5 * 2**30  # the job's limit, 1 GiB of it cache
+    cgroup(v2 / "slurm", 3 * 2**30, 2 * 2**30, "inactive_file 0")  # a tighter one above it
+    assert solve.cgroup_memory_left(proc, v2) == 2**30
+    # v1 in a container: the process's own cgroup is the mount itself; the path is not below it
+    v1 = tmp_path / "v1"
+    proc.write_text("4:memory:/process_api/7dba1f\n3:cpuset:/\n0::/\n")
+    cgroup(v1 / "memory", 4 * 2**30, 5 * 2**30, "total_inactive_file 1610612736")
+    assert solve.cgroup_memory_left(proc, v1) == 2**29
+    cgroup(v1 / "memory", 9223372036854771712, 5 * 2**30, "total_inactive_file 0")  # v1's no limit
+    assert solve.cgroup_memory_left(proc, v1) is None
+    cgroup(v1 / "memory", 4 * 2**30, 5 * 2**30, "total_inactive_file 0")  # over its limit: nothing
+    assert solve.cgroup_memory_left(proc, v1) == 0
+    proc.write_text("1:cpu:/\n")  # no memory controller
+    assert solve.cgroup_memory_left(proc, v1) is None
+
+
 @pytest.mark.parametrize("name", features.NAMES)
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 8, 8)])
 def test_each_featuriser_gives_its_declared_dimension_in_float64(name, shape):
@@ -318,3 +354,27 @@ def test_a_finished_kernel_stage_is_up_to_date_and_reruns_when_its_code_changes(
     counts, cells = wf.planned_jobs("--configfile", wf.root / "config" / config.name)
     assert counts == {**KERNEL_JOBS, "analysis_claims": 1, "all": 1} and cells == set()
     shutil.rmtree(wf.root)
+
+
+@pytest.mark.workflow
+def test_a_kernel_rows_log_says_where_its_featurisers_solves_and_predictions_are(kernel_run):
+    """The logs of the kernel_row jobs above (`> {log} 2>&1`): a line as each featuriser and
+    prediction starts and ends (more only every LOG_SECONDS), and K and its Cholesky factorisation
+    as steps with their sizes, once per l2."""
+    wf, _, _ = kernel_run
+    for row, settings in KERNEL["rows"].items():
+        log = (wf.root / f"results/logs/kernel/{row}.log").read_text()
+        lines, name, l2s = log.splitlines(), settings["features"], settings.get("l2", [0.0])
+        assert "\r" not in log
+        ends = [f"predict {split} {n}/{n} (100.0%) " for split, n in (("train", 64), ("test", 32))] * len(l2s)
+        if name != "raw":  # raw pixels are one conversion, not batches
+            assert f"{name} features train 0/64 (0.0%) ?images/s elapsed 00:00 eta ?" in lines
+            ends += [f"{name} features {split} {n}/{n} (100.0%) " for split, n in (("train", 64), ("test", 32))]
+        assert sorted(end for line in lines for end in set(ends) if line.startswith(end)) == sorted(ends), log
+        build = f"K: 64 x 64 float64 (0.00 GB) from {features.feature_dim(name, KERNEL, (1, 8, 8))} features"
+        assert lines.count(f"{build}: started") == len(l2s) and sum(f"{build}: done in " in x for x in lines) == len(
+            l2s
+        )
+        for l2 in l2s:
+            factor = f"Cholesky of K + {l2:g} I: n = 64, n^3 / 3 = 8.74e+04 flop"
+            assert sum(line.startswith((f"{factor}: started, about ", f"{factor}: done in ")) for line in lines) == 2

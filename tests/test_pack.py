@@ -210,8 +210,8 @@ def test_a_compiled_step_trains_like_the_eager_one(tmp_path, data):
     cell = make_cell(max_epochs=3, batch_size=32, dropout=0.3, lr_decay=0.5)  # lr changes each epoch
     torch._dynamo.reset()
     # one shape (128 = 4 full batches); the optimizer's first step (no momentum yet) compiles once
-    # more; a compile per epoch, for the new lr, would pass this limit and fail the run. (dynamo's
-    # own patch: monkeypatch's undo left torch 2.13's recompile_limit unreadable for later tests)
+    # more; a compile per epoch, for the new lr, would pass this limit and fail the run
+    # (config.patch, not monkeypatch: torch 2.11's config module hides a setting that was deleted)
     with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
         (eager,), (compiled,) = (
             train(jobs(tmp_path, data, [cell], mode), echo=False, compile_mode=mode) for mode in ("off", "default")

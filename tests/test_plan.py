@@ -41,10 +41,11 @@ def test_the_cli_prints_the_paper_plan_as_a_table_and_as_json_without_torch(tmp_
     described = json.loads(run_cli("--configfile", "config/paper.yaml", "--json", env=env).stdout)
     assert len(described["cells"]) == 55 and len(described["jobs"]["train"]) == 55
     job = next(j for j in described["jobs"]["train"] if j["cells"] == ["cifar10/alexnet/none/true_labels/s0"])
+    alexnet = rconfig.load(REPO / "config/paper.yaml")["architectures"]["alexnet"]
     assert (job["rule"], job["runtime_minutes"], job["mem_mb"], job["gpu"], job["launcher"]) == (
         "train",
-        120,
-        16000,
+        alexnet["runtime_minutes"],
+        alexnet["mem_mb"],
         1,
         "python",
     )

@@ -120,3 +120,8 @@ def cell_files(cell):
 
 def cell_summary(cell):
     return CELL_SUMMARY.format(**cell.wildcards)
+
+
+def train_job_log(cell, rule):
+    """The log of the job that trains a cell: its own (rule `train`), or its pack's (a train_* rule)."""
+    return TRAIN_LOG.format(**cell.wildcards) if rule == "train" else TRAIN_PACK_LOG.format(pack=rule)

@@ -6,8 +6,11 @@ paper's row order (rows the paper does not have follow). With several seeds a va
 over seeds with its sample sd beside it (`<x> sd` in the CSV, `mean ± sd` in Markdown and
 LaTeX), and `n` says how many seeds. A row whose cells did not reach the fitting threshold is
 marked in the `fitted` column, never dropped; a paper row with no cell is listed with our
-values empty. A stand-in (Table 2 measured on anything but ImageNet) leaves out the paper's
-absolute numbers and compares regularizer effects and early-stopping gains instead.
+values empty. Ours are set against the paper's (a `diff` column) only where the cells are the
+paper's setting (paper.SETTINGS: CIFAR-10 at the paper's widths for Tables 1 and 4, Inception V3
+on ImageNet for Table 2); elsewhere they are a stand-in, and the tables compare effects instead
+(each row's difference to its table's baseline row, ours beside the paper's), with the paper's
+values labelled with its dataset (Table 2: left out, 1000 classes do not compare with 10).
 
     python -m rethink.analysis.tables table1 --metrics results/metrics --out results/tables/table1
 """
@@ -76,27 +79,40 @@ def _in_paper_order(ours, theirs):
 
 
 def table1(cells):
+    """Next to the paper's values, and each row's test-accuracy effect: its test accuracy minus
+    that of the same model on true labels without random crop or weight decay (so a row shows
+    what crop, weight decay or random labels did), ours and the paper's."""
+    stand_in = paper.stand_in(cells, "table1")
     cells = metrics.with_switches(cells)
     ours = _grouped(cells, ["arch_name", "crop", "wd", "noise"])
+    ours_test = {key: r["test"] for key, r in ours.items()}
+    paper_test = {key: v[1] for key, v in paper.TABLE1.items()}
     rows = []
     for key in _in_paper_order(ours, paper.TABLE1):
         (arch, crop, wd, noise), mine = key, ours.get(key)
         theirs = paper.TABLE1.get(key, (None, None))
+        plain = (arch, False, False, "true_labels")
         rows.append({
             "model": arch + ("" if noise == "true_labels" else f", {NOISE_WORDS.get(noise, noise)}"),
             "random crop": _yn(crop), "weight decay": _yn(wd),
             **_ours(mine, "train"), "train (paper)": theirs[0], "train diff": _diff(_get(mine, "train"), theirs[0]),
             **_ours(mine, "test"), "test (paper)": theirs[1], "test diff": _diff(_get(mine, "test"), theirs[1]),
+            "test effect (ours)": _effect(ours_test, key, plain),
+            "test effect (paper)": _effect(paper_test, key, plain),
             "fitted": _fitted(mine), "n": mine["n"] if mine else 0,
         })  # fmt: skip
-    return pd.DataFrame(rows), ""
+    effects = (
+        "test effect: test accuracy minus that of the same model on true labels without random crop or "
+        "weight decay (points), i.e. what random crop, weight decay or random labels change"
+    )
+    return _against_paper(pd.DataFrame(rows), stand_in, "table1", effects)
 
 
 def table2(cells):
-    """Next to the paper's values; for a stand-in (paper.stand_in) only what compares across
-    settings: each regularizer's effect on test accuracy (vs the same labels without any) and
-    the early-stopping gain (best minus final test accuracy), ours and the paper's."""
-    setting = paper.stand_in(cells, "table2")
+    """Next to the paper's values, and what compares across settings: each regularizer's effect
+    on test accuracy (vs the same labels without any) and the early-stopping gain (best minus
+    final test accuracy), ours and the paper's."""
+    stand_in = paper.stand_in(cells, "table2")
     cells = metrics.with_switches(cells)
     ours = _grouped(cells, ["noise", "aug", "dropout", "wd"])
     paper_test = {key: v[2] for key, v in paper.TABLE2.items()}
@@ -104,7 +120,7 @@ def table2(cells):
     rows = []
     for key in _in_paper_order(ours, paper.TABLE2):
         noise, aug, dropout, wd = key
-        mine = ours.get(key)
+        mine, plain = ours.get(key), (noise, False, False, False)
         theirs = paper.TABLE2.get(key, (None,) * 6)
         rows.append({
             "labels": NOISE_WORDS.get(noise, noise).split()[0], "aug": _yn(aug), "dropout": _yn(dropout), "wd": _yn(wd),
@@ -118,53 +134,88 @@ def table2(cells):
             **_ours(mine, "top-5 test"), "top-5 test (paper)": theirs[3],
             "top-5 test diff": _diff(_get(mine, "top-5 test"), theirs[3]),
             **_ours(mine, "best top-5 test"), "best top-5 test (paper)": theirs[5],
-            "regularizer effect (ours)": _effect(ours_test, key),
-            "regularizer effect (paper)": _effect(paper_test, key),
+            "regularizer effect (ours)": _effect(ours_test, key, plain),
+            "regularizer effect (paper)": _effect(paper_test, key, plain),
             "early-stopping gain (ours)": _diff(_get(mine, "best test"), _get(mine, "test")),
             "early-stopping gain (paper)": _diff(theirs[4], theirs[2]),
             "fitted": _fitted(mine), "n": mine["n"] if mine else 0,
         })  # fmt: skip
-    frame = pd.DataFrame(rows)
-    if setting is None:
-        return frame, ""
-    absolute = [c for c in frame if c.endswith("(paper)") and not c.startswith(("regularizer", "early"))]
-    note = (
-        f" {setting}: absolute accuracies do not compare across datasets and class "
-        "counts, so the paper's are left out; compared are each regularizer's effect on top-1 test accuracy "
-        "(points, vs the same labels without regularizers) and the early-stopping gain (best minus final "
-        "top-1 test accuracy, points)."
+    effects = (
+        "each regularizer's effect on top-1 test accuracy (points, vs the same labels without regularizers) "
+        "and the early-stopping gain (best minus final top-1 test accuracy, points)"
     )
-    diffs = [c for c in frame if c.endswith(" diff")]
-    return frame.drop(columns=absolute + diffs), note
+    return _against_paper(pd.DataFrame(rows), stand_in, "table2", effects)
 
 
-def _effect(test, key):
-    """Test accuracy of row `key` minus that of the same labels without any regularizer."""
-    base = test.get((key[0], False, False, False))
-    return _diff(test.get(key), base)
+def _effect(values, key, base):
+    """The value of row `key` minus that of row `base` (points), None where either is missing."""
+    return _diff(values.get(key), values.get(base))
+
+
+EFFECTS = ("effect (", "gain (")  # column names of the comparisons that hold across settings
+
+
+def _against_paper(frame, stand_in, name, effects):
+    """-> (frame, note). On the paper's setting (stand_in None) the frame as it is. On a stand-in
+    every `diff` column goes (ours minus the paper's would compare datasets and scales, not
+    results) and the paper's absolute values are labelled with the dataset they were measured on,
+    or left out where paper.SETTINGS says they do not compare at all; `effects` says what the
+    effect columns, which stay, compare."""
+    if stand_in is None:
+        return frame, ""
+    setting = paper.SETTINGS[name]
+    absolute = [c for c in frame if c.endswith("(paper)") and not any(e in c for e in EFFECTS)]
+    frame = frame.drop(columns=[c for c in frame if c.endswith(" diff")])
+    if setting["absolute"]:
+        label = f"(paper, {setting['label']})"
+        frame = frame.rename(columns={c: c.replace("(paper)", label) for c in absolute})
+        shown = f"the paper's are shown as measured on {setting['label']}, not set against ours"
+    else:
+        frame = frame.drop(columns=absolute)
+        shown = "the paper's are left out"
+    return frame, (
+        f" {stand_in}: absolute accuracies do not compare across datasets, class counts and scales, so {shown}; "
+        f"compared are {effects}."
+    )
 
 
 def table4(cells):
+    """Random labels fitted with one regularizer, next to the paper's values, and each row's
+    training-accuracy effect: its training accuracy minus that of the same model on random labels
+    without regularizers (the paper's: its Table 1 random-label row), ours and the paper's."""
+    stand_in = paper.stand_in(cells, "table4")
     cells = metrics.with_switches(cells)
     cells = cells.assign(regularizer_kind=cells.apply(_table4_kind, axis=1))
     ours = _grouped(cells, ["arch_name", "regularizer_kind"])
+    ours_train = {key: r["train"] for key, r in ours.items()}
+    paper_train = {  # the paper's Table 4, and its baselines from Table 1 (no crop, no weight decay)
+        **{(arch, "none"): v[0] for (arch, crop, wd, noise), v in paper.TABLE1.items()
+           if noise == "random_labels" and not (crop or wd)},
+        **paper.TABLE4,
+    }  # fmt: skip
     words = {"wd": "weight decay", "crop": "random cropping", "aug": "augmentation"}
     rows = []
     for key in _in_paper_order(ours, paper.TABLE4):
-        mine, theirs = ours.get(key), paper.TABLE4.get(key)
+        mine, theirs, plain = ours.get(key), paper_train.get(key), (key[0], "none")
         rows.append({
             "model": key[0], "regularizer": words.get(key[1], key[1]),
             **_ours(mine, "train"), **_ours(mine, "online train"),
             "train (paper)": "failed to converge" if key in paper.TABLE4 and theirs is None else theirs,
-            "online diff": _diff(_get(mine, "online train"), theirs), "fitted": _fitted(mine),
-            "n": mine["n"] if mine else 0,
+            "online diff": _diff(_get(mine, "online train"), theirs),
+            "train effect (ours)": _effect(ours_train, key, plain),
+            "train effect (paper)": _effect(paper_train, key, plain),
+            "fitted": _fitted(mine), "n": mine["n"] if mine else 0,
         })  # fmt: skip
-    note = (
+    frame, note = _against_paper(
+        pd.DataFrame(rows), stand_in, "table4",
+        "train effect: training accuracy minus that of the same model on random labels without regularizers "
+        "(points; the paper's from its Table 1), i.e. how much the regularizer hinders fitting random labels",
+    )  # fmt: skip
+    what = (
         " train: accuracy on the whole training set in eval mode at the end (what `fitted` checks); online "
-        "train: the global average of online minibatch accuracy, the quantity the paper's Table 4 reports, "
-        "and the one `online diff` sets against the paper's."
+        "train: the global average of online minibatch accuracy, the quantity the paper's Table 4 reports"
     )
-    return pd.DataFrame(rows), note
+    return frame, what + (", and the one `online diff` sets against the paper's." if stand_in is None else ".") + note
 
 
 def _table4_kind(row):

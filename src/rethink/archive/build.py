@@ -17,6 +17,7 @@ from rethink import config as rconfig
 from rethink import fileio, paths
 from rethink.archive import ARCHIVE_DIR, DATA, MANIFEST, METADATA, RESULTS, bundle, describe
 from rethink.errors import RethinkError
+from rethink.progress import Progress, Step
 
 
 def git(root, *args):
@@ -135,31 +136,45 @@ def build(root, configfiles, allow_incomplete=False):
     stage.rename(final)
     tarball = final.with_suffix(".tar.gz")
     with fileio.atomic_path(tarball) as tmp:
-        with tarfile.open(tmp, "w:gz") as tar:
-            tar.add(final, arcname=name)
-    fileio.write_text_atomic(tarball.with_name(tarball.name + ".sha256"), f"{bundle.sha256(tarball)}  {tarball.name}\n")
+        _tar(final, tmp, f"tarring {tarball.name}")
+    digest = bundle.hash_all([tarball], f"sha256 of {tarball.name}")[tarball]
+    fileio.write_text_atomic(tarball.with_name(tarball.name + ".sha256"), f"{digest}  {tarball.name}\n")
 
     if snapshot(root) != before:  # a guard on the promise, cheap: sizes and mtimes
         raise RethinkError("results/ changed while archiving (another run writing?): archive again when it is idle")
     return final, tarball, found
 
 
+def _tar(folder, out, what):
+    """folder -> a .tar.gz at `out` whose top folder is folder's name, with a progress bar over
+    the bytes of its files (each counted as tarfile starts it: the bar runs a file ahead)."""
+    with Progress(what, sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()), "B") as bar:
+
+        def counted(member):
+            bar.update(member.size)
+            return member
+
+        with tarfile.open(out, "w:gz") as tar:
+            tar.add(folder, arcname=folder.name, filter=counted)
+
+
 def _stage(root, stage, name, commit, date, configfiles, settings, before, outputs, found):
     """Write the bag's content into `stage` and make it a bag."""
     files, results, inputs = {}, [], []
-    for rel, (size, mtime_ns) in before.items():
-        entry = {"sha256": bundle.sha256(root / rel), "size": size, "mtime_ns": mtime_ns}
-        shard = rel.startswith(DATA + "/") and rel.endswith(".h5")
-        if shard:
-            entry["provenance"] = h5_provenance(root / rel)
-            inputs.append((rel, {"name": f"shard {rel}", "sha256": entry["sha256"]}))
-        entry["stored"] = not shard or settings["shards"]
-        if entry["stored"]:
-            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(root / rel, stage / rel)
-            if not shard:
-                results.append(rel)
-        files[rel] = entry
+    with Progress("results: sha256 and copy", sum(size for size, _ in before.values()), "B") as bar:
+        for rel, (size, mtime_ns) in before.items():
+            entry = {"sha256": bundle.sha256(root / rel, bar), "size": size, "mtime_ns": mtime_ns}
+            shard = rel.startswith(DATA + "/") and rel.endswith(".h5")
+            if shard:
+                entry["provenance"] = h5_provenance(root / rel)
+                inputs.append((rel, {"name": f"shard {rel}", "sha256": entry["sha256"]}))
+            entry["stored"] = not shard or settings["shards"]
+            if entry["stored"]:
+                (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(root / rel, stage / rel)
+                if not shard:
+                    results.append(rel)
+            files[rel] = entry
 
     # Snakemake's record of each output (params, code, input, software env): what makes a restore
     # up to date, and what makes an edited cell rerun after it
@@ -179,7 +194,8 @@ def _stage(root, stage, name, commit, date, configfiles, settings, before, outpu
         shutil.copy2(root / path, stage / "run-config" / path)
     cells = [json.loads((root / rel).read_text()) for rel in before if rel.endswith("/summary.json")]
     describe.environment(stage / "environment", cells)
-    bundle.snakemake(["--report", stage / "report.html", *bundle.config_args(configfiles)], root)
+    with Step("snakemake --report"):
+        bundle.snakemake(["--report", stage / "report.html", *bundle.config_args(configfiles)], root)
 
     starts = [r["starttime"] for r in records.values() if r.get("starttime")]
     ends = [r["endtime"] for r in records.values() if r.get("endtime")]
@@ -214,8 +230,10 @@ def _stage(root, stage, name, commit, date, configfiles, settings, before, outpu
     refused = bundle.odd_entries(stage) + bundle.unsafe_entries(stage)
     if refused:  # restore would refuse the bundle: say so now (a tracked symlink in the source?)
         raise RethinkError("the bundle would hold what restore refuses:\n  " + "\n  ".join(refused))
-    bagit.make_bag(
-        str(stage),
-        bag_info={"External-Identifier": name, "External-Description": f"rethink results at commit {commit}"},
-        checksums=["sha256"],
-    )
+    payload = sum(p.stat().st_size for p in stage.rglob("*") if p.is_file())
+    with Step(f"bagit: making the bag (the sha256 of its {payload / 1e9:.2f} GB)"):
+        bagit.make_bag(
+            str(stage),
+            bag_info={"External-Identifier": name, "External-Description": f"rethink results at commit {commit}"},
+            checksums=["sha256"],
+        )

@@ -25,6 +25,7 @@ import jsonschema
 
 from rethink.archive import MANIFEST, METADATA, RESULTS
 from rethink.errors import RethinkError
+from rethink.progress import Progress, Step
 
 # The paths a bundle may name, relative to the clone: results are files under results/ (not
 # results/archive/), config files are .yaml/.yml/.json files; no part is empty, '.', '..' or
@@ -97,7 +98,8 @@ def pending(root, configfiles):
     """Ask Snakemake which outputs of the run are not up to date: {path: "status (plan)"} from
     `snakemake --summary` (missing, incomplete, changed params/code/input, updated input...),
     and every output file it lists."""
-    out = snakemake(["--summary", *config_args(configfiles)], root).stdout
+    with Step("snakemake --summary: which outputs are up to date"):
+        out = snakemake(["--summary", *config_args(configfiles)], root).stdout
     lines = out.splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith("output_file\t")), None)
     if start is None:
@@ -113,12 +115,21 @@ def pending(root, configfiles):
     return stale, sorted(r["output_file"] for r in rows)
 
 
-def sha256(path):
+def sha256(path, bar=None):
+    """The file's sha256 (hex); `bar`, a Progress in bytes, counts what is read."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
+            if bar is not None:
+                bar.update(len(block))
     return h.hexdigest()
+
+
+def hash_all(paths, what):
+    """{path: sha256} of the files, with one progress bar over their bytes."""
+    with Progress(what, sum(p.stat().st_size for p in paths), "B") as bar:
+        return {p: sha256(p, bar) for p in paths}
 
 
 def record_path(root, output):
@@ -156,7 +167,7 @@ def opened(path):
             )
         sidecar = path.with_name(path.name + ".sha256")
         if sidecar.is_file():
-            if sidecar.read_bytes().split()[:1] != [sha256(path).encode()]:
+            if sidecar.read_bytes().split()[:1] != [hash_all([path], f"sha256 of {path.name}")[path].encode()]:
                 raise BadBundle(
                     f"{path}: damaged: its sha256 is not the one {sidecar.name} records, although its gzip data and "
                     "files read back intact (one of the two files was changed after the build)"
@@ -170,13 +181,14 @@ def _extract(path, dest):
     (CRC-32 and length) as `gzip -t` does. Damage that stops the reading raises BadBundle naming
     where; a trailer that does not match the data read is returned (None when it matches)."""
     size, where = path.stat().st_size, "at its first member"
-    with open(path, "rb") as raw:
+    with open(path, "rb") as raw, Progress(f"extracting {path.name}", size, "B") as bar:
         try:
             with tarfile.open(fileobj=raw, mode="r:gz") as tar:
                 for member in tar:
                     where = f"in member {member.name}"
                     tar.extract(member, dest, filter="data")
                     where = f"after member {member.name}"
+                    bar.update(raw.tell() - bar.n)  # the compressed bytes read so far
                 # tarfile ends quietly at a damaged header: all that may follow the last
                 # member is the zero blocks that end the archive
                 end = tar.offset
@@ -186,6 +198,7 @@ def _extract(path, dest):
                             f"{path}: damaged: the tar data stops at a broken header at byte {end:,} of the "
                             f"uncompressed stream ({where}); what follows it was not read"
                         )
+                bar.update(raw.tell() - bar.n)
         except gzip.BadGzipFile as err:
             if raw.tell() < size:
                 raise BadBundle(f"{path}: damaged near byte {raw.tell():,} of {size:,} ({where}): {err}") from None
@@ -251,7 +264,8 @@ def problems(bag_dir):
         return odd
     try:
         bag = bagit.Bag(str(bag_dir))
-        bag.validate(processes=1)  # the library's verdict: structure, bagit.txt, every manifest
+        with Step("bagit: validating the bag (the sha256 of every file)"):
+            bag.validate(processes=1)  # the library's verdict: structure, bagit.txt, every manifest
         verdict = None
     except bagit.BagValidationError as err:
         verdict = str(err)
@@ -261,11 +275,11 @@ def problems(bag_dir):
     # name every file here: missing and extra from its manifests, changed by their sha256
     missing, extra = bag.compare_manifests_with_fs()
     found = [f"missing: {p}" for p in missing] + [f"extra: {p}" for p in extra]
-    for rel, hashes in {**bag.payload_entries(), **bag.tagfile_entries()}.items():
-        if not (bag_dir / rel).is_file():
-            found.append(f"missing: {rel}")
-        elif sha256(bag_dir / rel) != hashes.get("sha256"):
-            found.append(f"changed: {rel}")
+    entries = {**bag.payload_entries(), **bag.tagfile_entries()}
+    found += [f"missing: {rel}" for rel in entries if not (bag_dir / rel).is_file()]
+    present = [rel for rel in entries if (bag_dir / rel).is_file()]
+    digests = hash_all([bag_dir / rel for rel in present], "sha256 of the bag's files")
+    found += [f"changed: {rel}" for rel in present if digests[bag_dir / rel] != entries[rel].get("sha256")]
     # a file beside the tag files is in no manifest, and bagit does not look for one
     tags = {"bagit.txt", "tagmanifest-sha256.txt", *bag.tagfile_entries()}
     for path in sorted(p for p in bag_dir.rglob("*") if p.is_file()):

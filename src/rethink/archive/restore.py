@@ -12,6 +12,7 @@ import subprocess
 from rethink import fileio
 from rethink.archive import MANIFEST, METADATA, RESULTS, bundle
 from rethink.errors import RethinkError
+from rethink.progress import Progress, Step
 
 RUN_CONFIG_DIR = "config/"
 
@@ -93,8 +94,10 @@ def restore(path, root, cores, different_source=False):
         # match its recorded checksum before any result that depends on it comes back
         rebuild = sorted(rel for rel, entry in files.items() if not entry["stored"] and rel not in done)
         if rebuild:
-            bundle.snakemake(["--cores", cores, *bundle.config_args(manifest["configfiles"]), "--", *rebuild], root)
-            wrong = [rel for rel in rebuild if bundle.sha256(root / rel) != files[rel]["sha256"]]
+            with Step(f"snakemake: rebuilding {len(rebuild)} shards"):
+                bundle.snakemake(["--cores", cores, *bundle.config_args(manifest["configfiles"]), "--", *rebuild], root)
+            digests = bundle.hash_all([root / rel for rel in rebuild], "sha256 of the rebuilt shards")
+            wrong = [rel for rel in rebuild if digests[root / rel] != files[rel]["sha256"]]
             if wrong:
                 for rel in wrong:  # nothing may run from a shard that is not the archived one
                     (root / rel).unlink()
@@ -102,13 +105,16 @@ def restore(path, root, cores, different_source=False):
                     "rebuilt shards differ from the archived ones (removed; a different raw dataset or "
                     "library version?):\n  " + "\n  ".join(wrong)
                 )
-        for rel, entry in files.items():
-            target = root / rel
-            if entry["stored"] and rel not in done:
-                with fileio.atomic_path(target) as tmp:
-                    shutil.copyfile(data / rel, tmp)
-            # the run's own mtimes: Snakemake's mtime trigger sees the order in which they were made
-            bundle.set_mtime(target, entry["mtime_ns"])
+        copied = {rel for rel, entry in files.items() if entry["stored"] and rel not in done}
+        with Progress("results: copying back", sum(files[rel]["size"] for rel in copied), "B") as bar:
+            for rel, entry in files.items():
+                target = root / rel
+                if rel in copied:
+                    with fileio.atomic_path(target) as tmp:
+                        shutil.copyfile(data / rel, tmp)
+                    bar.update(entry["size"])
+                # the run's own mtimes: Snakemake's mtime trigger sees the order in which they were made
+                bundle.set_mtime(target, entry["mtime_ns"])
         for output, record in records.items():
             fileio.write_text_atomic(bundle.record_path(root, output), json.dumps(record))
 

@@ -37,6 +37,7 @@ import numpy as np
 from rethink import fileio
 from rethink.data import sources
 from rethink.errors import RethinkError
+from rethink.progress import Progress
 
 EXTENSIONS = (".jpeg", ".jpg", ".png")  # lowercased suffixes of image files in the class folders
 DEVKIT = pathlib.Path("ILSVRC2012_devkit_t12") / "data"
@@ -88,13 +89,16 @@ def list_split(root, split):
     if not folder.is_dir():
         raise RethinkError(f"{folder}: not found; the {split} split of ImageNet lives there")
     files, labels = [], []
-    if _class_folders(folder):
-        for class_folder in _class_folders(folder):
-            if class_folder.name not in position:
-                raise RethinkError(f"{class_folder}: class {class_folder.name!r} has no folder in {root / 'train'}")
-            images = _images_in(class_folder)
-            files += [str(p.relative_to(root)) for p in images]
-            labels += [position[class_folder.name]] * len(images)
+    class_folders = _class_folders(folder)
+    if class_folders:
+        with Progress(f"listing {split}", len(class_folders), "folders") as bar:
+            for class_folder in class_folders:
+                if class_folder.name not in position:
+                    raise RethinkError(f"{class_folder}: class {class_folder.name!r} has no folder in {root / 'train'}")
+                images = _images_in(class_folder)
+                files += [str(p.relative_to(root)) for p in images]
+                labels += [position[class_folder.name]] * len(images)
+                bar.update()
         where = f"{folder}/<wnid>/"
     else:
         images = _images_in(folder)

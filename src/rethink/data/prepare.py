@@ -25,6 +25,7 @@ from rethink import fileio
 from rethink.data import imagenet, randomize, shards, sources
 from rethink.errors import RethinkError, cli_main
 from rethink.fileio import write_text_atomic
+from rethink.progress import Progress, say
 
 
 def _spec(text):
@@ -125,16 +126,18 @@ def make_clean_range(dataset, shards_cfg, split, shard_ids, outs, index_path=Non
         folder.mkdir(parents=True, exist_ok=True)
         targets = [folder / f"{split}-{shard:05d}.h5" for shard in shard_ids]
     digests = []
-    for shard, target in zip(shard_ids, targets, strict=True):
-        identity, start, stop = _clean_identity(dataset, shards_cfg, split, shard)
-        reused = staging is not None and _staged_digest(target, identity)
-        if reused:
-            print(f"clean: shard {shard} reused from {target}")
-            digests.append(reused)
-        elif index is not None:
-            digests.append(_make_jpeg_shard(dataset, shards_cfg, identity, index, start, stop, target))
-        else:
-            digests.append(make_clean(dataset, shards_cfg, split, shard, target))
+    with Progress(f"shards {split}", len(shard_ids), "shards") as bar:
+        for shard, target in zip(shard_ids, targets, strict=True):
+            identity, start, stop = _clean_identity(dataset, shards_cfg, split, shard)
+            reused = staging is not None and _staged_digest(target, identity)
+            if reused:
+                say(f"clean: shard {shard} reused from {target}")
+                digests.append(reused)
+            elif index is not None:
+                digests.append(_make_jpeg_shard(dataset, shards_cfg, identity, index, start, stop, target))
+            else:
+                digests.append(make_clean(dataset, shards_cfg, split, shard, target))
+            bar.update()
     if staging is not None:
         for target, out in zip(targets, outs, strict=True):
             pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -154,7 +157,7 @@ def _staged_digest(path, identity):
     try:
         attrs = shards.read_shard(path)[1]
     except (RethinkError, OSError) as err:
-        print(f"clean: {path} not reused ({err})")
+        say(f"clean: {path} not reused ({err})")
         return None
     return attrs["content_sha256"] if all(attrs.get(k) == v for k, v in identity.items()) else None
 

@@ -60,8 +60,8 @@ def solve_row(row, train_paths, test_paths):
     )
 
     start = time.perf_counter()
-    x = features.featurise(row["features"], row, torch.from_numpy(train_images), steps, device)
-    x_test = features.featurise(row["features"], row, torch.from_numpy(test_images), steps, device)
+    x = features.featurise(row["features"], row, torch.from_numpy(train_images), steps, device, "train")
+    x_test = features.featurise(row["features"], row, torch.from_numpy(test_images), steps, device, "test")
     featurise_seconds = time.perf_counter() - start
     gamma = solve.median_gamma(x, row["median_samples"]) if row["gamma"] == "median" else float(row["gamma"])
     y_train = torch.from_numpy(train_labels).to(device)
@@ -74,8 +74,8 @@ def solve_row(row, train_paths, test_paths):
         start = time.perf_counter()
         solution = solve.solve(x, onehot, gamma, float(l2), buffer)
         solve_seconds = time.perf_counter() - start
-        train_out = solve.predict(x, x, solution, row["batch"])
-        test_out = solve.predict(x_test, x, solution, row["batch"])
+        train_out = solve.predict(x, x, solution, row["batch"], "train")
+        test_out = solve.predict(x_test, x, solution, row["batch"], "test")
         results.append({
             "row": row["name"], "dataset": attrs["dataset"], "source": attrs["source"], "features": row["features"],
             "feature_dim": int(x.shape[1]), "gamma": gamma, "gamma_setting": str(row["gamma"]), "l2": float(l2),

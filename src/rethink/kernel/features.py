@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from rethink.errors import RethinkError
+from rethink.progress import Progress
 
 NAMES = ("raw", "scattering", "random_conv")
 
@@ -118,9 +119,9 @@ def batching(name, settings, shape, cap, available):
     return Batching(1, chunk, fixed + chunk * per_filter)
 
 
-def featurise(name, settings, images, steps, device):
+def featurise(name, settings, images, steps, device, what="images"):
     """images: N x C x H x W uint8 (a CPU tensor) -> N x D float64 features on `device`, in the
-    Batching `steps`."""
+    Batching `steps`; `what` names the images in the progress lines."""
     shape = tuple(images.shape[1:])
     if name == "raw":  # straight to float64: the pixels are exactly k / 255
         return images.to(device=device, dtype=torch.float64).flatten(1).div_(255.0)
@@ -132,9 +133,12 @@ def featurise(name, settings, images, steps, device):
             rows.copy_(scatter(x))
     else:
         transform = _random_conv(settings[name], shape, device, steps.filters)
-    with torch.no_grad():
+    # on CUDA each batch's copy to the device waits for the batch before it: the count is the work done
+    with torch.no_grad(), Progress(f"{name} features {what}", len(images), "images") as bar:
         for start in range(0, len(images), steps.images):
-            transform(_pixels(images[start : start + steps.images], device), out[start : start + steps.images])
+            batch = images[start : start + steps.images]
+            transform(_pixels(batch, device), out[start : start + len(batch)])
+            bar.update(len(batch))
     return out
 
 

@@ -12,10 +12,12 @@ before anything n x n is allocated.
 """
 
 import dataclasses
+import pathlib
 
 import torch
 
 from rethink.errors import RethinkError
+from rethink.progress import Progress, Step
 
 BYTES = 8  # float64
 
@@ -43,12 +45,47 @@ def bytes_needed(n_train, n_test, dim, batch, featurise=0):
 
 
 def bytes_available(device):
+    """Free GPU memory; on CPU the node's available memory, or less where this process's memory
+    cgroup allows less (Slurm confines a job to its mem_mb so: beyond it the job is killed)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
     import psutil
 
-    return int(psutil.virtual_memory().available)
+    node = int(psutil.virtual_memory().available)
+    confined = cgroup_memory_left()
+    return node if confined is None else min(node, confined)
+
+
+# cgroup v2 and v1: (folder under the mount, limit file, usage file, memory.stat's reclaimable key)
+CGROUP_FILES = {"v2": ("", "memory.max", "memory.current", "inactive_file"),
+                "v1": ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")}  # fmt: skip
+NO_LIMIT = 2**62  # v1 says "no limit" with a page-aligned number near 2^63, v2 with "max"
+
+
+def cgroup_memory_left(proc_cgroup="/proc/self/cgroup", mount="/sys/fs/cgroup"):
+    """The bytes this process's memory cgroup and those above it still allow (limit less usage,
+    its inactive page cache counted as free, as the kernel reclaims it before killing), or None
+    where none sets a limit. A cgroup namespace (a container) mounts the process's own cgroup at
+    the mount point: then the folders above its path that exist are the ones read."""
+    left = []
+    for line in pathlib.Path(proc_cgroup).read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        version = "v2" if controllers == "" else "v1" if "memory" in controllers.split(",") else None
+        if version is None:
+            continue
+        sub, limit_file, usage_file, reclaimable = CGROUP_FILES[version]
+        base = pathlib.Path(mount, sub)
+        folder = base / path.lstrip("/")
+        for d in (folder, *(base / above for above in folder.relative_to(base).parents)):
+            try:
+                limit, usage = (d / limit_file).read_text().strip(), int((d / usage_file).read_text())
+                stat = dict(line.split() for line in (d / "memory.stat").read_text().splitlines())
+            except (FileNotFoundError, NotADirectoryError, ValueError):
+                continue
+            if limit != "max" and int(limit) < NO_LIMIT:
+                left.append(max(0, int(limit) - usage + int(stat.get(reclaimable, 0))))
+    return min(left) if left else None
 
 
 def check_memory(n_train, n_test, dim, batch, device, featurise=0, available=None):
@@ -100,19 +137,33 @@ class Solution:
     alpha_norm: float  # Frobenius norm of alpha
 
 
+def _wait(device):
+    """Let the host wait for the device's queued work, so that a step's time and count are its work's."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def solve(x, y_onehot, gamma, l2, buffer):
     """Fit alpha for (K + l2 I) alpha = Y, building and factorising K inside `buffer` (n x n,
-    float64, overwritten). x: n x p float64 on the buffer's device."""
-    n = len(x)
-    gaussian_block(x, x, sq_norms(x), gamma, out=buffer)
-    buffer.diagonal().fill_(1.0 + l2)  # the exact diagonal, plus the ridge
+    float64, overwritten). x: n x p float64 on the buffer's device. K is one matrix product and
+    the factorisation one LAPACK/cuSOLVER call: each is logged as a step, the factorisation with an
+    estimate of its time from its n^3 / 3 flop at the rate the product of K's 2 n^2 p flop ran."""
+    n, p = x.shape
+    with Step(f"K: {n} x {n} float64 ({BYTES * n * n / 1e9:.2f} GB) from {p} features") as build:
+        gaussian_block(x, x, sq_norms(x), gamma, out=buffer)
+        buffer.diagonal().fill_(1.0 + l2)  # the exact diagonal, plus the ridge
+        _wait(buffer.device)
+    flop = n**3 / 3
+    estimate = flop * build.seconds / (2 * n * n * p)
     column_major = buffer.mT
     info = torch.empty((), dtype=torch.int32, device=buffer.device)
-    torch.linalg.cholesky_ex(column_major, out=(column_major, info))
-    if int(info) != 0:
+    with Step(f"Cholesky of K + {l2:g} I: n = {n}, n^3 / 3 = {flop:.3g} flop", estimate):
+        torch.linalg.cholesky_ex(column_major, out=(column_major, info))
+        failed = int(info)  # waits for the device
+    if failed != 0:
         raise RethinkError(
             f"the kernel matrix (n = {n}, gamma = {gamma:g}, l2 = {l2:g}) is not positive definite in float64 "
-            f"(Cholesky failed at column {int(info)}): two training points are identical or nearly so at this "
+            f"(Cholesky failed at column {failed}): two training points are identical or nearly so at this "
             "bandwidth; use l2 > 0 or a larger gamma"
         )
     # L L^T alpha = Y: L z = Y, then L^T alpha = z, both written over one copy of Y. L is the
@@ -125,12 +176,18 @@ def solve(x, y_onehot, gamma, l2, buffer):
     return Solution(alpha, gamma, l2, max(quad, 0.0) ** 0.5, float(alpha.norm()))
 
 
-def predict(x_new, x_train, solution, batch):
-    """K(x_new, x_train) alpha, block by block (`batch` rows at a time)."""
+def predict(x_new, x_train, solution, batch, what="points"):
+    """K(x_new, x_train) alpha, block by block (`batch` rows at a time); `what` names x_new in the
+    progress lines."""
     train_sq = sq_norms(x_train)
     block = torch.empty(min(batch, len(x_new)), len(x_train), dtype=x_train.dtype, device=x_train.device)
     parts = []
-    for start in range(0, len(x_new), batch):
-        rows = x_new[start : start + batch]
-        parts.append(gaussian_block(rows, x_train, train_sq, solution.gamma, out=block[: len(rows)]) @ solution.alpha)
+    with Progress(f"predict {what}", len(x_new), "rows") as bar:
+        for start in range(0, len(x_new), batch):
+            rows = x_new[start : start + batch]
+            parts.append(
+                gaussian_block(rows, x_train, train_sq, solution.gamma, out=block[: len(rows)]) @ solution.alpha
+            )
+            _wait(block.device)
+            bar.update(len(rows))
     return torch.cat(parts)
