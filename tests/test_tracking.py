@@ -3,18 +3,24 @@ runs per cell, read back; history.csv the same with tracking on or off; a missin
 config error before any job runs."""
 
 import json
+import shutil
 import struct
 import sys
 
 import numpy as np
 import pytest
+import torch
+import yaml
 
 from rethink import config as rconfig
 from rethink import paths, plan, tracking
 from rethink.config import ConfigError
+from rethink.train import cell as cells
+from rethink.train import loop
+from rethink.train.data import SplitCache
 from rethink.train.loop import Job, train
 
-from conftest import SCHEMA, tiny_config
+from conftest import SCHEMA, Workflow, tiny_config
 from test_train import write_split
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -86,6 +92,44 @@ def test_tensorboard_events_are_the_history_rows(trained):
     assert [e.step for e in events.Scalars("test_acc")] == [0, 8, 16, 20]  # epochs 0, 2, 4 and the last, 5
 
 
+def tensorboard_scalars(cell):
+    """{tag: [(step, value)]} of a cell's TensorBoard runs, as TensorBoard reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(paths.tracking_dir("tensorboard", cell["cell"])))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_a_resumed_cell_has_the_curves_of_its_history(tmp_path, monkeypatch):
+    """A run tracked past its last checkpoint, then stopped: the resumed run's curves are its
+    history.csv's, one point per epoch (TensorBoard drops the stopped attempt's events)."""
+    monkeypatch.chdir(tmp_path)
+    data = (
+        [write_split(tmp_path / "train.h5", 64, (1, 8, 8), "train", 1)],
+        [write_split(tmp_path / "test.h5", 32, (1, 8, 8), "test", 2)],
+    )
+    _, cell = settings("none")[1].cells["synth/mlp/none/true_labels/s0"]
+    cell = dict(cell, hparams=dict(cell["hparams"], max_epochs=5))
+    job, tracked = Job(cell, *data, tmp_path / "out", tmp_path / "c.pt"), settings("tensorboard")[0]
+    key, dev = cells.inputs_sha256(cell, *data), torch.device("cpu")
+    member = loop.Member(job, key, None, SplitCache(dev).splits(job), dev, echo=False, tracking_settings=tracked)
+    for _ in range(member.steps_per_epoch + 1):  # to just past epoch 1: the checkpoint
+        member.train_step()
+    member.save()
+    for _ in range(2 * member.steps_per_epoch):  # epochs 2 and 3 tracked, not in the checkpoint
+        member.train_step()
+    member.tracker.close(128 + 15)
+    before = tensorboard_scalars(cell)
+    assert [step for step, _ in before["train_avg_acc"]] == [4, 8, 12]  # epochs 1, 2, 3
+    train(job, echo=False, tracking_settings=tracked)
+    header, *rows = [r.split(",") for r in history(job.out_dir)]
+    rows = [dict(zip(header, r)) for r in rows]
+    assert [r["epoch"] for r in rows] == ["0", "1", "2", "3", "4", "5"]
+    for tag, logged in tensorboard_scalars(cell).items():
+        assert logged == [(int(r["step"]), np.float32(float(r[tag]))) for r in rows if r[tag]], tag
+
+
 def wandb_records(path):
     """The records of a W&B run file (run-<id>.wandb, what `wandb sync` uploads): LevelDB's log
     format (32 KiB blocks of records with a 7-byte header: crc, length, type) after W&B's 7-byte
@@ -134,3 +178,18 @@ def test_a_missing_package_is_a_config_error_naming_the_key_and_the_extra(monkey
     with pytest.raises(ConfigError, match=r"tracking.backend: 'wandb' needs the package wandb.*\.\[tracking\]"):
         settings("wandb")
     settings("tensorboard")  # installed: fine
+
+
+def test_switching_tracking_on_reruns_nothing_and_a_retrained_cell_is_tracked(finished, tmp_path):
+    """Through the snakemake CLI: the key reaches the trainer (the workflow's environment), and
+    a finished run stays finished when it is switched on."""
+    wf, config, _ = finished
+    wf = Workflow(tmp_path / "wf", source=wf)
+    tracked = wf.write_config(dict(yaml.safe_load(config.read_text()), tracking={"backend": "tensorboard"}))
+    assert wf.planned_jobs("--configfile", tracked) == ({}, set())
+    cell = "synth/mlp/none/true_labels/s0"  # made to train again: its outputs and checkpoint gone
+    paths.cell_file(wf.root / paths.RESULTS / "cells" / cell, "summary").unlink()
+    shutil.rmtree(wf.root / paths.RESULTS / "checkpoints" / cell)
+    wf.run("--configfile", tracked, "-c2")
+    runs = wf.root / paths.RESULTS / "tracking" / "tensorboard"
+    assert [p.parent.relative_to(runs).as_posix() for p in runs.rglob("events.out.tfevents.*")] == [cell]
