@@ -173,6 +173,23 @@ def test_wandb_runs_offline_named_by_the_cell_with_its_json_grouped_by_experimen
     assert [row["_step"] for row in logged] == [int(r[0]) for r in rows[1:]]
 
 
+def test_wandbs_own_mode_variable_wins_over_the_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # the config says offline
+    data = (
+        [write_split(tmp_path / "train.h5", 32, (1, 8, 8), "train", 1)],
+        [write_split(tmp_path / "test.h5", 16, (1, 8, 8), "test", 2)],
+    )
+    _, cell = settings("none")[1].cells["synth/mlp/none/true_labels/s0"]
+    cell = dict(cell, hparams=dict(cell["hparams"], max_epochs=1))
+    train(Job(cell, *data, tmp_path / "out", tmp_path / "c.pt"), echo=False, tracking_settings=settings("wandb")[0])
+    import wandb
+
+    wandb.teardown()  # a run file would be complete now
+    assert (tmp_path / "out" / "summary.json").exists()
+    assert not list(paths.tracking_dir("wandb", cell["cell"]).rglob("run-*.wandb"))  # disabled: no run file
+
+
 def test_a_missing_package_is_a_config_error_naming_the_key_and_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if it were not installed
     with pytest.raises(ConfigError, match=r"tracking.backend: 'wandb' needs the package wandb.*\.\[tracking\]"):

@@ -158,7 +158,8 @@ class TensorBoard(Tracker):
 class WandB(Tracker):
     """A W&B run per cell: named by the cell id, its config the cell's JSON (cell.json), grouped
     by the cell's first experiment and tagged with all of them; offline by default, its folder
-    in results/tracking/wandb/<cell id>/wandb/ (`wandb sync` it later)."""
+    in results/tracking/wandb/<cell id>/wandb/ (`wandb sync` it later). W&B's own environment
+    variable WANDB_MODE, where set, wins over tracking.wandb.mode."""
 
     def __init__(self, settings, cell, run_id, log):
         super().__init__("wandb", log)
@@ -168,8 +169,9 @@ class WandB(Tracker):
         # absolute: W&B's service process, shared by the runs of a process, has a working folder of its own
         directory = paths.tracking_dir("wandb", cell["cell"]).resolve()
         directory.mkdir(parents=True, exist_ok=True)
+        mode = os.environ.get("WANDB_MODE", options["mode"])
         self.run = wandb.init(
-            project=options["project"], entity=options["entity"], mode=options["mode"], dir=directory,
+            project=options["project"], entity=options["entity"], mode=mode, dir=directory,
             id=run_id, resume="allow", name=cell["cell"], group=experiments[0] if experiments else None,
             tags=experiments, config=cell, reinit="create_new",
             # W&B's lines would bury the one-line cause of a failed job in its log
