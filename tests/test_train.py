@@ -18,7 +18,8 @@ from rethink.models import build_model, count_parameters
 from rethink.train import cell as cells
 from rethink.train import checkpoint
 from rethink.train.__main__ import main
-from rethink.train.loop import HISTORY_COLUMNS, Job, resolve_device, train
+from rethink.train.loop import Job, resolve_device, train
+from rethink.train.outputs import HISTORY_COLUMNS
 
 from conftest import PATIENCE_S, freeze, log_match, wait_until
 

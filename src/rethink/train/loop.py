@@ -40,7 +40,6 @@ from rethink.models import build_model, count_parameters
 from rethink.train import cell as cells
 from rethink.train import checkpoint, distributed, outputs
 from rethink.train.data import SplitCache
-from rethink.train.outputs import HISTORY_COLUMNS  # noqa: F401  (its name for callers: loop.HISTORY_COLUMNS)
 
 
 @dataclasses.dataclass
