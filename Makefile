@@ -23,7 +23,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,tracking]'
 	# cffconvert (the tests validate CITATION.cff with it) declares jsonschema<4, which our
 	# jsonschema>=4.20 excludes; its validation runs unchanged on 4.x, so it comes without that pin.
 	$(BIN)/python -m pip install --quiet 'pykwalify>=1.6' 'ruamel.yaml>=0.16'
@@ -54,17 +54,17 @@ gpu-check:
 	PATH="$(subst $(BIN):,,$(PATH))" scripts/gpu-check.sh "$(OUT)"
 
 # The oldest torch the README claims (GPU machines bring their own build): the tests of the trainer,
-# the kernel stage, the stream and DDP run under it too, in a venv of their own. PyPI's torch of
+# the kernel stage, the stream, DDP and tracking run under it too, in a venv of their own. PyPI's torch of
 # that version is the CUDA build (~3.5 GB of wheels with its CUDA libraries; it runs on the CPU):
 # downloaded once into $(WHEELS_OLDEST), installed from there. The project's other dependencies
-# come from pyproject.toml, torch and torchvision left out (pinned there to the newest).
+# come from pyproject.toml (with the test and tracking extras), torch and torchvision left out.
 TORCH_OLDEST := 2.11
 TORCHVISION_OLDEST := 0.26
 VENV_OLDEST := .venv-torch$(subst .,,$(TORCH_OLDEST))
 WHEELS_OLDEST := .whl/torch$(TORCH_OLDEST)
 OLDEST_TESTS := tests/test_train.py tests/test_pack.py tests/test_preprocess.py tests/test_kernel.py \
 	tests/test_imagenet.py tests/test_ddp.py tests/test_models.py tests/test_distributed.py tests/test_stream.py \
-	tests/test_compile.py tests/test_signals.py
+	tests/test_compile.py tests/test_signals.py tests/test_tracking.py
 
 test-torch-oldest: $(VENV_OLDEST)/.installed datasets
 	$(VENV_OLDEST)/bin/python -m pytest -m 'not workflow and not slurm' $(OLDEST_TESTS) $(PYTEST_ARGS)
@@ -75,7 +75,7 @@ $(VENV_OLDEST)/.installed: pyproject.toml Makefile
 	$(VENV_OLDEST)/bin/python -m pip install --quiet --no-index --find-links $(WHEELS_OLDEST) \
 	  'torch==$(TORCH_OLDEST).*' 'torchvision==$(TORCHVISION_OLDEST).*'
 	python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-	  print(*(d for d in p["dependencies"] + p["optional-dependencies"]["test"] if not d.startswith("torch")), sep="\n")' \
+	  print(*(d for d in p["dependencies"] + p["optional-dependencies"]["test"] + p["optional-dependencies"]["tracking"] if not d.startswith("torch")), sep="\n")' \
 	  > $(VENV_OLDEST)/requirements.txt
 	$(VENV_OLDEST)/bin/python -m pip install --quiet -r $(VENV_OLDEST)/requirements.txt
 	$(VENV_OLDEST)/bin/python -m pip install --quiet --no-deps -e .

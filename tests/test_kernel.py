@@ -97,6 +97,42 @@ SETTINGS = {
 }
 
 
+def cgroup(folder, limit, usage, stat):
+    """A memory cgroup's files, v1's names where the folder is under a `memory` mount, else v2's."""
+    names = (
+        ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        if "memory" in folder.parts
+        else ("memory.max", "memory.current")
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in zip((*names, "memory.stat"), (limit, usage, stat)):
+        (folder / name).write_text(f"{text}\n")
+
+
+def test_the_memory_at_hand_on_cpu_is_what_the_jobs_memory_cgroup_still_allows(tmp_path):
+    """Slurm confines a job to its mem_mb by a memory cgroup (v2 on current sites, v1 on older
+    ones): the least that it and the cgroups above it allow, inactive page cache counted free."""
+    proc = tmp_path / "cgroup"
+    v2 = tmp_path / "v2"
+    proc.write_text("0::/slurm/uid_0/job_7/step_0\n")
+    cgroup(v2 / "slurm/uid_0/job_7", 6 * 2**30, 2 * 2**30, "anon 1\ninactive_file 1073741824")
+    cgroup(v2 / "slurm/uid_0/job_7/step_0", "max", 2 * 2**30, "inactive_file 0")
+    assert solve.cgroup_memory_left(proc, v2) == 5 * 2**30  # the job's limit, 1 GiB of it cache
+    cgroup(v2 / "slurm", 3 * 2**30, 2 * 2**30, "inactive_file 0")  # a tighter one above it
+    assert solve.cgroup_memory_left(proc, v2) == 2**30
+    # v1 in a container: the process's own cgroup is the mount itself; the path is not below it
+    v1 = tmp_path / "v1"
+    proc.write_text("4:memory:/process_api/7dba1f\n3:cpuset:/\n0::/\n")
+    cgroup(v1 / "memory", 4 * 2**30, 5 * 2**30, "total_inactive_file 1610612736")
+    assert solve.cgroup_memory_left(proc, v1) == 2**29
+    cgroup(v1 / "memory", 9223372036854771712, 5 * 2**30, "total_inactive_file 0")  # v1's no limit
+    assert solve.cgroup_memory_left(proc, v1) is None
+    cgroup(v1 / "memory", 4 * 2**30, 5 * 2**30, "total_inactive_file 0")  # over its limit: nothing
+    assert solve.cgroup_memory_left(proc, v1) == 0
+    proc.write_text("1:cpu:/\n")  # no memory controller
+    assert solve.cgroup_memory_left(proc, v1) is None
+
+
 @pytest.mark.parametrize("name", features.NAMES)
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 8, 8)])
 def test_each_featuriser_gives_its_declared_dimension_in_float64(name, shape):

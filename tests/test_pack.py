@@ -62,6 +62,8 @@ def test_a_finished_cell_is_re_emitted_not_retrained(tmp_path, data):
     first = jobs(tmp_path, data, PACK_CELLS[:2], "run")
     train(first, echo=False)
     before = [outputs(job) for job in first]
+    files = [first[1].out_dir / name for name in ("history.csv", "summary.json")]
+    written = [f.read_bytes() for f in files]
     for job in first:  # as Snakemake does to a job it reruns
         (job.out_dir / "summary.json").unlink()
         (job.out_dir / "history.csv").unlink()
@@ -71,7 +73,8 @@ def test_a_finished_cell_is_re_emitted_not_retrained(tmp_path, data):
     train(second, echo=False)
     log = (first[1].out_dir / "train.log").read_text()
     assert log.count("start cell=") == 1 and "history and summary re-emitted from" in log
-    assert outputs(first[1]) == before[1]  # the very same numbers, timings included
+    assert outputs(first[1]) == before[1]  # the very same numbers, timings included ...
+    assert [f.read_bytes() for f in files] == written  # ... and the very same bytes
     assert (first[0].out_dir / "train.log").read_text().count("start cell=") == 2
     assert outputs(first[0])[1]["hparams"]["lr"] == 0.02
 

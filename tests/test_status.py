@@ -20,7 +20,7 @@ import yaml
 from rethink import config as rconfig
 from rethink import fileio, paths, status
 from rethink import plan as rplan
-from rethink.train.loop import HISTORY_COLUMNS
+from rethink.train.outputs import HISTORY_COLUMNS
 
 from conftest import (
     CELLS,

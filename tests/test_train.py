@@ -18,9 +18,10 @@ from rethink.models import build_model, count_parameters
 from rethink.train import cell as cells
 from rethink.train import checkpoint
 from rethink.train.__main__ import main
-from rethink.train.loop import HISTORY_COLUMNS, Job, resolve_device, train
+from rethink.train.loop import Job, resolve_device, train
+from rethink.train.outputs import HISTORY_COLUMNS
 
-from conftest import PATIENCE_S, log_match, wait_until
+from conftest import PATIENCE_S, freeze, log_match, wait_until
 
 HPARAMS = {
     "lr": 0.01, "lr_decay": 0.95, "momentum": 0.9, "batch_size": 32, "max_epochs": 30,
@@ -83,6 +84,27 @@ def untimed(rows_or_summary):
     if isinstance(rows_or_summary, dict):
         return {k: v for k, v in rows_or_summary.items() if k not in TIMING}
     return [untimed(row) for row in rows_or_summary]
+
+
+def history_lines(path):
+    """history.csv's lines as a reader sees them while the cell trains (none before the file exists)."""
+    try:
+        return path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def untimed_lines(lines):
+    """history.csv's lines without their last column, elapsed_s: the bytes two runs share."""
+    assert lines[0].endswith(",elapsed_s")
+    return [line.rsplit(",", 1)[0] for line in lines]
+
+
+def check_rows(lines):
+    """A history as it grows: the header, then one row per epoch from epoch 0, none repeated."""
+    assert lines[0] == ",".join(HISTORY_COLUMNS)
+    assert [int(line.split(",")[1]) for line in lines[1:]] == list(range(len(lines) - 1)), lines
+    return len(lines) - 1
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -162,11 +184,24 @@ def cli(args, **kwargs):
     )
 
 
-def test_sigterm_then_resume_is_bit_identical(tmp_path, capsys):
-    data = (
-        [write_split(tmp_path / "train.h5", 512, (1, 28, 28), "train", 1)],
+def slow_data(tmp_path, n_train=512):
+    return (
+        [write_split(tmp_path / "train.h5", n_train, (1, 28, 28), "train", 1)],
         [write_split(tmp_path / "test.h5", 64, (1, 28, 28), "test", 2)],
     )
+
+
+def cli_args(tmp_path, data, out, checkpoint, cell_json="cell.json"):
+    return [
+        "--cell", str(tmp_path / cell_json), "--train-shards", *data[0], "--test-shards", *data[1],
+        "--out-dir", str(tmp_path / out), "--checkpoint", str(checkpoint),
+    ]  # fmt: skip
+
+
+def test_sigterm_then_resume_is_bit_identical(tmp_path, capsys):
+    """history.csv grows by a row per epoch while the cell trains; SIGTERM saves and stops; the
+    rerun resumes, and its history.csv and summary.json are an uninterrupted run's, bit for bit."""
+    data = slow_data(tmp_path)
     # augmentation, crops and dropout: every RNG stream must survive the restart
     cell = make_cell(
         batch_size=16, max_epochs=16, random_crop=True, augment=True, dropout=0.3, checkpoint_minutes=0.002
@@ -175,30 +210,28 @@ def test_sigterm_then_resume_is_bit_identical(tmp_path, capsys):
     ckpt = tmp_path / "ckpt" / "cell.pt"
 
     def args(out, cell_json="cell.json", checkpoint=ckpt):
-        return [
-            "--cell",
-            str(tmp_path / cell_json),
-            "--train-shards",
-            *data[0],
-            "--test-shards",
-            *data[1],
-            "--out-dir",
-            str(tmp_path / out),
-            "--checkpoint",
-            str(checkpoint),
-        ]
+        return cli_args(tmp_path, data, out, checkpoint, cell_json)
 
     proc = cli(args("resumed"))
-    log = tmp_path / "resumed" / "train.log"
-    wait_until(lambda: log_match(log, r"epoch\s+1 step\s+\d+ lr"), "epoch 1 in train.log", proc)
+    log, history = tmp_path / "resumed" / "train.log", tmp_path / "resumed" / "history.csv"
+    seen = []  # history.csv as it was read while the cell trained
+
+    def logged(pattern):
+        seen.append(history_lines(history))
+        return log_match(log, pattern)
+
+    wait_until(lambda: logged(r"epoch\s+2 step\s+\d+ lr"), "epoch 2 in train.log", proc)
+    assert check_rows(history_lines(history)) >= 3  # epoch k in the log: its row (and epoch 0's) in history.csv
     proc.send_signal(signal.SIGUSR1)  # save and go on
-    wait_until(lambda: log_match(log, "SIGUSR1: checkpoint saved"), "the SIGUSR1 save in train.log", proc)
+    wait_until(lambda: logged("SIGUSR1: checkpoint saved"), "the SIGUSR1 save in train.log", proc)
     assert ckpt.exists()
     proc.send_signal(signal.SIGTERM)  # save and stop
     _, err = proc.communicate(timeout=PATIENCE_S)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert ckpt.exists() and not (tmp_path / "resumed" / "summary.json").exists()
     assert "SIGTERM: checkpoint saved" in log.read_text() and "stopped by SIGTERM" in err
+    stopped = history_lines(history)
+    assert 3 <= check_rows(stopped) < 17  # a row per epoch so far, no more
 
     # the checkpoint belongs to this cell: a different cell JSON is refused and nothing is deleted
     (tmp_path / "other.json").write_text(json.dumps(dict(cell, seed=1)))
@@ -218,10 +251,42 @@ def test_sigterm_then_resume_is_bit_identical(tmp_path, capsys):
     proc = cli(args("straight", checkpoint=tmp_path / "ckpt" / "straight.pt"))
     _, err = proc.communicate(timeout=PATIENCE_S)
     assert proc.returncode == 0, err
-    resumed, straight = (read_history(tmp_path / d / "history.csv") for d in ("resumed", "straight"))
-    assert len(straight) == 17 and untimed(resumed) == untimed(straight)
+    resumed, straight = (history_lines(tmp_path / d / "history.csv") for d in ("resumed", "straight"))
+    assert check_rows(straight) == 17 and untimed_lines(resumed) == untimed_lines(straight)
+    # every row read while it trained is the final file's row, byte for byte (elapsed_s too)
+    assert all(lines == resumed[: len(lines)] for lines in seen + [stopped] if lines)
+    assert any(3 <= len(lines) < len(stopped) for lines in seen)  # and it was read as it grew
     summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("resumed", "straight")]
     assert untimed(summaries[0]) == untimed(summaries[1])
+
+
+def test_a_resume_cuts_history_back_to_its_checkpoint(tmp_path):
+    """A run killed (SIGKILL: nothing saved) epochs after its last checkpoint has rows in
+    history.csv its checkpoint lacks; the resumed run rewrites the file from the checkpoint, so it
+    keeps one row per epoch and ends as an uninterrupted run's."""
+    data = slow_data(tmp_path, n_train=128)
+    cell = make_cell(batch_size=16, max_epochs=30, lr=1e-4, dropout=0.3, augment=True, checkpoint_minutes=60.0)
+    (tmp_path / "cell.json").write_text(json.dumps(cell))
+    ckpt = tmp_path / "killed.pt"
+    proc = cli(cli_args(tmp_path, data, "killed", ckpt))
+    log, history = tmp_path / "killed" / "train.log", tmp_path / "killed" / "history.csv"
+    wait_until(lambda: log_match(log, r"epoch\s+1 step"), "epoch 1 in train.log", proc)
+    freeze([proc.pid], proc)  # the SIGUSR1 is taken at the first step after SIGCONT: near epoch 1
+    proc.send_signal(signal.SIGUSR1)
+    proc.send_signal(signal.SIGCONT)
+    saved = int(wait_until(lambda: log_match(log, r"SIGUSR1: checkpoint saved at epoch (\d+)"), "the save", proc)[1])
+    wait_until(lambda: len(history_lines(history)) >= saved + 4, f"epoch {saved + 2} in history.csv", proc)
+    proc.kill()
+    proc.wait()
+    assert check_rows(history_lines(history)) >= saved + 3  # rows the checkpoint (epochs 0..saved) lacks
+
+    proc = cli(cli_args(tmp_path, data, "killed", ckpt))
+    _, err = proc.communicate(timeout=PATIENCE_S)
+    assert proc.returncode == 0, err
+    assert re.search(rf"resume from .* at epoch {saved} step", log.read_text())
+    train(Job(cell, *data, tmp_path / "straight", tmp_path / "straight.pt"), echo=False)
+    resumed, straight = (history_lines(tmp_path / d / "history.csv") for d in ("killed", "straight"))
+    assert check_rows(resumed) == 31 and untimed_lines(resumed) == untimed_lines(straight)
 
 
 def test_foreign_checkpoint_is_refused(tmp_path, data):

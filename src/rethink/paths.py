@@ -37,6 +37,9 @@ TRAIN_PACK_LOG = RESULTS + "/logs/train/{pack}.log"
 TRAIN_BENCHMARK = RESULTS + "/benchmarks/train/" + CELL_ID + ".tsv"
 TRAIN_PACK_BENCHMARK = RESULTS + "/benchmarks/train/{pack}.tsv"
 CHECKPOINT = RESULTS + "/checkpoints/" + CELL_ID + "/{key}.pt"
+# Live curves of a cell (config `tracking`): TensorBoard event files, or W&B's offline run folders
+# (in their `wandb/`); {cell} is a cell id. No declared output: switching tracking reruns nothing.
+TRACKING = RESULTS + "/tracking/{backend}/{cell}"
 # The aggregated metrics; the analysis CLIs get the folder (--metrics) and find each file by key.
 METRICS_DIR = RESULTS + "/metrics"
 METRIC_FILES = {
@@ -60,6 +63,10 @@ THEOREM1 = RESULTS + "/theorem1.{ext}"
 def cell_file(out_dir, kind):
     """A file of a cell directory by kind (a key of CELL_FILES)."""
     return pathlib.Path(out_dir) / CELL_FILES[kind]
+
+
+def tracking_dir(backend, cell_id):
+    return pathlib.Path(TRACKING.format(backend=backend, cell=cell_id))
 
 
 def metrics_file(metrics_dir, key):

@@ -27,7 +27,7 @@ import math
 import pathlib
 import sys
 
-from rethink import codehash, fileio, paths
+from rethink import codehash, fileio, paths, tracking
 from rethink import config as rconfig
 from rethink.analysis import FIGURES, TABLES
 from rethink.data import randomize, sources
@@ -138,9 +138,10 @@ class Plan:
         self.models = {name: _check_model(name, arch["model"]) for name, arch in config["architectures"].items()}
         _skip_missing_streamed(config)
         _check_experiments(config)
-        self.cells, self.experiments = expand(config)
+        self.cells, self.experiments, self.experiment_grids = expand(config)
         _check_gpus(config, self.cells)
         _check_compile(config)
+        tracking.check(config["tracking"]["backend"])
         _check_kernel(config)
         self.code = {stage: codehash.digest(module) for stage, module in ENTRIES.items()}
         # a user's model joins its cells' training code: editing it reruns exactly those cells
@@ -339,6 +340,11 @@ class Plan:
         else:
             request["cpus_per_task"] = cpus
         return {**_site_keys(spec, " ".join(filter(None, [spec["extra"], extra]))), **request}
+
+    def environment(self):
+        """What the workflow exports to its jobs: the tracking settings (rethink.tracking.ENV). The
+        environment is no rerun trigger: switching tracking reruns nothing."""
+        return tracking.environment(self.config["tracking"], self.experiment_grids)
 
     # ------------------------------------------------------------------------- data
 
@@ -779,8 +785,9 @@ def cell_spec(config, cell, hparams):
 
 
 def expand(config):
-    """-> (cells: {id: (Cell, spec)} sorted by id, experiments: {name: [cell ids]})."""
-    cells, owners, experiments = {}, {}, {}
+    """-> (cells: {id: (Cell, spec)} sorted by id, experiments: {name: [cell ids]}, and each
+    experiment's sub-grids as the cell fields they take: {name: [{field: [values]}]})."""
+    cells, owners, experiments, grids = {}, {}, {}, {}
     for exp_name, exp in config["experiments"].items():
         if not exp["enabled"]:
             continue
@@ -794,6 +801,13 @@ def expand(config):
             noises = entry_noises(entry, where)
             for noise in noises:
                 _check_streamable(config, exp, noise, where)
+            seeds = entry.get("seeds") or exp["seeds"]
+            grids.setdefault(exp_name, []).append(
+                {
+                    "dataset": [exp["dataset"]], "arch_name": entry["architectures"],
+                    "regularizer": entry["regularizers"], "noise": [n.name for n in noises], "seed": seeds,
+                }
+            )  # fmt: skip
             for arch in entry["architectures"]:
                 for reg in entry["regularizers"]:
                     hparams = {
@@ -802,12 +816,12 @@ def expand(config):
                     }  # fmt: skip
                     _check_fits(config, exp, hparams, f"{where} ({arch}, {reg})")
                     for noise in noises:
-                        for seed in entry.get("seeds") or exp["seeds"]:
+                        for seed in seeds:
                             cell = Cell(exp["dataset"], arch, reg, noise, seed)
                             _add(cells, owners, cell, cell_spec(config, cell, hparams), where)
                             ids.append(cell.id)
         experiments[exp_name] = list(dict.fromkeys(ids))
-    return dict(sorted(cells.items())), experiments
+    return dict(sorted(cells.items())), experiments, grids
 
 
 def _add(cells, owners, cell, spec, where):

@@ -49,11 +49,11 @@ rule figure:
         json=paths.FIGURE.replace("{ext}", "json"),
     log:
         paths.REPORT_LOG,
+    wildcard_constraints:
+        name="|".join(PLAN.figures),
     localrule: PLAN.local_analysis()
     resources:
         **CPU,
-    wildcard_constraints:
-        name="|".join(PLAN.figures),
     params:
         metrics=lambda wildcards, input: (
             f"--metrics {paths.METRICS_DIR}" if input else ""
@@ -81,11 +81,11 @@ rule table:
         json=paths.TABLE.replace("{ext}", "json"),
     log:
         paths.REPORT_LOG,
+    wildcard_constraints:
+        name="|".join(PLAN.tables) or "(?!)",
     localrule: PLAN.local_analysis()
     resources:
         **CPU,
-    wildcard_constraints:
-        name="|".join(PLAN.tables) or "(?!)",
     params:
         code=PLAN.code["table"],
     shell:

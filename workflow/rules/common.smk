@@ -31,6 +31,10 @@ try:
 except RethinkError as err:
     raise WorkflowError(str(err)) from None
 
+# Tracking (config key `tracking`) reaches the trainer through the environment, which every job
+# inherits and which, unlike a rule's params and shell command, is no rerun trigger.
+os.environ.update(PLAN.environment())
+
 NAME = r"[a-z][a-z0-9_]*"
 # What every CPU job asks Slurm for: data jobs, Theorem 1, the analysis when not local rules
 CPU = PLAN.cpu_resources()
@@ -165,7 +169,9 @@ def get_row_setting(key):
 
 def kernel_resources():
     """The kernel_row rule's resources (PLAN.kernel_resources), functions of the job's row and attempt."""
-    keys = PLAN.kernel_resources(next(iter(PLAN.kernel_rows))) if PLAN.kernel_rows else {}
+    keys = (
+        PLAN.kernel_resources(next(iter(PLAN.kernel_rows))) if PLAN.kernel_rows else {}
+    )
     return {
         key: signed(
             lambda wildcards, attempt, key=key: PLAN.kernel_resources(

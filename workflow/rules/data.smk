@@ -26,9 +26,9 @@ rule data_download:
         paths.DOWNLOADED,
     log:
         paths.DATA_LOG.replace("{stage}/{split}-{shard}", "download"),
-    localrule: True
     wildcard_constraints:
         dataset="|".join(PLAN.downloads()) or "(?!)",
+    localrule: True
     params:
         source=lambda wildcards: PLAN.datasets[wildcards.dataset]["source"],
         root=lambda wildcards: str(sources.root_of(PLAN.datasets[wildcards.dataset])),
@@ -45,10 +45,10 @@ rule data_clean:
         paths.CLEAN_SHARD,
     log:
         paths.DATA_LOG.replace("{stage}", "clean"),
-    resources:
-        **CPU,
     wildcard_constraints:
         dataset=PLAN.not_streamed(NAME),
+    resources:
+        **CPU,
     params:
         spec=get_shard_spec,
         code=PLAN.code["data"],
@@ -125,10 +125,10 @@ rule data_randomize:
         paths.NOISE_SHARD,
     log:
         paths.DATA_LOG.replace("{stage}", "{noise}/s{seed}"),
-    resources:
-        **CPU,
     wildcard_constraints:
         noise=randomize.WILDCARD_PATTERN,
+    resources:
+        **CPU,
     params:
         spec=get_randomize_spec,
         code=PLAN.code["data"],

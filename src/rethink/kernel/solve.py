@@ -12,6 +12,7 @@ before anything n x n is allocated.
 """
 
 import dataclasses
+import pathlib
 
 import torch
 
@@ -44,12 +45,47 @@ def bytes_needed(n_train, n_test, dim, batch, featurise=0):
 
 
 def bytes_available(device):
+    """Free GPU memory; on CPU the node's available memory, or less where this process's memory
+    cgroup allows less (Slurm confines a job to its mem_mb so: beyond it the job is killed)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
     import psutil
 
-    return int(psutil.virtual_memory().available)
+    node = int(psutil.virtual_memory().available)
+    confined = cgroup_memory_left()
+    return node if confined is None else min(node, confined)
+
+
+# cgroup v2 and v1: (folder under the mount, limit file, usage file, memory.stat's reclaimable key)
+CGROUP_FILES = {"v2": ("", "memory.max", "memory.current", "inactive_file"),
+                "v1": ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")}  # fmt: skip
+NO_LIMIT = 2**62  # v1 says "no limit" with a page-aligned number near 2^63, v2 with "max"
+
+
+def cgroup_memory_left(proc_cgroup="/proc/self/cgroup", mount="/sys/fs/cgroup"):
+    """The bytes this process's memory cgroup and those above it still allow (limit less usage,
+    its inactive page cache counted as free, as the kernel reclaims it before killing), or None
+    where none sets a limit. A cgroup namespace (a container) mounts the process's own cgroup at
+    the mount point: then the folders above its path that exist are the ones read."""
+    left = []
+    for line in pathlib.Path(proc_cgroup).read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        version = "v2" if controllers == "" else "v1" if "memory" in controllers.split(",") else None
+        if version is None:
+            continue
+        sub, limit_file, usage_file, reclaimable = CGROUP_FILES[version]
+        base = pathlib.Path(mount, sub)
+        folder = base / path.lstrip("/")
+        for d in (folder, *(base / above for above in folder.relative_to(base).parents)):
+            try:
+                limit, usage = (d / limit_file).read_text().strip(), int((d / usage_file).read_text())
+                stat = dict(line.split() for line in (d / "memory.stat").read_text().splitlines())
+            except (FileNotFoundError, NotADirectoryError, ValueError):
+                continue
+            if limit != "max" and int(limit) < NO_LIMIT:
+                left.append(max(0, int(limit) - usage + int(stat.get(reclaimable, 0))))
+    return min(left) if left else None
 
 
 def check_memory(n_train, n_test, dim, batch, device, featurise=0, available=None):

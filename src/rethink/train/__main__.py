@@ -9,6 +9,8 @@ Under `torchrun --nproc_per_node=N` the N processes train one cell together (a p
 each on its part of every batch; rank 0 writes (rethink.train.distributed).
 Errors a user can fix are one line on stderr and exit status 2; SIGTERM, SIGINT and SIGHUP save
 checkpoints and exit 128 + the signal, so the scheduler retries the job, which then resumes.
+Live curves in TensorBoard or W&B: the environment variable RETHINK_TRACKING, which the workflow
+exports from the config key `tracking` (rethink.tracking).
 """
 
 import argparse
@@ -73,8 +75,11 @@ def main(argv=None):
     single = (args.cell, args.train_shards, args.test_shards, args.out_dir, args.checkpoint)
     if bool(args.pack) == any(single) or (not args.pack and not all(single)):
         p.error("give --pack, or all of --cell, --train-shards, --test-shards, --out-dir, --checkpoint")
+    from rethink import tracking
     from rethink.fileio import canonical_json, write_text_atomic  # after --help: the rest imports torch
     from rethink.train import cell, checkpoint, loop
+
+    tracking_settings = tracking.from_environment()
 
     if args.pack:
         jobs = pack_jobs(args.pack, loop.Job)
@@ -94,7 +99,7 @@ def main(argv=None):
             )
         ]
     try:
-        loop.train(jobs, args.device, compile_mode=args.compile)
+        loop.train(jobs, args.device, compile_mode=args.compile, tracking_settings=tracking_settings)
     except checkpoint.Interrupted as stop:
         print(f"interrupted: {stop}", file=sys.stderr)
         raise SystemExit(128 + stop.signum) from None  # non-zero, so Slurm/Snakemake retry the job

@@ -1,24 +1,89 @@
-"""Checkpoints that survive preemption: atomic writes, a tie to the inputs, signal-driven saves.
+"""Checkpoints that survive preemption: what they hold, atomic writes, a tie to the inputs,
+signal-driven saves.
 
 A signal handler only records the signal; the loop saves at the next step boundary, where
 the model, optimizer and RNG states agree with each other.
 
-A checkpoint is either resumable (model, optimizer, generators, progress) or *finished*: the
-cell's history and summary, written before its outputs and kept after them. A rerun of a job
-whose outputs Snakemake threw away (a kill after training, SIGINT to snakemake, a pack rerun
-because a pack-mate changed) re-emits a finished cell instead of training it again.
+A checkpoint is either resumable (`resumable`: a member's model, optimizer, generators and
+progress, mid-epoch too) or *finished* (`finished`: the cell's history and summary, written
+before its outputs and kept after them). A rerun of a job whose outputs Snakemake threw away (a
+kill after training, SIGINT to snakemake, a pack rerun because a pack-mate changed) re-emits a
+finished cell instead of training it again.
 """
 
+import dataclasses
 import os
 import pathlib
 import signal
+import uuid
 
 import torch
 
 from rethink.errors import RethinkError
 from rethink.fileio import atomic_path
 
-FORMAT = 1
+FORMAT = 2  # 2: the progress holds its run_id
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where a member is; a resumable checkpoint stores it beside the model, optimizer and RNGs."""
+
+    # names this training run, from its fresh start to its finish, in tracking tools (rethink.tracking)
+    run_id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:16])
+    epoch: int = 0
+    pos: int = 0  # steps taken in the current epoch
+    step: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    elapsed_s: float = 0.0
+    plan: dict = None  # the current epoch's randomness; None between epochs
+    online: torch.Tensor = None  # the epoch's [sum of loss x batch size, number correct], on the device
+
+
+def resumable(member, online, elapsed_s):
+    """A resumable checkpoint of a member (rethink.train.loop.Member): its model, optimizer, every
+    RNG, and its progress with the epoch's online sums `online`."""
+    p, dev = member.p, member.dev
+    return dict(
+        inputs_sha256=member.key, device_type=dev.type, model=member.model.state_dict(),
+        optimizer=member.opt.state_dict(), generator=member.gen.get_state(),
+        dropout_generator=member.dropout_gen.get_state(), torch_rng=torch.get_rng_state(),
+        cuda_rng=torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+        run_id=p.run_id, epoch=p.epoch, pos=p.pos, step=p.step, history=p.history, plan=p.plan, online=online,
+        elapsed_s=elapsed_s,
+    )  # fmt: skip
+
+
+def restore(member, state):
+    """A resumable checkpoint's states put back into a freshly built member; returns its Progress.
+    With several processes every rank loads the checkpoint; rank 0 carries the saved online sums,
+    the others start theirs from zero."""
+    dev = member.dev
+    member.model.load_state_dict(state["model"])
+    member.opt.load_state_dict(state["optimizer"])
+    for group in member.opt.param_groups:  # load_state_dict put a copy there: point it back
+        group["lr"] = member.lr
+    member.gen.set_state(state["generator"])
+    member.dropout_gen.set_state(state["dropout_generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if dev.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], dev)
+    online = state["online"] if member.world.main else torch.zeros_like(state["online"])
+    return Progress(
+        run_id=state["run_id"],
+        epoch=state["epoch"],
+        pos=state["pos"],
+        step=state["step"],
+        history=state["history"],
+        elapsed_s=state["elapsed_s"],
+        online=online.to(dev),
+        plan=state["plan"] and {k: v.to(dev) for k, v in state["plan"].items()},
+    )
+
+
+def finished(key, device_type, history, summary):
+    """A finished checkpoint: what the cell's outputs are written from (and re-emitted from)."""
+    return dict(inputs_sha256=key, device_type=device_type, finished=True, history=history, summary=summary)
 
 
 def save(path, state):

@@ -1,20 +1,21 @@
 """Data-parallel training of one cell by several processes (one per GPU), launched by torchrun.
 
-The workflow launches `torchrun --standalone --nproc_per_node=N -m rethink.train --pack ...` for
-an architecture whose `gpus` is N > 1 (a pack of one cell). torchrun sets WORLD_SIZE, RANK and
-LOCAL_RANK; `from_environment` turns them into a `World` (None for the one-process run, which
-then takes exactly the path it always took). What the ranks do, and why it is the one-process
-run of the same cell:
+The trainer always runs in a world: `from_environment` gives the one-process run a world of one
+(`OneProcess`: rank 0, the main process, every batch whole, agreement with itself; the model as
+it is), and the processes torchrun starts a `World` of several. The loop takes the same steps in
+both. The workflow launches `torchrun --standalone --nproc_per_node=N -m rethink.train --pack ...`
+for an architecture whose `gpus` is N > 1 (a pack of one cell); torchrun sets WORLD_SIZE, RANK
+and LOCAL_RANK. What the ranks do, and why it is the one-process run of the same cell:
 
 - the global batch is the cell's `batch_size`; rank r trains on its contiguous part of every
   global batch (`World.part`; the last, partial batch is split as evenly as it goes). Every rank
   draws the whole epoch's randomness (order, crops, flips, angles; a streamed split's per-batch
   draws) from the same seeded generators as the one-process run and takes its part of it; the
   dropout masks are drawn for the global batch and sliced (loop.GeneratorDropout);
-- each rank's loss is its samples' summed cross-entropy times world / global batch, so
-  DistributedDataParallel's gradient average is the gradient of the global batch's mean loss,
-  even for an uneven last batch; the SGD update is then the one-process update (up to the order
-  of float additions);
+- each rank's loss is its samples' summed cross-entropy times world / global batch
+  (`World.objective`), so DistributedDataParallel's gradient average is the gradient of the
+  global batch's mean loss, even for an uneven last batch; the SGD update is then the
+  one-process update (up to the order of float additions);
 - BatchNorm normalises with the global batch's statistics (on CUDA `SyncBatchNorm`, torch's
   without its host sync; on CPU, where torch's refuses to run, `GlobalBatchNorm`), so the running
   statistics, too, are those of the one-process run and identical on every rank;
@@ -44,6 +45,47 @@ from rethink.errors import RethinkError
 CONTROL_TIMEOUT = datetime.timedelta(hours=12)
 
 
+class OneProcess:
+    """The one-process run as a world of one (as nanoGPT's `master_process = True; ddp_world_size
+    = 1`): the main process, every batch whole, every agreement its own values, the model as it
+    is (no DistributedDataParallel, torch's BatchNorm). A `World` answers the same questions for
+    several processes."""
+
+    rank, size, local_rank, main = 0, 1, 0, True
+
+    def part(self, n):
+        return 0, n
+
+    def objective(self, logits, y, total):
+        """(what to differentiate, the batch's summed loss, detached): the batch's mean cross-entropy."""
+        loss = F.cross_entropy(logits, y)
+        return loss, loss.detach() * len(y)
+
+    def agree(self, values):
+        return values
+
+    def from_main(self, value):
+        return value
+
+    def total(self, tensor):
+        return tensor
+
+    def global_batchnorm(self, model, device_type):
+        return model
+
+    def wrap(self, model, dev):
+        return model
+
+    def barrier(self):
+        pass
+
+    def close(self):
+        pass
+
+
+ONE = OneProcess()
+
+
 class World:
     """This process's place among the ranks that train one cell."""
 
@@ -57,6 +99,13 @@ class World:
         lo = self.rank * base + min(self.rank, extra)
         return lo, lo + base + (self.rank < extra)
 
+    def objective(self, logits, y, total):
+        """(what to differentiate, the part's summed loss, detached) of this rank's part of a global
+        batch of `total` samples: the summed loss times world / total, whose gradient DDP's average
+        over the ranks turns into the gradient of the global batch's mean loss."""
+        loss = F.cross_entropy(logits, y, reduction="sum")
+        return loss * (self.size / total), loss.detach()
+
     def agree(self, values):
         """Element-wise maximum of small non-negative integers over all ranks (CPU, control group)."""
         t = torch.tensor(values, dtype=torch.int64)
@@ -69,14 +118,20 @@ class World:
         dist.broadcast_object_list(box, src=0, group=self.control)
         return box[0]
 
-    def barrier(self):
-        dist.barrier(group=self.control)
-
     def total(self, tensor):
         """The sum over ranks of a device tensor (a copy)."""
         t = tensor.clone()
         dist.all_reduce(t)
         return t
+
+    def global_batchnorm(self, model, device_type):
+        return sync_batchnorm(model, device_type)
+
+    def wrap(self, model, dev):
+        return wrap(model, self, dev)
+
+    def barrier(self):
+        dist.barrier(group=self.control)
 
     def close(self):
         dist.destroy_process_group()
@@ -87,10 +142,10 @@ def world_size():
 
 
 def from_environment(device_type):
-    """The World torchrun describes (WORLD_SIZE > 1), with the process group started; else None."""
+    """The World torchrun describes (WORLD_SIZE > 1), with the process group started; else ONE."""
     size = world_size()
     if size <= 1:
-        return None
+        return ONE
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
     if device_type == "cuda":
         if local_rank >= torch.cuda.device_count():
@@ -238,16 +293,3 @@ def wrap(model, world, dev):
     # forward_sync_buffers (2.13) does not exist in 2.11.
     ddp.broadcast_buffers = False
     return ddp
-
-
-def ddp_step(model, opt, x, y, amp, fmt, scale):
-    """One SGD step on this rank's part of a global batch -> (summed loss, number correct) of the
-    part, on the device. `scale` = world / global batch: DDP's average of the ranks' gradients is
-    then the gradient of the global batch's mean loss."""
-    with amp():
-        logits = model(fmt(x))
-    loss = F.cross_entropy(logits, y, reduction="sum")
-    opt.zero_grad(set_to_none=True)
-    (loss * scale).backward()
-    opt.step()
-    return loss.detach(), (logits.argmax(1) == y).sum()

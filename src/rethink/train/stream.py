@@ -49,9 +49,12 @@ import torch.nn.functional as F
 
 from rethink.data.shards import ShardError, read_shard, stored_checksum
 from rethink.errors import RethinkError
-from rethink.train import preprocess
+from rethink.train import distributed, preprocess
 
-EVAL_BATCH = 500  # see loop.EVAL_BATCH: fixed, so a cell's numbers depend on nothing but the cell
+# Evaluation batch: bounds memory. On CPU the results do not depend on it; on CUDA, cuDNN picks
+# kernels per shape, so another batch size can move a logit in its last bits. Fixed, so that a
+# cell's numbers do not depend on anything but the cell.
+EVAL_BATCH = 500
 # Batches the background thread prepares ahead; it changes speed only, never a number.
 PREFETCH_BATCHES = 4
 # TF-slim inception_preprocessing: distorted_bounding_box_crop's defaults, central_crop's fraction
@@ -73,15 +76,14 @@ class InMemorySplit:
     def epoch_plan(self, hp, generator, device):
         return preprocess.epoch_plan(self.n, self.image_shape, hp, generator, device)
 
-    def train_batches(self, plan, start, hp, world=None):
-        """The epoch's batches from step `start` on; with a `world` (several processes), this
-        rank's part of each (positions of the epoch: the same draws as the whole batch's)."""
+    def train_batches(self, plan, start, hp, world=distributed.ONE):
+        """The epoch's batches from step `start` on: this process's part of each (positions of the
+        epoch: the same draws as the whole batch's; one process: the whole batch)."""
         bs = hp["batch_size"]
         for lo in range(start * bs, self.n, bs):
             hi = min(lo + bs, self.n)
-            if world is not None:
-                first, last = world.part(hi - lo)
-                lo, hi = lo + first, lo + last
+            first, last = world.part(hi - lo)
+            lo, hi = lo + first, lo + last
             x, idx = preprocess.train_batch(self.images, plan, lo, hi, hp)
             yield x, self.labels[idx]
 
@@ -279,14 +281,14 @@ class StreamedSplit:
     def epoch_plan(self, hp, generator, device):
         return {"seed": torch.randint(0, 2**62, (1,), generator=generator, device=device)}
 
-    def train_batches(self, plan, start, hp, world=None):
+    def train_batches(self, plan, start, hp, world=distributed.ONE):
         seed, bs, size = int(plan["seed"].item()), hp["batch_size"], hp["crop_size"]
         windows = epoch_windows(self.counts, self.window, seed)
         order = np.concatenate(windows)
         parts = []  # (this process's [lo, hi) in the order, batch number, the whole batch's [lo, hi))
         for b in range(start, math.ceil(self.n / bs)):
             lo, hi = b * bs, min((b + 1) * bs, self.n)
-            first, last = (0, hi - lo) if world is None else world.part(hi - lo)
+            first, last = world.part(hi - lo)
             parts.append((lo + first, lo + last, b, lo, hi))
 
         def make(part, blobs):
