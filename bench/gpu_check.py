@@ -47,6 +47,7 @@ MODULES = {
     "jsonschema": "jsonschema",
     "scipy": "scipy",
     "pillow": "PIL",
+    "tqdm": "tqdm",
     "torchvision": "rethink.torchvision_guard",  # imports torchvision, also where its C++ ops do not load
 }
 DATASET = "the Fashion-MNIST files"
@@ -65,7 +66,7 @@ class Stage:
 STAGES = (
     Stage(
         "tests",
-        ("numpy", "h5py", "pytest", "pyyaml", "jsonschema", "pillow", "scipy", "torchvision"),
+        ("numpy", "h5py", "pytest", "pyyaml", "jsonschema", "pillow", "scipy", "torchvision", "tqdm"),
         ("-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "tests/test_imagenet.py", "-q", "-p", "no:cacheprovider",
          "--junitxml={out}/gpu-tests.xml"),
         (),
@@ -74,7 +75,7 @@ STAGES = (
     ),
     Stage(
         "bench_gpu",
-        ("numpy", "h5py", "pyyaml", "jsonschema", "pillow", "torchvision"),
+        ("numpy", "h5py", "pyyaml", "jsonschema", "pillow", "torchvision", "tqdm"),
         ("bench/bench_gpu.py", "--out", "{out}"),
         ("--device", "cuda", "--repeats", "3"),
         ("--device", "cpu", "--width", "0.125", "--batch-size", "8", "--epoch-batches", "2", "--n-test", "8",
@@ -83,7 +84,7 @@ STAGES = (
     ),
     Stage(
         "minigrid",
-        ("numpy", "h5py", "pyyaml", "jsonschema", DATASET),
+        ("numpy", "h5py", "pyyaml", "jsonschema", "tqdm", DATASET),
         ("bench/gpu_minigrid.py", "--out", "{out}"),
         ("--device", "cuda"),
         ("--device", "cpu", "--epochs", "1", "--subset", "96", "32", "--width", "0.125"),
@@ -91,7 +92,7 @@ STAGES = (
     ),
     Stage(
         "bench_pack",
-        ("numpy", "h5py", "pyyaml", "jsonschema"),
+        ("numpy", "h5py", "pyyaml", "jsonschema", "tqdm"),
         ("bench/bench_pack.py", "--out", "{out}"),
         ("--device", "cuda", "--k", "8"),
         ("--device", "cpu", "--k", "2", "--steps", "1", "--repeats", "1"),

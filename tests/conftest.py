@@ -22,6 +22,15 @@ needs_fashion_mnist = pytest.mark.skipif(
 )
 
 
+def pytest_configure(config):
+    """Tests send SIGINT to the processes they start (Ctrl-C reaching snakemake, `--watch`). A
+    process started in the background by a non-interactive shell (`make test &`, nohup, some CI
+    runners) has SIGINT ignored, and every child inherits that, so Python installs no KeyboardInterrupt
+    handler in them: SIGINT is restored for the children here."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_collection_modifyitems(config, items):
     """The Slurm tests run last. The Slurm executor plugin runs `scontrol show config` whenever
     snakemake starts (it imports every installed plugin); once a Slurm client is installed but

@@ -80,10 +80,10 @@ def driver_cells():
 
 
 def test_what_is_missing_is_one_message_and_skips_only_the_stages_that_need_it(tmp_path):
-    """jsonschema and scipy made unimportable, no Fashion-MNIST, and a budget of 0 s: every stage
+    """Pillow and scipy made unimportable, no Fashion-MNIST, and a budget of 0 s: every stage
     is skipped, each with its reason, after one message that lists all and how to install them."""
     shim = tmp_path / "shim"
-    for module in ("jsonschema", "scipy"):
+    for module in ("PIL", "scipy"):  # Pillow's module: torchvision, which imports it, is missing too
         (shim / module).mkdir(parents=True)
         (shim / module / "__init__.py").write_text("raise ImportError('not installed (test shim)')\n")
     (tmp_path / "no-data").mkdir()
@@ -98,19 +98,20 @@ def test_what_is_missing_is_one_message_and_skips_only_the_stages_that_need_it(t
     assert proc.returncode == 3, proc.stdout + proc.stderr  # not failed: skipped
     assert proc.stdout.count("missing what some stages need") == 1
     message = proc.stdout.split("missing what some stages need", 1)[1]
-    assert "jsonschema (for bench_gpu, minigrid): ImportError: not installed (test shim)" in message
+    assert "pillow (for tests, bench_gpu): ImportError: not installed (test shim)" in message
     assert "scipy (for tests): ImportError" in message
+    assert "torchvision (for tests, bench_gpu): ImportError" in message
     assert "the Fashion-MNIST files (for minigrid): dataset 'fashion_mnist'" in message
     assert str(tmp_path / "no-data") in message
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    wanted = " ".join(f"'{d}'" for d in project if d.startswith(("jsonschema", "scipy")))
+    wanted = " ".join(f"'{d}'" for d in sorted(project) if d.startswith(("pillow", "scipy", "torchvision")))
     assert f"python -m pip download --dest wheels {wanted}" in message
     assert f"{sys.executable} -m pip install --no-index --find-links wheels {wanted}" in message
     reasons = {
-        "tests": "missing scipy",
-        "bench_gpu": "missing jsonschema",
+        "tests": "missing pillow, scipy, torchvision",
+        "bench_gpu": "missing pillow, torchvision",
         "bench_pack": "GPU_CHECK_BUDGET_S=0 s is spent",
-        "minigrid": "missing jsonschema, the Fashion-MNIST files",
+        "minigrid": "missing the Fashion-MNIST files",
     }
     for name, reason in reasons.items():
         assert f"gpu-check: stage {name} skipped in 0 s ({reason})" in proc.stdout
