@@ -197,6 +197,7 @@ def test_a_missing_package_is_a_config_error_naming_the_key_and_the_extra(monkey
     settings("tensorboard")  # installed: fine
 
 
+@pytest.mark.workflow
 def test_switching_tracking_on_reruns_nothing_and_a_retrained_cell_is_tracked(finished, tmp_path):
     """Through the snakemake CLI: the key reaches the trainer (the workflow's environment), and
     a finished run stays finished when it is switched on."""
