@@ -503,15 +503,13 @@ def test_a_real_run_interrupted_midway_and_resumed(workflow):
     def status_now():
         return as_rows(cli("--configfile", configfile, "--json", cwd=workflow.root, env=workflow.env))[MLP]
 
+    def snakemake():
+        command = [sys.executable, "-m", "snakemake", "--configfile", configfile, "-c1"]
+        return subprocess.Popen(command, cwd=workflow.root, env=workflow.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+
     assert status_now()["state"] == "not_started"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "snakemake", "--configfile", configfile, "-c1"],
-        cwd=workflow.root,
-        env=workflow.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    run = snakemake()
     trainer = trainer_of(run)
     wait_until(lambda: log_match(log, r"epoch\s+3 step"), "epoch 3 in train.log", run, interval=0.002)
     freeze([trainer], run)
@@ -519,10 +517,9 @@ def test_a_real_run_interrupted_midway_and_resumed(workflow):
         row = status_now()
         assert (row["state"], row["max_epochs"]) == ("running", 100_000)
         assert row["epoch"] == last_epoch(log) >= 3
-        if (cell_dir / "history.csv").exists():  # a trainer that grows history.csv every epoch
-            history = list(csv.DictReader((cell_dir / "history.csv").open()))
-            assert row["epoch"] == int(history[-1]["epoch"]) == len(history) - 1
-            assert row["acc"] == float(history[-1]["train_avg_acc"])
+        history = list(csv.DictReader((cell_dir / "history.csv").open()))  # grown every epoch
+        assert row["epoch"] == int(history[-1]["epoch"]) == len(history) - 1
+        assert row["acc"] == float(history[-1]["train_avg_acc"])
         elapsed = float(log_match(log, r"elapsed (\S+)s\n")[1])  # the last epoch line's
         assert row["eta_s"] >= 0 and row["elapsed_s"] >= elapsed
     finally:
@@ -539,14 +536,7 @@ def test_a_real_run_interrupted_midway_and_resumed(workflow):
     assert row["log"] == f"results/logs/train/{MLP}.log"
 
     # the next attempt resumes at the checkpoint's epoch: its own epochs, not the lost ones
-    run = subprocess.Popen(
-        [sys.executable, "-m", "snakemake", "--configfile", configfile, "-c1"],
-        cwd=workflow.root,
-        env=workflow.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    run = snakemake()
     trainer = trainer_of(run)
     resumed = rf"resume from .* at epoch {state['epoch']} step {state['step']}\n.*epoch\s+{state['epoch'] + 1} step"
     wait_until(lambda: log_match(log, resumed), "the resumed attempt's first epoch", run, interval=0.002)
