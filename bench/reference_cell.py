@@ -48,7 +48,7 @@ def ensure_shards():
     """The cell's shards, made by the workflow's own data rules when they are missing."""
     missing = [p for paths in SHARDS.values() for p in paths if not pathlib.Path(p).exists()]
     if missing:
-        subprocess.run([sys.executable, "-m", "snakemake", "-c1", "-q", *missing], check=True)
+        subprocess.run([sys.executable, "-m", "snakemake", *missing, "-c1", "--quiet", "rules"], check=True)
 
 
 def time_once(spec, scratch):
