@@ -52,9 +52,12 @@ write_config() {
     die "$CONF/slurm.conf exists and was not written by this script; refusing to replace it"
   fi
   mkdir -p "$STATE"/{state,spool,dev} $CONF
-  local cpus mem
-  cpus=$(nproc)
-  mem=$(( $(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p') * 9 / 10 ))
+  local node cpus mem
+  # slurmd -C is what slurmd checks the node against: the machine's CPUs, also under `taskset`
+  # (nproc would count only the CPUs this shell may use, and the node would be too small)
+  node=$(slurmd -C)
+  cpus=$(sed -n 's/.*CPUs=\([0-9]*\).*/\1/p' <<< "$node")
+  mem=$(( $(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<< "$node") * 9 / 10 ))
   for i in $(seq 0 $((GPUS - 1))); do  # gres needs character devices; /dev/null's numbers do
     [ -c "$STATE/dev/nvidia$i" ] || mknod "$STATE/dev/nvidia$i" c 1 3
   done
